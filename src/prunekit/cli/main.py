@@ -147,6 +147,8 @@ def cmd_prune(a) -> dict[str, Any]:
     # every method uses calibration tokens (statistics, or the reconstruction-error report)
     calib_src = load_source(cfg.calib.source, "calib")
     t0 = time.perf_counter()
+    if not (a.quiet or a.json):
+        print(f"loading {a.model} ...", flush=True)
     model, tok = load_model(a.model)
     t_load = time.perf_counter() - t0
     calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
@@ -270,10 +272,25 @@ def cmd_demo(a) -> dict[str, Any]:
     return run_demo(a)
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bars and messages only: keep stderr for the one-line error."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*(Converting|gguf|GGUF).*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("PRUNEKIT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     a = parser.parse_args(argv)
+    _quiet_transformers()
     handlers = {"prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "ls": cmd_ls, "demo": cmd_demo}
     try:
         res = handlers[a.cmd](a)

@@ -1,0 +1,314 @@
+"""Surgery: physically remove output rows, input columns, attention heads, MLP channels, blocks.
+
+Every function edits modules in place and keeps dtype and device. Head geometry (``head_dim``,
+query heads per KV head) comes from the model config through the adapter, never from literals.
+
+Grouped-query attention: query head ``h`` reads KV head ``h // G`` (``G`` = query heads per KV
+head; ``repeat_kv`` expands KV heads with ``repeat_interleave`` semantics). A shrunk attention
+keeps ``kk`` KV heads and exactly ``qq`` query heads from each kept KV group, laid out group after
+group, so the stock ``h // qq`` mapping stays valid.
+
+Bias compensation (FLAP): removing input columns ``R`` of ``y = W x + b`` and replacing the
+removed inputs by their calibration mean ``m`` gives ``y ≈ W[:, K] x_K + (b + W[:, R] m_R)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..models.adapters import ModelAdapter
+
+# Families whose stock config can carry biases on the attention output / MLP output Linears.
+# llama: ``attention_bias`` (q, k, v and o together) and ``mlp_bias`` (gate, up and down);
+# qwen3: ``attention_bias`` only; opt: ``enable_bias`` (every Linear, on by default);
+# mistral and qwen2 hard-code bias=False on o_proj / down_proj.
+_BIAS_FLAGS: dict[str, tuple[str | None, str | None]] = {
+    "llama": ("attention_bias", "mlp_bias"),
+    "qwen3": ("attention_bias", None),
+    "mistral": (None, None),
+    "qwen2": (None, None),
+    "opt": ("enable_bias", "enable_bias"),
+}
+
+# Families whose stock attention derives head_dim from hidden_size / num_heads: heads cannot be
+# removed there without custom modeling code.
+HEAD_DIM_FROM_HIDDEN = {"opt"}
+
+
+def _as_index(keep: Tensor | Sequence[int], size: int) -> Tensor:
+    keep = torch.as_tensor(keep)
+    if keep.dtype == torch.bool:
+        if keep.numel() != size:
+            raise ValueError(f"keep mask has {keep.numel()} entries, expected {size}")
+        keep = keep.nonzero().flatten()
+    keep = keep.long().flatten()
+    if keep.numel() and (keep.min() < 0 or keep.max() >= size):
+        raise ValueError(f"keep index out of range for size {size}")
+    if keep.unique().numel() != keep.numel():
+        raise ValueError("keep index has duplicates")
+    return keep
+
+
+def _removed(keep: Tensor, size: int) -> Tensor:
+    mask = torch.ones(size, dtype=torch.bool)
+    mask[keep.cpu()] = False
+    return mask.nonzero().flatten()
+
+
+@torch.no_grad()
+def prune_linear_out(linear: nn.Linear, keep: Tensor | Sequence[int]) -> None:
+    """Keep only the output rows ``keep`` (index or bool mask) of ``linear``."""
+    idx = _as_index(keep, linear.out_features).to(linear.weight.device)
+    linear.weight = nn.Parameter(linear.weight.data.index_select(0, idx).clone(), requires_grad=linear.weight.requires_grad)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.data.index_select(0, idx).clone(), requires_grad=linear.bias.requires_grad)
+    linear.out_features = int(idx.numel())
+
+
+@torch.no_grad()
+def prune_linear_in(
+    linear: nn.Linear, keep: Tensor | Sequence[int], *, input_mean: Tensor | None = None
+) -> None:
+    """Keep only the input columns ``keep`` of ``linear``.
+
+    If ``input_mean`` ([in_features], the calibration mean of the input) is given, the removed
+    columns' mean contribution ``W[:, removed] @ mean[removed]`` is folded into the bias (a bias
+    is created if the Linear has none).
+    """
+    n_in = linear.in_features
+    idx = _as_index(keep, n_in).to(linear.weight.device)
+    W = linear.weight.data  # [out, in]
+    if input_mean is not None:
+        rem = _removed(idx, n_in).to(W.device)
+        comp = W.index_select(1, rem).float() @ input_mean.to(W.device).float().index_select(0, rem)  # [out]
+        old = linear.bias.data.float() if linear.bias is not None else torch.zeros_like(comp)
+        linear.bias = nn.Parameter((old + comp).to(W.dtype))
+    linear.weight = nn.Parameter(W.index_select(1, idx).clone(), requires_grad=linear.weight.requires_grad)
+    linear.in_features = int(idx.numel())
+
+
+@torch.no_grad()
+def ensure_bias(linear: nn.Linear) -> None:
+    """Give ``linear`` a zero bias if it has none (the stock config's bias flag covers it)."""
+    if linear.bias is None:
+        w = linear.weight
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=w.dtype, device=w.device))
+
+
+def head_channels(heads: Tensor, head_dim: int) -> Tensor:
+    """Channel indices ``[len(heads) * head_dim]`` of the given heads."""
+    heads = torch.as_tensor(heads).long()
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).flatten()
+
+
+def check_gqa_keep(keep_q: Tensor, keep_kv: Tensor, heads: int, kv_heads: int) -> int:
+    """Validate a (query heads, KV heads) selection; returns query heads kept per KV head."""
+    keep_q = torch.as_tensor(keep_q).long()
+    keep_kv = torch.as_tensor(keep_kv).long()
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads do not split into {kv_heads} KV groups")
+    group = heads // kv_heads
+    kk = keep_kv.numel()
+    if kk == 0 or keep_q.numel() == 0:
+        raise ConfigError("cannot remove every attention head of a block")
+    if keep_q.numel() % kk:
+        raise ValueError(f"{keep_q.numel()} query heads cannot be split evenly over {kk} KV heads")
+    qq = keep_q.numel() // kk
+    owner = (keep_q // group).reshape(kk, qq)
+    if not torch.equal(owner, keep_kv[:, None].expand(kk, qq)):
+        raise ValueError("each kept query head must sit in the slot of its own KV head (GQA mapping)")
+    if keep_kv.unique().numel() != kk or keep_q.unique().numel() != keep_q.numel():
+        raise ValueError("duplicate heads in keep")
+    return qq
+
+
+def attention_widths(block: nn.Module, adapter: ModelAdapter, head_dim: int) -> tuple[int, int]:
+    """(query heads, KV heads) currently held by a block's attention."""
+    attn = adapter.attention(block)
+    q = attn.get_submodule(adapter.q).out_features // head_dim
+    kv = attn.get_submodule(adapter.k).out_features // head_dim
+    return q, kv
+
+
+def mlp_width(block: nn.Module, adapter: ModelAdapter) -> int:
+    return adapter.mlp_module(block).get_submodule(adapter.mlp_in[0]).out_features
+
+
+@torch.no_grad()
+def shrink_attention(
+    block: nn.Module,
+    adapter: ModelAdapter,
+    head_dim: int,
+    keep_q: Tensor | Sequence[int],
+    keep_kv: Tensor | Sequence[int],
+    *,
+    input_mean: Tensor | None = None,
+) -> None:
+    """Keep query heads ``keep_q`` and KV heads ``keep_kv`` of a block's attention.
+
+    ``keep_q`` lists the kept query heads (original indices) group by group in the order of
+    ``keep_kv``: with ``qq`` heads per kept KV head, ``keep_q[j*qq:(j+1)*qq]`` must all belong to
+    KV head ``keep_kv[j]``. ``input_mean`` ([heads * head_dim], mean of the o_proj input) turns
+    on bias compensation in the output projection.
+    """
+    attn = adapter.attention(block)
+    heads, kv_heads = attention_widths(block, adapter, head_dim)
+    keep_q = torch.as_tensor(keep_q).long()
+    keep_kv = torch.as_tensor(keep_kv).long()
+    qq = check_gqa_keep(keep_q, keep_kv, heads, kv_heads)
+    q_ch = head_channels(keep_q, head_dim)
+    kv_ch = head_channels(keep_kv, head_dim)
+    prune_linear_out(attn.get_submodule(adapter.q), q_ch)
+    prune_linear_out(attn.get_submodule(adapter.k), kv_ch)
+    prune_linear_out(attn.get_submodule(adapter.v), kv_ch)
+    prune_linear_in(attn.get_submodule(adapter.o), q_ch, input_mean=input_mean)
+    kk = int(keep_kv.numel())
+    # attributes some attention implementations read (set only when present)
+    for name, val in (("num_heads", kk * qq), ("num_attention_heads", kk * qq),
+                      ("num_key_value_heads", kk), ("num_key_value_groups", qq)):  # fmt: skip
+        if hasattr(attn, name):
+            setattr(attn, name, val)
+
+
+@torch.no_grad()
+def shrink_mlp(
+    block: nn.Module,
+    adapter: ModelAdapter,
+    keep: Tensor | Sequence[int],
+    *,
+    input_mean: Tensor | None = None,
+) -> None:
+    """Keep the MLP intermediate channels ``keep`` (across gate/up and down, or fc1 and fc2)."""
+    mlp = adapter.mlp_module(block)
+    width = mlp_width(block, adapter)
+    idx = _as_index(keep, width)
+    if idx.numel() == 0:
+        raise ConfigError("cannot remove every MLP channel of a block")
+    for name in adapter.mlp_in:
+        prune_linear_out(mlp.get_submodule(name), idx)
+    prune_linear_in(mlp.get_submodule(adapter.mlp_out), idx, input_mean=input_mean)
+    if adapter.mlp and hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = int(idx.numel())
+
+
+def bias_flags(adapter: ModelAdapter) -> tuple[str | None, str | None]:
+    """Config flags that switch on attention / MLP biases for this family (None: impossible)."""
+    return _BIAS_FLAGS.get(adapter.family, (None, None))
+
+
+def can_compensate(model: nn.Module, adapter: ModelAdapter) -> tuple[bool, bool]:
+    """Whether a stock config of this family can carry o_proj / down_proj compensation biases."""
+    a, m = bias_flags(adapter)
+    cfg = model.config
+    if adapter.family == "opt":  # biases exist only when enable_bias is on
+        ok = bool(getattr(cfg, "enable_bias", True))
+        return ok, ok
+    return a is not None, m is not None
+
+
+@torch.no_grad()
+def remove_blocks(model: nn.Module, adapter: ModelAdapter, drop: Sequence[int]) -> list[int]:
+    """Delete decoder blocks ``drop``; renumber ``layer_idx`` and update the config.
+
+    Returns the original indices of the kept blocks.
+    """
+    blocks = adapter.blocks(model)
+    n = len(blocks)
+    drop_set = {int(i) for i in drop}
+    if any(i < 0 or i >= n for i in drop_set):
+        raise ConfigError(f"block index out of range 0..{n - 1}")
+    if len(drop_set) >= n:
+        raise ConfigError(f"cannot remove all {n} blocks")
+    kept = [i for i in range(n) if i not in drop_set]
+    new = nn.ModuleList([blocks[i] for i in kept])
+    parent_path, _, attr = adapter.blocks_path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
+    for j, block in enumerate(new):
+        for mod in block.modules():
+            if hasattr(mod, "layer_idx") and isinstance(mod.layer_idx, int):
+                mod.layer_idx = j
+    cfg = model.config
+    cfg.num_hidden_layers = len(kept)
+    lt = getattr(cfg, "layer_types", None)
+    if lt is not None and len(lt) == n:
+        cfg.layer_types = [lt[i] for i in kept]
+    return kept
+
+
+def block_widths(model: nn.Module, adapter: ModelAdapter, head_dim: int) -> list[dict[str, int]]:
+    out = []
+    for i, block in enumerate(adapter.blocks(model)):
+        q, kv = attention_widths(block, adapter, head_dim)
+        out.append({"index": i, "heads": q, "kv_heads": kv, "intermediate": mlp_width(block, adapter)})
+    return out
+
+
+@torch.no_grad()
+def sync_config(model: nn.Module, adapter: ModelAdapter, head_dim: int) -> dict[str, int]:
+    """Write the (uniform) shrunk widths and bias flags into ``model.config``.
+
+    Raises ConfigError when blocks differ in width (a stock config cannot express that) or when
+    a bias was added that the family's stock config cannot carry.
+    """
+    cfg = model.config
+    widths = block_widths(model, adapter, head_dim)
+    shapes = {(w["heads"], w["kv_heads"], w["intermediate"]) for w in widths}
+    if len(shapes) != 1:
+        raise ConfigError("blocks have different widths: a stock config cannot describe them")
+    heads, kv, inter = shapes.pop()
+    blocks = adapter.blocks(model)
+    attn_flag, mlp_flag = bias_flags(adapter)
+    attn_names = (adapter.q, adapter.k, adapter.v, adapter.o)
+    attn_lins = [adapter.attention(b).get_submodule(n) for b in blocks for n in attn_names]
+    mlp_names = (*adapter.mlp_in, adapter.mlp_out)
+    mlp_lins = [adapter.mlp_module(b).get_submodule(n) for b in blocks for n in mlp_names]
+    if adapter.family == "opt":
+        if not getattr(cfg, "enable_bias", True) and any(l.bias is not None for l in attn_lins + mlp_lins):
+            raise ConfigError("this OPT config has enable_bias=False: compensation biases cannot be saved")
+    else:
+        o_lins = [adapter.attention(b).get_submodule(adapter.o) for b in blocks]
+        d_lins = [adapter.mlp_module(b).get_submodule(adapter.mlp_out) for b in blocks]
+        if any(l.bias is not None for l in o_lins) and not getattr(cfg, attn_flag or "", False):
+            if attn_flag is None:
+                raise ConfigError(f"{adapter.family}: the stock config cannot hold an o_proj bias (use compensate=false)")
+            setattr(cfg, attn_flag, True)
+        if any(l.bias is not None for l in d_lins) and not getattr(cfg, mlp_flag or "", False):
+            if mlp_flag is None:
+                raise ConfigError(f"{adapter.family}: the stock config cannot hold a down_proj bias (use compensate=false)")
+            setattr(cfg, mlp_flag, True)
+        if attn_flag and getattr(cfg, attn_flag, False):
+            for l in attn_lins:
+                ensure_bias(l)
+        if mlp_flag and getattr(cfg, mlp_flag, False):
+            for l in mlp_lins:
+                ensure_bias(l)
+    if adapter.family == "opt":
+        cfg.ffn_dim = inter
+    else:
+        cfg.num_attention_heads = heads
+        cfg.num_key_value_heads = kv
+        cfg.head_dim = head_dim
+        cfg.intermediate_size = inter
+    return {"heads": heads, "kv_heads": kv, "head_dim": head_dim, "intermediate": inter}
+
+
+__all__ = [
+    "HEAD_DIM_FROM_HIDDEN",
+    "attention_widths",
+    "block_widths",
+    "can_compensate",
+    "check_gqa_keep",
+    "ensure_bias",
+    "head_channels",
+    "mlp_width",
+    "prune_linear_in",
+    "prune_linear_out",
+    "remove_blocks",
+    "shrink_attention",
+    "shrink_mlp",
+    "sync_config",
+]

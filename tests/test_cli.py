@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prunekit.cli.main import main
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_prune_eval_info_ls(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    out = tmp_path / "pruned"
+    rc, stdout, err = _run(capsys, "prune", str(tiny_llama_dir), "--method", "sparsegpt", "--pattern", "2:4",
+                           "--calib", str(calib_txt), "--nsamples", "4", "--seqlen", "32", "--out", str(out),
+                           "--eval", str(calib_txt), "--json")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert abs(res["sparsity"] - 0.5) < 1e-9 and res["perplexity"] > 1
+    assert "overall sparsity of targets: 50.00%" in stdout
+    meta = json.loads((out / "prunekit.json").read_text())
+    assert meta["config"]["calib"]["seed"] == 0 and meta["config"]["method"] == "sparsegpt"
+    assert meta["versions"]["torch"] and len(meta["report"]["layers"]) == 14
+
+    rc, stdout, _ = _run(capsys, "eval", str(out), "--data", str(calib_txt), "--seqlen", "32", "--max-windows", "3", "--json")
+    ev = json.loads(stdout.strip().splitlines()[-1])
+    assert rc == 0 and ev["windows"] == 3 and ev["seqlen"] == 32 and ev["tokens"] == 96 and ev["perplexity"] > 1
+
+    rc, stdout, _ = _run(capsys, "info", str(out), "--json")
+    info = json.loads(stdout.strip().splitlines()[-1])
+    assert rc == 0 and abs(info["block_linear_sparsity"] - 0.5) < 1e-9
+    assert any(layer["name"].endswith("down_proj") for layer in info["linears"])
+
+    rc, stdout, _ = _run(capsys, "ls")
+    assert rc == 0 and "sparsegpt" in stdout and "wikitext2:PATH" in stdout
+
+
+def _bad_cases(tmp_path, model_dir, calib_txt):
+    nonempty = tmp_path / "nonempty"
+    nonempty.mkdir()
+    (nonempty / "keep.txt").write_text("mine")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"\x00not a model" * 100)
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    base = ["--calib", str(calib_txt), "--nsamples", "2", "--seqlen", "16"]
+    m = str(model_dir)
+    return {
+        "missing model": ([str(tmp_path / "no-such-model"), "--method", "wanda", *base], "does not exist"),
+        "unknown method": ([m, "--method", "wnda", *base], "did you mean 'wanda'"),
+        "sparsity 1.0": ([m, "--method", "wanda", "--sparsity", "1.0", *base], "[0, 1)"),
+        "sparsity -0.1": ([m, "--method", "wanda", "--sparsity", "-0.1", *base], "[0, 1)"),
+        "N:M 3:2": ([m, "--method", "wanda", "--pattern", "3:2", *base], "1 <= N < M"),
+        "N:M 0:4": ([m, "--method", "wanda", "--pattern", "0:4", *base], "1 <= N < M"),
+        "empty calib": ([m, "--method", "wanda", "--calib", str(empty)], "empty"),
+        "short calib": ([m, "--method", "wanda", "--calib", str(short), "--seqlen", "2048"], "only"),
+        "corrupt model": ([str(junk), "--method", "wanda", *base], "could not load"),
+        "non-model file": ([str(calib_txt), "--method", "wanda", *base], "is not a model"),
+        "out non-empty": ([m, "--method", "wanda", *base, "--out", str(nonempty)], "not empty"),
+        "out is input": ([m, "--method", "wanda", *base, "--out", m, "--overwrite"], "would overwrite the input"),
+    }
+
+
+def test_bad_inputs_one_line_nonzero_nothing_written(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    for label, (args, msg) in _bad_cases(tmp_path, tiny_llama_dir, calib_txt).items():
+        before = sorted(p.name for p in tmp_path.iterdir())
+        if "--out" not in args:
+            args = [*args, "--out", str(tmp_path / "out")]
+        rc, out, err = _run(capsys, "prune", *args)
+        assert rc == 2, label
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("prunekit: error:") and msg in lines[0], (label, err)
+        assert "Traceback" not in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, label  # nothing new, nothing lost
+    assert (tmp_path / "nonempty" / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    rc, _, err = _run(capsys, "prune", str(tiny_llama_dir), "--method", "magnitude", "--calib", str(calib_txt),
+                      "--nsamples", "2", "--seqlen", "16", "--out", str(out), "--overwrite", "-q")  # fmt: skip
+    assert rc == 0, err
+    assert (out / "config.json").exists() and not (out / "old.txt").exists()
+
+
+def test_console_script_entry_point(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "prunekit", "prune", str(tmp_path / "nope"), "--method", "wanda",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
