@@ -21,6 +21,12 @@ from .eval import model_size_bytes, parameter_count, perplexity, sparsity_summar
 from .export import save_pretrained_atomic
 from .methods import get_method, list_methods
 from .models import load_model, resolve_model
+
+
+def load(path):
+    """Load a prunekit output folder (uniform or per-block widths) as ``(model, tokenizer)``."""
+    return load_model(path)
+
 from .patterns import NM, Unstructured, parse_pattern
 from .report import PruneReport
 
@@ -37,6 +43,7 @@ __all__ = [
     "eval_token_ids",
     "get_method",
     "list_methods",
+    "load",
     "load_model",
     "load_source",
     "model_size_bytes",

@@ -93,6 +93,17 @@ def _strip_gguf_quantization(model) -> None:
             pass
 
 
+def _is_per_block_folder(path: str) -> bool:
+    """A folder saved with per-block widths (FLAP adaptive): needs prunekit's loader."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(cfg, dict) and cfg.get("prunekit_block_widths"))
+
+
 def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | None = None):
     """Load ``(model, tokenizer)`` for a MODEL spec.
 
@@ -123,7 +134,12 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
             _strip_gguf_quantization(model)
         else:
             tok = AutoTokenizer.from_pretrained(src.path)
-            model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype)
+            if src.kind == "folder" and _is_per_block_folder(src.path):
+                from ..structured.per_block import load_pretrained
+
+                model = load_pretrained(src.path, None if dtype == "auto" else torch_dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype)
     except ModelLoadError:
         raise
     except Exception as e:  # transformers raises many types for a corrupt/foreign file

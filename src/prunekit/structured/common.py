@@ -265,6 +265,57 @@ def plan_cost(
     return best[1]
 
 
+def plan_adaptive(
+    geo: Geometry, c: Costs, sparsity: float, head_scores: list[Tensor], chan_scores: list[Tensor],
+) -> list[Plan]:  # fmt: skip
+    """Per-block plans from one global threshold ``t`` on comparable (standardised) scores.
+
+    For a given ``t``, every block removes its MLP channels scoring below ``t`` and takes the
+    GQA-valid head option minimising ``sum over removed units of (score - t) x parameters``;
+    ``t`` is found by bisection so that the removed parameters meet the global budget. This is
+    FLAP's adaptive structure (AL-AM) restricted to GQA-valid head sets.
+    """
+    check_feasible(geo, c, sparsity)
+    n = len(head_scores)
+    budget = sparsity * c.block * n
+    opts = attention_options(geo)
+    pre = []  # per block: [(A = sum score x params removed, N = params removed, kk, qq)]
+    for hs in head_scores:
+        rows = []
+        for kk, qq in opts:
+            keep_q, keep_kv = select_heads(hs, geo, kk, qq)
+            gone = torch.ones(geo.heads, dtype=torch.bool)
+            gone[keep_q] = False
+            gone_kv = torch.ones(geo.kv_heads, dtype=torch.bool)
+            gone_kv[keep_kv] = False
+            grp = hs.float().reshape(geo.kv_heads, geo.group).mean(1)
+            a = hs.float()[gone].sum().item() * c.q_head + grp[gone_kv].sum().item() * c.kv_head
+            rows.append((a, attn_removed(geo, c, kk, qq), kk, qq))
+        pre.append(rows)
+    sorted_ch = [s.float().sort().values for s in chan_scores]
+
+    def plans_at(t: float) -> tuple[list[Plan], int]:
+        out, total = [], 0
+        for rows, sc in zip(pre, sorted_ch):
+            a, rm, kk, qq = min(rows, key=lambda r: (r[0] - t * r[1], r[1]))
+            n_rm = min(int(torch.searchsorted(sc, torch.tensor(t)).item()), geo.intermediate - 1)
+            out.append(Plan(kk, qq, geo.intermediate - n_rm))
+            total += rm + n_rm * c.channel
+        return out, total
+
+    allv = torch.cat([torch.cat([h.float() for h in head_scores]), torch.cat(sorted_ch)])
+    lo, hi = allv.min().item() - 1.0, allv.max().item() + 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if plans_at(mid)[1] < budget:
+            lo = mid
+        else:
+            hi = mid
+    lo_p, lo_r = plans_at(lo)
+    hi_p, hi_r = plans_at(hi)
+    return lo_p if abs(lo_r - budget) <= abs(hi_r - budget) else hi_p
+
+
 def fixed_heads(args: Mapping[str, Any], geo: Geometry) -> tuple[int, int] | None:
     """``heads=N`` (query heads kept) and optional ``kv_heads=K`` from the method settings."""
     h, kv = args.get("heads"), args.get("kv_heads")
@@ -315,10 +366,10 @@ def new_report(method: str, settings: dict[str, Any], sparsity: float, calib_ids
 def finish(
     model: nn.Module, adapter: ModelAdapter, geo: Geometry, report: PruneReport,
     orig_shapes: dict[str, tuple[int, int]], block_params: int, t_start: float,
-    block_info: dict[int, dict[str, Any]] | None = None,
+    block_info: dict[int, dict[str, Any]] | None = None, per_block: bool = False,
 ) -> PruneReport:  # fmt: skip
     """Sync the config, fill per-Linear rows, per-block widths and the achieved sparsity."""
-    widths = surgery.sync_config(model, adapter, geo.head_dim)
+    widths = surgery.sync_config(model, adapter, geo.head_dim, allow_per_block=per_block)
     now = {}
     for i, block in enumerate(adapter.blocks(model)):
         for n, m in block.named_modules():
@@ -338,11 +389,18 @@ def finish(
     report.settings["block_params_before"] = block_params
     report.settings["block_params_after"] = after
     report.settings["block_sparsity"] = 1 - after / block_params
-    report.notes.append(
-        f"kept {widths['heads']}/{geo.heads} query heads, {widths['kv_heads']}/{geo.kv_heads} KV heads, "
-        f"{widths['intermediate']}/{geo.intermediate} MLP channels per block; "
-        f"{1 - after / block_params:.2%} of decoder-block parameters removed (biases included)"
-    )
+    if widths.get("per_block"):
+        report.notes.append(
+            f"per-block widths (adaptive): heads {[b['heads'] for b in blocks]}, MLP channels "
+            f"{[b['intermediate'] for b in blocks]}; {1 - after / block_params:.2%} of decoder-block "
+            f"parameters removed; load with prunekit.structured.per_block.load_pretrained(DIR)"
+        )
+    else:
+        report.notes.append(
+            f"kept {widths['heads']}/{geo.heads} query heads, {widths['kv_heads']}/{geo.kv_heads} KV heads, "
+            f"{widths['intermediate']}/{geo.intermediate} MLP channels per block; "
+            f"{1 - after / block_params:.2%} of decoder-block parameters removed (biases included)"
+        )
     report.timings["total"] = time.perf_counter() - t_start
     return report
 

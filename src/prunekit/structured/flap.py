@@ -27,17 +27,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..config import PruneConfig
 from ..engine import Stat, run_layerwise
+from ..errors import ConfigError
 from ..report import PruneReport
 from . import STRUCTURED_METHODS
 from . import common as C
 
 SPEC = {
-    "structure": (str, "uniform", ("uniform", "ratio")),
+    "structure": (str, "uniform", ("uniform", "ratio", "adaptive")),
     "metric": (str, "wifv", ("wifv", "ifv", "wifn")),
     "compensate": (bool, True, None),
     "heads": (int, None, None),
@@ -73,8 +73,6 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
     if args["compensate"]:
         ok_attn, ok_mlp = C.surgery.can_compensate(model, adapter)
         if not (ok_attn and ok_mlp):
-            from ..errors import ConfigError
-
             raise ConfigError(
                 f"flap: a stock {adapter.family} config cannot carry the compensation biases; "
                 f"pass --set compensate=false"
@@ -112,25 +110,32 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
         progress=C.progress_wrap(progress, "flap stats"), timings=timings,
     )  # fmt: skip
     t0 = time.perf_counter()
-    if args["structure"] == "ratio":
-        plan = C.plan_ratio(geo, costs, sparsity, fixed)
+    adaptive = args["structure"] == "adaptive"
+    if adaptive:
+        if fixed:
+            raise ConfigError("flap: heads/kv_heads fix a uniform head count; drop them or use structure=uniform")
+        plans = C.plan_adaptive(geo, costs, sparsity, head_scores, chan_scores)
+    elif args["structure"] == "ratio":
+        plans = [C.plan_ratio(geo, costs, sparsity, fixed)] * len(head_scores)
     else:
-        plan = C.plan_cost(geo, costs, sparsity, head_scores, chan_scores, fixed)
+        plans = [C.plan_cost(geo, costs, sparsity, head_scores, chan_scores, fixed)] * len(head_scores)
     info = {}
     comp = args["compensate"]
     for i, block in enumerate(adapter.blocks(model)):
         info[i] = C.apply_block(
-            block, adapter, geo, plan, head_scores[i], chan_scores[i],
+            block, adapter, geo, plans[i], head_scores[i], chan_scores[i],
             attn_mean=attn_means[i] if comp else None, mlp_mean=mlp_means[i] if comp else None,
         )  # fmt: skip
     timings["prune"] = time.perf_counter() - t0
     settings = {k: v for k, v in args.items() if v is not None}
-    settings["plan"] = {"kv_heads": plan.kk, "heads": plan.heads, "intermediate": plan.channels}
+    if not adaptive:
+        plan = plans[0]
+        settings["plan"] = {"kv_heads": plan.kk, "heads": plan.heads, "intermediate": plan.channels}
     report = C.new_report("flap", settings, sparsity, ids, config)
     report.timings.update(timings)
     if not geo.attn_prunable:
         report.notes.append(f"{adapter.family}: attention heads kept (stock config derives head_dim)")
-    return C.finish(model, adapter, geo, report, shapes, before, t_start, info)
+    return C.finish(model, adapter, geo, report, shapes, before, t_start, info, per_block=adaptive)
 
 
 flap.summary = "FLAP: fluctuation metric + bias compensation, uniform GQA-valid widths (stock config)"

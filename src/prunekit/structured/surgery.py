@@ -248,18 +248,23 @@ def block_widths(model: nn.Module, adapter: ModelAdapter, head_dim: int) -> list
 
 
 @torch.no_grad()
-def sync_config(model: nn.Module, adapter: ModelAdapter, head_dim: int) -> dict[str, int]:
-    """Write the (uniform) shrunk widths and bias flags into ``model.config``.
+def sync_config(
+    model: nn.Module, adapter: ModelAdapter, head_dim: int, *, allow_per_block: bool = False
+) -> dict[str, int]:
+    """Write the shrunk widths and bias flags into ``model.config``.
 
-    Raises ConfigError when blocks differ in width (a stock config cannot express that) or when
-    a bias was added that the family's stock config cannot carry.
+    Uniform widths become the stock fields (``num_attention_heads``, ``num_key_value_heads``,
+    ``head_dim``, ``intermediate_size``). Per-block widths (only with ``allow_per_block``) leave
+    those fields at the original widths and are listed in ``config.prunekit_block_widths``
+    (see :mod:`prunekit.structured.per_block`). Raises ConfigError when blocks differ and that
+    is not allowed, or when a bias was added that the family's stock config cannot carry.
     """
     cfg = model.config
     widths = block_widths(model, adapter, head_dim)
     shapes = {(w["heads"], w["kv_heads"], w["intermediate"]) for w in widths}
-    if len(shapes) != 1:
+    if len(shapes) != 1 and not allow_per_block:
         raise ConfigError("blocks have different widths: a stock config cannot describe them")
-    heads, kv, inter = shapes.pop()
+    heads, kv, inter = max(shapes)
     blocks = adapter.blocks(model)
     attn_flag, mlp_flag = bias_flags(adapter)
     attn_names = (adapter.q, adapter.k, adapter.v, adapter.o)
@@ -286,6 +291,13 @@ def sync_config(model: nn.Module, adapter: ModelAdapter, head_dim: int) -> dict[
         if mlp_flag and getattr(cfg, mlp_flag, False):
             for l in mlp_lins:
                 ensure_bias(l)
+    if len(shapes) != 1:
+        cfg.prunekit_block_widths = [
+            {"heads": w["heads"], "kv_heads": w["kv_heads"], "intermediate": w["intermediate"]} for w in widths
+        ]
+        return {"per_block": True, "head_dim": head_dim}
+    if getattr(cfg, "prunekit_block_widths", None) is not None:
+        cfg.prunekit_block_widths = None
     if adapter.family == "opt":
         cfg.ffn_dim = inter
     else:

@@ -1,0 +1,82 @@
+"""Per-block widths (FLAP's adaptive structure): the saved format and its loader.
+
+Format: an ordinary ``save_pretrained`` folder whose ``config.json`` keeps the *original*
+widths in the stock fields and adds::
+
+    "prunekit_block_widths": [{"heads": 6, "kv_heads": 3, "intermediate": 1203}, ...]
+
+one entry per decoder block (query heads, KV heads, MLP channels kept). Kept query heads are laid
+out group after group (``heads / kv_heads`` per KV head), so the stock GQA mapping holds inside
+each block. Bias flags (``attention_bias`` / ``mlp_bias``) are stock. The weight shapes in the
+safetensors file are the shrunk ones, so a plain ``from_pretrained`` refuses the folder (shape
+mismatch) instead of loading garbage; load it with :func:`load_pretrained`, which builds the
+stock model, shrinks each block to its listed widths and then loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ..models.adapters import get_adapter
+from . import surgery
+
+
+def is_per_block(config) -> bool:
+    return bool(getattr(config, "prunekit_block_widths", None))
+
+
+@torch.no_grad()
+def shrink_to_widths(model: nn.Module, widths: list[dict[str, int]]) -> None:
+    """Shrink a freshly built stock model so block ``i`` has ``widths[i]`` (weights arbitrary)."""
+    adapter = get_adapter(model)
+    g = adapter.geometry(model.config)
+    group = g["heads"] // g["kv_heads"]
+    blocks = adapter.blocks(model)
+    if len(widths) != len(blocks):
+        raise ModelLoadError(f"prunekit_block_widths lists {len(widths)} blocks, the config has {len(blocks)}")
+    for block, w in zip(blocks, widths):
+        kk, heads = int(w["kv_heads"]), int(w["heads"])
+        if (kk, heads) != (g["kv_heads"], g["heads"]):
+            qq = heads // kk
+            keep_q = torch.cat([torch.arange(qq) + j * group for j in range(kk)])
+            surgery.shrink_attention(block, adapter, g["head_dim"], keep_q, torch.arange(kk))
+        if int(w["intermediate"]) != g["intermediate"]:
+            surgery.shrink_mlp(block, adapter, torch.arange(int(w["intermediate"])))
+
+
+def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a folder saved with per-block widths (or a plain one) as a causal LM."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    p = Path(path)
+    config = AutoConfig.from_pretrained(p)
+    if not is_per_block(config):
+        return AutoModelForCausalLM.from_pretrained(p, dtype=dtype or "auto")
+    dtype = dtype or getattr(config, "dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    shrink_to_widths(model, config.prunekit_block_widths)
+    state = {}
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{p} has no .safetensors weights")
+    for f in files:
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ModelLoadError(f"{p}: weights do not match the per-block widths (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")  # fmt: skip
+    if tied:
+        model.tie_weights()
+    return model.eval()
+
+
+__all__ = ["is_per_block", "load_pretrained", "shrink_to_widths"]
