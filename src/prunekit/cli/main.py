@@ -282,6 +282,9 @@ def _quiet_transformers() -> None:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils  # plain tqdm, not the above
+
+        gguf_utils.tqdm = lambda it, *a, **k: it
     except Exception:  # pragma: no cover
         pass
 
