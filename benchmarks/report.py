@@ -1,0 +1,458 @@
+"""Write ``BENCHMARKS.md`` and the perplexity-vs-sparsity plot from ``benchmarks/results/``.
+
+    python benchmarks/report.py [--results benchmarks/results] [--out BENCHMARKS.md]
+
+Reads every ``<results>/<protocol-id>/`` folder that ``benchmarks/run.py`` wrote (protocol.json,
+dense.json, floor.json and one JSON per cell) and writes one section per protocol, the protocol
+with the most finished cells first.  The plot of that protocol is
+``<results>/ppl_vs_sparsity.png``; each protocol folder gets its own copy too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+TOOL_ORDER = {"prunekit": 0, "llm-compressor": 1, "torch-pruning": 2}
+METHOD_ORDER = {m: i for i, m in enumerate(
+    ["magnitude", "wanda", "sparsegpt", "flap", "wanda-sp", "magnitude-sp", "taylor-sp", "shortgpt"])}
+
+
+def _read(p: Path) -> dict | None:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_protocol(d: Path) -> dict:
+    cells = []
+    for f in sorted(d.glob("*__*.json")):
+        r = _read(f)
+        if r and "cell" in r:
+            cells.append(r)
+    cells.sort(key=lambda r: (METHOD_ORDER.get(r["cell"]["method"], 99),
+                              {"unstructured": 0, "nm": 1, "structured": 2}[r["cell"]["kind"]],
+                              r["cell"]["sparsity"], TOOL_ORDER.get(r["cell"]["tool"], 9)))
+    return {"dir": d, "protocol": _read(d / "protocol.json") or {}, "dense": _read(d / "dense.json"),
+            "floor": _read(d / "floor.json"), "cells": cells}
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+def f_ppl(x) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.0f}" if x >= 10000 else f"{x:.2f}"
+
+
+def f_num(x, nd=1) -> str:
+    return "–" if x is None else f"{x:,.{nd}f}"
+
+
+def f_ratio(a, b) -> str:
+    if a is None or b is None or b == 0:
+        return "–"
+    r = a / b
+    return f"{r:.2f}×" if r < 100 else f"{r:,.0f}×"
+
+
+def pattern_label(c: dict) -> str:
+    if c["kind"] == "nm":
+        return c["pattern"]
+    return f"{c['sparsity'] * 100:g}%" + (" width" if c["kind"] == "structured" else "")
+
+
+def figures(r: dict, dense: dict | None) -> dict:
+    """The per-cell figures of the tables (None where unknown)."""
+    ev = r.get("eval") or {}
+    pr = r.get("prune") or {}
+    kind = r["cell"]["kind"]
+    dense_ev = (dense or {}).get("eval") or {}
+    if kind == "structured" and ev.get("block_params") and dense_ev.get("block_params"):
+        sp = 1 - ev["block_params"] / dense_ev["block_params"]
+    else:
+        sp = ev.get("zero_sparsity_block_linears", pr.get("achieved_sparsity"))
+    loads = [x for run in (pr.get("runs") or [pr]) for x in (run.get("loadavg_1min") or [])]
+    return {"ppl": ev.get("perplexity"), "prune_s": pr.get("prune_wall_s"),
+            "cpu_s": pr.get("prune_cpu_s"), "load": max(loads) if loads else None,
+            "rss": pr.get("peak_rss_mb"), "sparsity": sp,
+            "params": ev.get("params") / 1e6 if ev.get("params") else None,
+            "size": ev.get("size_bytes") / 2**20 if ev.get("size_bytes") else None}
+
+
+def protocol_line(P: dict) -> str:
+    p = P["protocol"].get("protocol", {})
+    cal = P["protocol"].get("calibration", {})
+    ev = P["protocol"].get("evaluation", {})
+    w = p.get("eval_windows", 0)
+    dense_ev = (P["dense"] or {}).get("eval") or {}
+    avail = dense_ev.get("eval_available_windows")
+    wtxt = (f"first {w}" + (f" of {avail}" if avail else "")) if w and w > 0 else "all"
+    return (f"model `{p.get('model')}` · calibration {_src(p.get('calib_source'), cal)} "
+            f"{p.get('nsamples')} × {p.get('seqlen')} tokens, seed {p.get('seed')} · evaluation "
+            f"{_src(p.get('eval_source'), ev)}, seqlen {p.get('eval_seqlen')}, {wtxt} windows")
+
+
+def _src(spec: str | None, meta: dict) -> str:
+    if not spec:
+        return "?"
+    if spec == "builtin":
+        return "**builtin corpus (fallback)**"
+    if spec.lower().startswith("wikitext2:"):
+        return f"WikiText-2 raw `{Path(spec.split(':', 1)[1]).name}`"
+    return f"`{Path(spec).name}`"
+
+
+def machine_line(P: dict) -> str:
+    m = P["protocol"].get("machine", {})
+    s = (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB RAM, "
+         f"torch threads {m.get('torch_threads', '?')}")
+    if m.get("cuda"):
+        s += f", GPU {m['cuda']} (not used)"
+    return s
+
+
+def versions_line(P: dict) -> str:
+    v = P["protocol"].get("versions", {})
+    s = ", ".join(f"{k} {v[k]}" for k in ("prunekit", "torch", "transformers", "python") if k in v)
+    for peer, pv in sorted((P["protocol"].get("peer_envs") or {}).items()):
+        if "error" in pv:
+            continue
+        tool = "llm-compressor" if peer == "llmcompressor" else peer
+        main = pv.get("llmcompressor") or pv.get("torch-pruning") or "?"
+        s += (f"; {tool} {main} (own venv: torch {pv.get('torch', '?')}, transformers "
+              f"{pv.get('transformers', '?')})")
+    return s
+
+
+def section(P: dict, png_rel: str | None) -> list[str]:
+    pr = P["protocol"]
+    p = pr.get("protocol", {})
+    routine = pr.get("routine", {"nsamples": 32, "seqlen": 2048, "eval_windows": 40})
+    cal = pr.get("calibration", {})
+    dense = P["dense"]
+    floor = P["floor"] if P["floor"] and P["floor"].get("status") == "ok" else None
+    pline = f"_Protocol: {protocol_line(P)}._"
+    L = [f"## Protocol `{pr.get('protocol_id', P['dir'].name)}`", ""]
+    L += ["| | |", "|---|---|",
+          f"| model | `{p.get('model')}` → dense float32 Hugging Face folder"
+          + (f", {dense['eval']['params'] / 1e6:.1f} M parameters" if dense and dense.get("eval") else "")
+          + " |",
+          f"| calibration | {_src(p.get('calib_source'), cal)}: {p.get('nsamples')} windows × "
+          f"{p.get('seqlen')} tokens, seed {p.get('seed')}"
+          + (f", drawn from the {cal['documents_longer_than_seqlen']} of {cal['documents']} "
+             f"documents longer than {p.get('seqlen')} tokens"
+             if cal.get("documents_longer_than_seqlen") else "")
+          + "; tokenized once, the same ids for every tool |",
+          f"| evaluation | {protocol_line(P).split(' · evaluation ')[-1]}; one shared function "
+          f"(`prunekit.perplexity`) on each tool's saved folder, loaded with plain transformers "
+          f"(float32, SDPA) |",
+          f"| machine | {machine_line(P)} |",
+          f"| versions | {versions_line(P)} |",
+          f"| date | {pr.get('first_run', '?')} – {pr.get('last_run', '?')} |", ""]
+    for n in p.get("notes") or []:
+        L += [f"**Data fallback:** {n}.", ""]
+    reduced = (p.get("nsamples"), p.get("eval_windows")) != (routine["nsamples"], routine["eval_windows"])
+    if reduced:
+        L += [f"**Reduced protocol.** The routine protocol is {routine['nsamples']} × "
+              f"{routine['seqlen']} calibration and the first {routine['eval_windows']} evaluation "
+              f"windows; this table used {p.get('nsamples')} × {p.get('seqlen')} and "
+              f"{p.get('eval_windows') or 'all'} windows to fit the time available on this machine. "
+              f"The routine one is a flag away: `python benchmarks/run.py` (no flags; resumable, "
+              f"`--methods wanda` runs one method at a time), and the papers' protocol is "
+              f"`python benchmarks/run.py --nsamples 128 --eval-windows 0`.", ""]
+
+    # -- main table
+    L += ["### Perplexity, pruning time and memory", "", pline, "",
+          "| method | pattern | tool | perplexity | prune s | prune CPU s | peak RSS MB | sparsity | params M | size MB | prune / floor |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    cores = (pr.get("machine") or {}).get("cores") or 0
+    thr = min((pr.get("machine") or {}).get("torch_threads") or 0, cores or 1 << 30)
+    if dense and dense.get("eval"):
+        e = dense["eval"]
+        L.append(f"| dense | – | – | {f_ppl(e['perplexity'])} | – | – | – | "
+                 f"{e['zero_sparsity_block_linears']:.3f} | {e['params'] / 1e6:.1f} | "
+                 f"{e['size_bytes'] / 2**20:,.0f} | – |")
+    groups: dict[tuple, list[dict]] = {}
+    for r in P["cells"]:
+        c = r["cell"]
+        groups.setdefault((c["method"], c["kind"], c["pattern"], c["sparsity"]), []).append(r)
+    notes_used: set[str] = set()
+    for (method, kind, pattern, sp), rows in groups.items():
+        pk_row = next((r for r in rows if r["cell"]["tool"] == "prunekit"), None)
+        pk_fig = figures(pk_row, dense) if pk_row and pk_row.get("status") == "ok" else None
+        for j, r in enumerate(rows):
+            c = r["cell"]
+            tool = c["tool"]
+            ver = (r.get("prune") or {}).get("tool_version")
+            tname = tool + (f" {ver}" if ver and tool != "prunekit" else "")
+            first = f"| {method if j == 0 else ''} | {pattern_label(c) if j == 0 else ''} | {tname}"
+            if r.get("status") != "ok":
+                L.append(f"{first} | **failed** ({r.get('stage', '?')}): "
+                         f"{_md(r.get('error', '?'))[:160]} | | | | | | | |")
+                continue
+            f = figures(r, dense)
+            pf = "–"
+            if floor and tool == "prunekit" and method in ("wanda", "sparsegpt"):  # magnitude: no data
+                pf = f_ratio(f["prune_s"], floor["floor_s"])
+                if f.get("cpu_s") and floor.get("floor_cpu_s"):
+                    pf += f" (CPU {f_ratio(f['cpu_s'], floor['floor_cpu_s'])})"
+            mark = ""
+            pr_ = r.get("prune") or {}
+            if pr_.get("note"):
+                mark = " ¹"
+                notes_used.add("magnitude")
+            if pr_.get("repeats", 1) > 1:
+                mark += " ²"
+                notes_used.add("repeats")
+            if thr and f.get("cpu_s") and f.get("prune_s") and f["cpu_s"] < 0.75 * thr * f["prune_s"]:
+                mark += " ³"
+                notes_used.add("load")
+            L.append(f"{first}{mark} | {f_ppl(f['ppl'])} | {f_num(f['prune_s'])} | {f_num(f['cpu_s'], 0)} | "
+                     f"{f_num(f['rss'], 0)} | {f_num(f['sparsity'], 3)} | {f_num(f['params'])} | "
+                     f"{f_num(f['size'], 0)} | {pf} |")
+            if tool != "prunekit" and pk_fig:
+                L.append(f"| | | *prunekit / {tool}* | {f_ratio(pk_fig['ppl'], f['ppl'])} | "
+                         f"{f_ratio(pk_fig['prune_s'], f['prune_s'])} | "
+                         f"{f_ratio(pk_fig['cpu_s'], f['cpu_s'])} | "
+                         f"{f_ratio(pk_fig['rss'], f['rss'])} | "
+                         f"{f_ratio(pk_fig['sparsity'], f['sparsity'])} | "
+                         f"{f_ratio(pk_fig['params'], f['params'])} | "
+                         f"{f_ratio(pk_fig['size'], f['size'])} | |")
+    L.append("")
+    if floor:
+        fcpu = (f" ({floor['floor_cpu_s']:.0f} CPU s)" if floor.get("floor_cpu_s") else "")
+        L += [f"**Floor:** {floor['floor_s']:.1f} s{fcpu} = capturing the inputs of block 0 plus two "
+              f"forward passes of every block over the {floor['nsamples']} × {floor['seqlen']} "
+              f"calibration windows (batch {floor['batch_size']}, {floor.get('attn_implementation')} "
+              f"attention), nothing else — the least a layer-sequential prune that calibrates each "
+              f"block on the pruned outputs of the blocks before it can do. \"prune / floor\" is "
+              f"prunekit's pruning time over it (wall; CPU time in brackets); peak RSS of the floor job: "
+              f"{floor['peak_rss_mb']:.0f} MB.", ""]
+    L += ["How to read it: *perplexity* — lower is better; *prune s* — wall time of the pruning "
+          "call alone (model loading and saving excluded), in its own process; *prune CPU s* — "
+          "CPU time of that call summed over the process's threads (less sensitive than wall time "
+          "to other jobs sharing the machine); *peak RSS MB* — "
+          "peak resident memory (`ru_maxrss`) of that process, loading and saving included; "
+          "*sparsity* — zero fraction of the Linear weights inside the decoder blocks (for "
+          "structured rows: the fraction of decoder-block parameters removed); *params M* — "
+          "parameters of the saved model (tied embeddings once); *size MB* — weight files on "
+          "disk (MiB). Ratio rows divide prunekit's figure by the peer's: below 1× means prunekit "
+          "is lower (better for perplexity, time and memory)."]
+    if "magnitude" in notes_used:
+        L += ["", "¹ llm-compressor has no one-shot magnitude pruning (its "
+              "`MagnitudePruningModifier` masks only during training steps, so under `oneshot` it "
+              "prunes nothing): the harness applies the per-matrix |W| mask itself (N:M: the "
+              "largest |W| of every M inputs) in the peer's process, so this row measures that "
+              "mask, not an llm-compressor code path."]
+    if "load" in notes_used:
+        L += ["", f"³ the machine was shared while this prune ran: its CPU time is under 75% of "
+              f"wall time × {thr} thread(s), so the wall time is inflated by other jobs; compare "
+              f"CPU seconds (the 1-min load average before and after each job is in the JSON)."]
+    if "repeats" in notes_used:
+        L += ["", "² cheap prune: repeated in fresh processes, medians of prune time and peak RSS "
+              "shown (all runs are in the JSON)."]
+    L += ["", "Settings: prunekit runs `prunekit.prune_` with its defaults (calibration batch "
+          f"{pr.get('settings', {}).get('batch_size', 8)}, outputs of pruned blocks propagated) "
+          "and its per-Linear reconstruction-error report "
+          + ("off" if not pr.get("settings", {}).get("report_tokens") else "on")
+          + " (peers compute none); llm-compressor runs `oneshot` with `WandaPruningModifier` / "
+          "`SparseGPTModifier` targeting every Linear in the decoder blocks (lm_head excluded) and "
+          "switches attention to eager while calibrating, which is why its Wanda costs about as "
+          "much as its SparseGPT; every pruned model is saved as a plain dense float32 folder."]
+    L.append("")
+
+    # -- speed
+    sp_rows = []
+    if dense and (dense.get("eval") or {}).get("speed"):
+        sp_rows.append(("dense", "", "", dense["eval"]["speed"], dense["eval"]["params"]))
+    for r in P["cells"]:
+        s = (r.get("eval") or {}).get("speed")
+        if r.get("status") == "ok" and s:
+            c = r["cell"]
+            sp_rows.append((c["tool"], c["method"], pattern_label(c), s, r["eval"]["params"]))
+    if sp_rows:
+        ds = sp_rows[0][3] if sp_rows[0][0] == "dense" else None
+        lens = sorted({k for *_, s, _p in sp_rows for k in s.get("prefill_ms", {})}, key=int)
+        thr = sp_rows[0][3].get("torch_threads")
+        dev = sp_rows[0][3].get("device", "cpu")
+        runs = sp_rows[0][3].get("runs")
+        L += ["### Inference speed", "", pline, "",
+              f"Batch 1, float32, SDPA attention, {dev}, torch threads {thr}; median of {runs} "
+              f"run{'s' if runs != 1 else ''} after a warm-up. Prefill = one forward pass over P tokens building the KV "
+              f"cache; decode = {sp_rows[0][3].get('decode_tokens', 64)} greedy single-token steps "
+              f"after a {sp_rows[0][3].get('decode_prompt', 128)}-token prompt. Zeros in dense "
+              f"float32 matrices (unstructured, 2:4) give no speedup with these kernels; only "
+              f"removed parameters (structured) do. The machine is shared, so differences of a "
+              f"few percent are noise.", "",
+              "| tool | method | pattern | params M | "
+              + " | ".join(f"prefill {n} ms" for n in lens)
+              + " | decode tok/s | " + " | ".join(f"prefill {n} speedup" for n in lens)
+              + " | decode speedup |",
+              "|---|---|---|---|" + "---|" * (2 * len(lens) + 2)]
+        for tool, method, pat, s, params in sp_rows:
+            pm = s.get("prefill_ms", {})
+            cells = [f_num(pm.get(n), 0) for n in lens]
+            ups = [f_ratio(ds["prefill_ms"].get(n), pm.get(n)) if ds else "–" for n in lens]
+            L.append(f"| {tool} | {method} | {pat} | {params / 1e6:.1f} | " + " | ".join(cells)
+                     + f" | {f_num(s.get('decode_tok_s'))} | " + " | ".join(ups)
+                     + f" | {f_ratio(s.get('decode_tok_s'), ds.get('decode_tok_s')) if ds else '–'} |")
+        L.append("")
+    if png_rel:
+        L += [f"![perplexity vs sparsity]({png_rel})", ""]
+    L += [f"Raw numbers: `{_rel(P['dir'])}/*.json` (one file per cell; logs of every job under "
+          f"`.bench/work/{P['dir'].name}/`).", ""]
+    return L
+
+
+def _md(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
+# --------------------------------------------------------------------------------------------
+def plot(P: dict, out: Path) -> Path | None:
+    ok = [r for r in P["cells"] if r.get("status") == "ok"]
+    if not ok:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = P["dense"]
+    dppl = ((dense or {}).get("eval") or {}).get("perplexity")
+    colors = {"magnitude": "tab:gray", "wanda": "tab:blue", "sparsegpt": "tab:red",
+              "flap": "tab:green", "wanda-sp": "tab:purple", "magnitude-sp": "tab:brown",
+              "taylor-sp": "tab:orange", "shortgpt": "tab:olive"}
+    markers = {"prunekit": "o", "llm-compressor": "s", "torch-pruning": "^"}
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    series: dict[tuple, list] = {}
+    for r in ok:
+        c = r["cell"]
+        f = figures(r, dense)
+        if f["ppl"] is None or f["sparsity"] is None:
+            continue
+        key = (c["tool"], c["method"], "nm" if c["kind"] == "nm" else "curve")
+        series.setdefault(key, []).append((f["sparsity"], f["ppl"], c))
+    for (tool, method, kind), pts in sorted(series.items()):
+        pts.sort(key=lambda t: t[0])
+        col = colors.get(method, "black")
+        mk = markers.get(tool, "D")
+        if kind == "curve":
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
+            if dppl:
+                xs, ys = [0.0, *xs], [dppl, *ys]
+            pk_ = tool == "prunekit"
+            ax.plot(xs, ys, color=col, marker=mk, linestyle="-" if pk_ else "--",
+                    label=f"{tool} {method}", markersize=6 if pk_ else 11,
+                    markerfacecolor=col if pk_ else "none", markeredgewidth=1 if pk_ else 2,
+                    alpha=0.9, zorder=3 if pk_ else 2)
+        else:
+            for x, y, c in pts:
+                pk_ = tool == "prunekit"
+                ax.plot([x], [y], color=col, marker=mk, markerfacecolor=col if pk_ else "none",
+                        markersize=6 if pk_ else 11, markeredgewidth=1 if pk_ else 2,
+                        linestyle="none", zorder=3 if pk_ else 2,
+                        label=f"{tool} {method} {c['pattern']}")
+                ax.annotate(c["pattern"], (x, y), textcoords="offset points", xytext=(6, -3),
+                            fontsize=7, color=col)
+    if dppl:
+        ax.plot([0], [dppl], "k*", markersize=12, label=f"dense ({dppl:.2f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity (zero fraction of decoder Linears; structured: block params removed)")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.text(0.99, 0.01, "filled: prunekit · hollow: peers · lines: unstructured / structured "
+            "from dense · N:M points labelled", transform=ax.transAxes, ha="right", va="bottom",
+            fontsize=7, color="0.35")
+    p = P["protocol"].get("protocol", {})
+    ax.set_title(f"{p.get('model')}: {p.get('nsamples')}×{p.get('seqlen')} calibration, "
+                 f"{p.get('eval_windows') or 'all'} eval windows", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    h, lab = ax.get_legend_handles_labels()
+    uniq = dict(zip(lab, h))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_report(results: Path = RESULTS, out_md: Path = REPO / "BENCHMARKS.md") -> tuple[Path, Path | None]:
+    results = Path(results)
+    protos = [load_protocol(d) for d in sorted(results.iterdir())
+              if d.is_dir() and (d / "protocol.json").is_file()] if results.is_dir() else []
+    protos.sort(key=lambda P: (-sum(r.get("status") == "ok" for r in P["cells"]),
+                               -(P["protocol"].get("protocol", {}).get("nsamples") or 0)))
+    main_png = None
+    out_md = Path(out_md)
+    L = ["# Benchmarks", "",
+         "prunekit side by side with the maintained peer pruning tools on one protocol: the same "
+         "dense model, the very same calibration token ids handed to every tool, and one shared "
+         "evaluation of every tool's saved model. Generated by `python benchmarks/run.py` "
+         f"(`benchmarks/report.py`) on {time.strftime('%Y-%m-%d %H:%M')}; each pruning job runs "
+         "in its own process, so time and memory are that job's alone.", ""]
+    if not protos:
+        L += ["No results yet: run `python benchmarks/run.py --quick`.", ""]
+    for i, P in enumerate(protos):
+        png = P["dir"] / "ppl_vs_sparsity.png"
+        got = plot(P, png)
+        png_rel = None
+        if got:
+            if i == 0:
+                main_png = results / "ppl_vs_sparsity.png"
+                shutil.copyfile(got, main_png)
+                png_rel = _relto(main_png, out_md.parent)
+            else:
+                png_rel = _relto(got, out_md.parent)
+        if i == 1:
+            L += ["---", "", "# Other protocols", ""]
+        L += section(P, png_rel)
+    L += ["## Reproduce", "",
+          "```sh",
+          "make setup-dev                        # project venv (torch 2.13.0 CPU first)",
+          "python benchmarks/run.py --quick      # < 15 min on 2 cores: Wanda 50%, 8 x 2048, 10 windows",
+          "python benchmarks/run.py              # routine protocol: 32 x 2048, 40 windows (hours on CPU; resumable)",
+          "python benchmarks/run.py --methods wanda --patterns 2:4   # one method / pattern at a time",
+          "python benchmarks/report.py           # rewrite this file from benchmarks/results/",
+          "```", "",
+          "Peers run in their own virtualenvs under `.bench/venvs/` (created on first use, torch "
+          "2.13.0 installed first), so their pins never touch the project's environment.", ""]
+    out_md.write_text("\n".join(L))
+    return out_md, main_png
+
+
+def _relto(p: Path, base: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(Path(base).resolve()))
+    except ValueError:
+        return str(Path(p).resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    a = ap.parse_args(argv)
+    md, png = write_report(a.results, a.out)
+    print(f"wrote {md}" + (f" and {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
