@@ -1,7 +1,7 @@
 """`make demo`: prune the embedded default model and print a before/after table.
 
 Defaults keep it under 10 minutes on 2 CPU cores: SparseGPT (the best of the unstructured
-methods) at 50%, calibrated on 16 windows x 2048 tokens of the builtin corpus's calibration
+methods) at 50%, calibrated on 8 windows x 2048 tokens of the builtin corpus's calibration
 half, perplexity on the first 8 windows x 2048 of its evaluation half (never the same text).
 """
 

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", default="sparsegpt")
     d.add_argument("--pattern", default="unstructured")
     d.add_argument("--sparsity", type=float, default=None)
-    d.add_argument("--nsamples", type=int, default=16)
+    d.add_argument("--nsamples", type=int, default=8)
     d.add_argument("--seqlen", type=int, default=2048)
     d.add_argument("--eval-windows", type=int, default=8)
     d.add_argument("--calib", default="builtin")
