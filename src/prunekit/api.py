@@ -16,7 +16,7 @@ from .data import calibration_windows
 from .engine import Stat, run_layerwise
 from .engine.layerwise import linears_in
 from .errors import ConfigError
-from .methods import Magnitude, get_method, is_structured
+from .methods import get_method, is_structured
 from .models import get_adapter
 from .patterns import parse_pattern
 from .report import LayerReport, PruneReport
@@ -110,11 +110,9 @@ def prune_(
     if calib is not None:
         calib_desc.update(nsamples=int(calib.shape[0]), seqlen=int(calib.shape[1]))
     report = PruneReport(
-        method=config.method, settings=method.settings(), pattern=str(pattern),
-        target_sparsity=sparsity, calib=calib_desc,
+        method=config.method, settings=method.settings(),
+        pattern=str(method.effective_pattern(pattern)), target_sparsity=sparsity, calib=calib_desc,
     )  # fmt: skip
-    if isinstance(method, Magnitude) and str(pattern) == "unstructured":
-        report.pattern = "unstructured:row" if method.per_row else "unstructured:layer"
 
     def prune_linear(name: str, lin: nn.Linear, stats) -> None:
         t0 = time.perf_counter()

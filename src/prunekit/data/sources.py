@@ -24,7 +24,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -225,6 +224,3 @@ def eval_token_ids(source: str | TextSource, tokenizer) -> Tensor:
     ids = tokenizer(src.joined, verbose=False)["input_ids"]
     return torch.tensor([ids], dtype=torch.long)
 
-
-def documents_summary(docs: Sequence[str]) -> str:
-    return f"{len(docs)} documents, {sum(len(d) for d in docs):,} characters"

@@ -33,6 +33,10 @@ class PruningMethod(ABC):
     ) -> tuple[Tensor, dict[str, Any]]:
         """Return ``(new_weight [out, in] in weight's dtype, info)``."""
 
+    def effective_pattern(self, pattern: Unstructured | NM) -> Unstructured | NM:
+        """The pattern this method actually applies for the requested one (its comparison group)."""
+        return pattern
+
     def settings(self) -> dict[str, Any]:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
 
@@ -44,5 +48,6 @@ class ScoreMethod(PruningMethod):
     def score(self, weight: Tensor, stats: LayerStats) -> Tensor: ...  # [out, in] fp32
 
     def prune(self, weight, stats, pattern, sparsity):
+        pattern = self.effective_pattern(pattern)
         keep = pattern.select(self.score(weight, stats), sparsity)
         return weight * keep.to(weight.dtype), {}

@@ -28,7 +28,7 @@ class Magnitude(ScoreMethod):
     def score(self, weight: Tensor, stats: LayerStats) -> Tensor:
         return weight.float().abs()
 
-    def prune(self, weight, stats, pattern, sparsity):
-        if isinstance(pattern, Unstructured) and pattern.scope == "row" and not self.per_row:
-            pattern = Unstructured("layer")  # "unstructured" means the paper's group: the matrix
-        return super().prune(weight, stats, pattern, sparsity)
+    def effective_pattern(self, pattern):
+        if isinstance(pattern, Unstructured) and not self.per_row:
+            return Unstructured("layer")  # "unstructured" means the paper's group: the matrix
+        return pattern
