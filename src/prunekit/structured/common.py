@@ -393,7 +393,7 @@ def finish(
         report.notes.append(
             f"per-block widths (adaptive): heads {[b['heads'] for b in blocks]}, MLP channels "
             f"{[b['intermediate'] for b in blocks]}; {1 - after / block_params:.2%} of decoder-block "
-            f"parameters removed; load with prunekit.structured.per_block.load_pretrained(DIR)"
+            f"parameters removed; load with prunekit.load(DIR) or from_pretrained(DIR, trust_remote_code=True)"
         )
     else:
         report.notes.append(

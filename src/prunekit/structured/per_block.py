@@ -11,11 +11,21 @@ each block. Bias flags (``attention_bias`` / ``mlp_bias``) are stock. The weight
 safetensors file are the shrunk ones, so a plain ``from_pretrained`` refuses the folder (shape
 mismatch) instead of loading garbage; load it with :func:`load_pretrained`, which builds the
 stock model, shrinks each block to its listed widths and then loads the weights strictly.
+
+:func:`write_remote_code` (called by ``save_pretrained_atomic``) also copies
+``modeling_prunekit.py`` (torch + transformers only, no prunekit) into the folder and adds
+``"auto_map": {"AutoModelForCausalLM": "modeling_prunekit.Prunekit<Family>ForCausalLM"}`` to
+``config.json``; ``model_type`` and the config class stay stock. Then
+``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` loads the folder where
+prunekit is not installed; without ``trust_remote_code`` transformers falls back to the stock
+class and still refuses the shrunk shapes.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -61,7 +71,8 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     dtype = dtype or getattr(config, "dtype", None) or torch.float32
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    # the folder's auto_map names modeling_prunekit.py: build the stock class here, never that code
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
     shrink_to_widths(model, config.prunekit_block_widths)
     state = {}
     files = sorted(p.glob("*.safetensors"))
@@ -79,4 +90,31 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     return model.eval()
 
 
-__all__ = ["is_per_block", "load_pretrained", "shrink_to_widths"]
+REMOTE_CODE_FILE = "modeling_prunekit.py"
+
+
+def write_remote_code(config, folder: str | os.PathLike) -> bool:
+    """Make a saved per-block folder loadable with ``trust_remote_code=True``.
+
+    Copies ``modeling_prunekit.py`` into ``folder`` and adds the ``auto_map`` entry to its
+    ``config.json``. Does nothing (returns False) when ``config`` has uniform widths.
+    """
+    if not is_per_block(config):
+        return False
+    from .remote_code.modeling_prunekit import CLASSES
+
+    mt = getattr(config, "model_type", None)
+    if mt not in CLASSES:
+        raise ModelLoadError(f"no trust_remote_code class for model family {mt!r} (have {sorted(CLASSES)})")
+    folder = Path(folder)
+    shutil.copyfile(Path(__file__).with_name("remote_code") / REMOTE_CODE_FILE, folder / REMOTE_CODE_FILE)
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    auto_map = dict(cfg.get("auto_map") or {})
+    auto_map["AutoModelForCausalLM"] = f"{REMOTE_CODE_FILE[:-3]}.{CLASSES[mt]}"
+    cfg["auto_map"] = auto_map
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+__all__ = ["is_per_block", "load_pretrained", "shrink_to_widths", "write_remote_code"]
