@@ -423,18 +423,63 @@ def write_report(results: Path = RESULTS, out_md: Path = REPO / "BENCHMARKS.md")
         if i == 1:
             L += ["---", "", "# Other protocols", ""]
         L += section(P, png_rel)
+    L += speedup_section(results / "structured_speedup")
     L += ["## Reproduce", "",
           "```sh",
           "make setup-dev                        # project venv (torch 2.13.0 CPU first)",
           "python benchmarks/run.py --quick      # < 15 min on 2 cores: Wanda 50%, 8 x 2048, 10 windows",
           "python benchmarks/run.py              # routine protocol: 32 x 2048, 40 windows (hours on CPU; resumable)",
           "python benchmarks/run.py --methods wanda --patterns 2:4   # one method / pattern at a time",
+          "python benchmarks/structured_speedup.py --arch smollm2-360m   # structured speedup, mid-size shapes",
           "python benchmarks/report.py           # rewrite this file from benchmarks/results/",
           "```", "",
           "Peers run in their own virtualenvs under `.bench/venvs/` (created on first use, torch "
           "2.13.0 installed first), so their pins never touch the project's environment.", ""]
     out_md.write_text("\n".join(L))
     return out_md, main_png
+
+
+def speedup_section(d: Path) -> list[str]:
+    """Tables from ``benchmarks/structured_speedup.py`` (one per architecture)."""
+    files = sorted(d.glob("*.json")) if d.is_dir() else []
+    if not files:
+        return []
+    L = ["## Structured pruning speedup on larger shapes", "",
+         "Written by `benchmarks/structured_speedup.py`: the published architecture built in code "
+         "(random init: latency depends on shapes, not values), pruned by prunekit's structured "
+         "methods (heads and MLP channels physically removed, stock config) and timed beside the "
+         "dense model in one process (batch 1, float32, SDPA, logits for every prompt position, "
+         "medians). Perplexity of these methods is in the tables above, on the real SmolLM2-135M.", ""]
+    for f in files:
+        r = _read(f)
+        if not r:
+            continue
+        rows = r["rows"]
+        dense = rows[0]
+        lens = list(dense["speed"]["prefill_ms"])
+        L += [f"**{r['arch']}** (architecture of `{r['source']}`, {dense['params'] / 1e6:.0f} M "
+              f"parameters) on {r['device']} ({r['cpu']}), {r['threads']} torch threads, "
+              f"{r['runs']} runs per figure, torch {r['torch']}, {r['date']}; calibration "
+              f"{r['calib']}.", "",
+              "| model | heads (q/kv) | MLP channels | block params removed | params (M) | "
+              + " | ".join(f"prefill {n} ms" for n in lens) + " | "
+              + " | ".join(f"prefill {n} speedup" for n in lens) + " | decode tok/s | decode speedup |",
+              "|---|---|---|---|---|" + "---|" * (2 * len(lens)) + "---|---|"]
+        for row in rows:
+            sp = row["speed"]
+            is_dense = row is dense
+            removed = "—" if is_dense else f"{1 - row['block_params'] / dense['block_params']:.1%}"
+            heads = f"{row.get('heads', '')}/{row.get('kv_heads', '')}"
+            inter = str(row.get("intermediate", ""))
+            name = "dense" if is_dense else f"{row['model']} {row['sparsity']:.0%}"
+            L.append(f"| {name} | {heads} | {inter} | {removed} | {row['params'] / 1e6:.1f} | "
+                     + " | ".join(f_num(sp["prefill_ms"].get(n)) for n in lens) + " | "
+                     + " | ".join("1.00" if is_dense else f"{row['prefill_speedup'][n]:.2f}x" for n in lens)
+                     + f" | {f_num(sp.get('decode_tok_s'), 2)} | "
+                     + ("1.00" if is_dense or row.get("decode_speedup") is None else f"{row['decode_speedup']:.2f}x")
+                     + " |")
+        L.append("")
+    return L
 
 
 def _relto(p: Path, base: Path) -> str:

@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  dense: prefill {d_speed['prefill_ms']} ms, decode {d_speed.get('decode_tok_s')} tok/s "
         f"({time.perf_counter() - t0:.0f} s)")
     rows.append({"model": "dense", "params": sum(p.numel() for p in dense.parameters()),
-                 "block_params": block_params(dense), "speed": d_speed})
+                 "block_params": block_params(dense), "heads": dense.config.num_attention_heads,
+                 "kv_heads": dense.config.num_key_value_heads,
+                 "intermediate": dense.config.intermediate_size, "speed": d_speed})
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         pruned = copy.deepcopy(dense)
         t0 = time.perf_counter()

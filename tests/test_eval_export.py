@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +52,26 @@ def test_output_folder_rules(tmp_path, tiny_llama, tokenizer):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
     with pytest.raises(OutputError, match="is a file"):
         pk.save_pretrained_atomic(tiny_llama, tokenizer, out / "config.json")
+
+
+def test_failed_overwrite_restores_the_old_folder(tmp_path, tiny_llama, tokenizer, monkeypatch):
+    import prunekit.export.hf as hf
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    real_rename = hf.os.rename
+
+    def flaky(src, dst):  # the final rename of the finished temp folder fails (e.g. disk quota)
+        if Path(dst) == out and ".tmp-" in Path(src).name:
+            raise OSError("simulated rename failure")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(hf.os, "rename", flaky)
+    with pytest.raises(OSError, match="simulated"):
+        pk.save_pretrained_atomic(tiny_llama, tokenizer, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no temp or old folders left
 
 
 def test_load_folder_and_errors(tmp_path, tiny_llama_dir):

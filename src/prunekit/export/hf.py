@@ -63,7 +63,18 @@ def save_pretrained_atomic(
             (tmp / "prunekit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        old = None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_into_place(tmp, target)
+    return target
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished ``tmp`` to ``target``; an old non-empty target is kept aside until then
+    and put back if the final rename fails (so a failed overwrite loses nothing)."""
+    old = None
+    try:
         if target.exists():
             if any(target.iterdir()):
                 old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -71,9 +82,11 @@ def save_pretrained_atomic(
             else:
                 target.rmdir()
         os.rename(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and not target.exists():
+            os.rename(old / "x", target)
+            shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
