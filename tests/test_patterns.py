@@ -48,3 +48,17 @@ def test_unstructured_row_and_layer_exact_counts():
     # layer scope prunes exactly the globally smallest
     thr = s.flatten().sort().values[round(91 * 0.3) - 1]
     assert ((s <= thr) == ~keep_layer).all()
+
+
+def test_ties_are_broken_by_position_lower_index_first():
+    """Dequantized weights tie often; the mask must not depend on topk's unspecified tie order."""
+    flat = torch.tensor([[1.0, 2.0, 1.0, 1.0, 3.0, 1.0]])
+    keep = Unstructured("row").select(flat, 0.5)  # prune 3 of the four 1.0s: the first three
+    assert keep.tolist() == [[False, True, False, False, True, True]]
+    layer = Unstructured("layer").select(flat.reshape(2, 3), 0.5)
+    assert layer.flatten().tolist() == keep.flatten().tolist()
+    groups = torch.tensor([[5.0, 5.0, 5.0, 5.0, 1.0, 2.0, 2.0, 2.0]])
+    assert NM(2, 4).select(groups).tolist() == [[False, False, True, True, False, False, True, True]]
+    big = torch.randint(0, 4, (64, 256)).float()  # many ties, exact count still holds
+    assert int((~Unstructured("layer").select(big, 0.37)).sum()) == round(64 * 256 * 0.37)
+    assert ((~Unstructured("row").select(big, 0.37)).sum(1) == round(256 * 0.37)).all()
