@@ -251,7 +251,13 @@ def section(P: dict, png_rel: str | None) -> list[str]:
               "`MagnitudePruningModifier` masks only during training steps, so under `oneshot` it "
               "prunes nothing): the harness applies the per-matrix |W| mask itself (N:M: the "
               "largest |W| of every M inputs) in the peer's process, so this row measures that "
-              "mask, not an llm-compressor code path."]
+              "mask, not an llm-compressor code path. The two |W| masks differ only in how ties "
+              "are broken: the dequantized Q4_1 weights of this model take 16 values per block of "
+              "32, so equal |W| are everywhere. prunekit prunes the lower index first "
+              "(deterministic); the harness's unstructured mask does the same (hence identical "
+              "50% rows), its N:M mask uses `torch.topk`, whose order among ties is unspecified — "
+              "that alone moves magnitude 2:4 between ~1,500 and ~1,800 (and prunekit's own 2:4 "
+              "was 2,860 with `topk` tie order): read magnitude N:M rows as one number ± that."]
     if "load" in notes_used:
         L += ["", f"³ the machine was shared while this prune ran: its CPU time is under 75% of "
               f"wall time × {thr} thread(s), so the wall time is inflated by other jobs; compare "

@@ -9,8 +9,8 @@ methods with a small random-token calibration set; the pruned model is the same 
 would ship (heads and channels physically removed, stock config). Its perplexity is meaningless
 here — quality is measured on the real SmolLM2-135M by ``benchmarks/run.py``. Timing is
 ``benchmarks/speed.py``'s ``measure_speed`` (batch 1, float32, SDPA, logits for every prompt
-position, medians of ``--runs`` after a warm-up), dense and pruned in one process, one after the
-other, with the same thread count. Writes ``benchmarks/results/structured_speedup/<arch>.json``,
+position, medians of ``--runs``), dense and pruned in one process, timed round-robin (dense, pruned A,
+pruned B, dense, ...) after a warm-up so that load drift on a shared machine hits all alike. Writes ``benchmarks/results/structured_speedup/<arch>.json``,
 which ``benchmarks/report.py`` turns into a table in ``BENCHMARKS.md``.
 """
 
@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -86,37 +87,52 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda s: print(s, flush=True)  # noqa: E731
     say(f"{args.arch}: {sum(p.numel() for p in dense.parameters()) / 1e6:.1f} M parameters, "
         f"{torch.get_num_threads()} threads, device {args.device}")
-    rows = []
-    t0 = time.perf_counter()
-    d_speed = measure_speed(dense, prefill=prefill, decode_tokens=args.decode, runs=args.runs)
-    say(f"  dense: prefill {d_speed['prefill_ms']} ms, decode {d_speed.get('decode_tok_s')} tok/s "
-        f"({time.perf_counter() - t0:.0f} s)")
-    rows.append({"model": "dense", "params": sum(p.numel() for p in dense.parameters()),
-                 "block_params": block_params(dense), "heads": dense.config.num_attention_heads,
-                 "kv_heads": dense.config.num_key_value_heads,
-                 "intermediate": dense.config.intermediate_size, "speed": d_speed})
+    # prune first, then time every model round-robin (dense, method 1, method 2, dense, ...),
+    # so that load drifting on a shared machine hits all of them alike; medians per model
+    models: dict = {"dense": dense}
+    info: dict = {"dense": {"model": "dense"}}
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         pruned = copy.deepcopy(dense)
         t0 = time.perf_counter()
         rep = pk.prune_(pruned, pk.PruneConfig(method=method, sparsity=args.sparsity),
                         calib=calib.to(args.device), progress=False)
-        t_prune = time.perf_counter() - t0
-        cfg = pruned.config
-        s = measure_speed(pruned, prefill=prefill, decode_tokens=args.decode, runs=args.runs)
-        row = {"model": method, "sparsity": args.sparsity, "prune_s": round(t_prune, 1),
-               "params": sum(p.numel() for p in pruned.parameters()),
-               "block_params": block_params(pruned),
-               "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
-               "intermediate": cfg.intermediate_size, "speed": s,
-               "prefill_speedup": {k: round(d_speed["prefill_ms"][k] / v, 3) for k, v in s["prefill_ms"].items()},
-               "decode_speedup": round(s["decode_tok_s"] / d_speed["decode_tok_s"], 3) if args.decode else None,
-               "notes": rep.notes if hasattr(rep, "notes") else []}
-        rows.append(row)
-        say(f"  {method} {args.sparsity:.0%}: heads {cfg.num_attention_heads}/{dense.config.num_attention_heads}, "
-            f"MLP {cfg.intermediate_size}/{dense.config.intermediate_size}, block params "
-            f"-{1 - row['block_params'] / rows[0]['block_params']:.1%}; prefill {s['prefill_ms']} ms "
+        models[method] = pruned
+        info[method] = {"model": method, "sparsity": args.sparsity,
+                        "prune_s": round(time.perf_counter() - t0, 1), "notes": list(rep.notes)}
+        say(f"  pruned {method} {args.sparsity:.0%} in {info[method]['prune_s']} s")
+    samples: dict[str, list[dict]] = {k: [] for k in models}
+    for m in models.values():  # warm-up, discarded
+        measure_speed(m, prefill=prefill, decode_tokens=min(args.decode, 4), runs=1, warmup=0)
+    for r in range(args.runs):
+        for k, m in models.items():
+            samples[k].append(measure_speed(m, prefill=prefill, decode_tokens=args.decode, runs=1, warmup=0))
+        say(f"  round {r + 1}/{args.runs}: " + ", ".join(
+            f"{k} {samples[k][-1]['prefill_ms']} ms" for k in models))
+    rows = []
+    for k, m in models.items():
+        ss = samples[k]
+        speed = {"runs": len(ss), "torch_threads": ss[0]["torch_threads"], "device": ss[0]["device"],
+                 "prefill_ms": {n: round(statistics.median(x["prefill_ms"][n] for x in ss), 1)
+                                for n in ss[0]["prefill_ms"]},
+                 "prefill_ms_all": {n: [x["prefill_ms"][n] for x in ss] for n in ss[0]["prefill_ms"]}}
+        if args.decode:
+            speed["decode_tok_s"] = round(statistics.median(x["decode_tok_s"] for x in ss), 2)
+            speed["decode_tok_s_all"] = [x["decode_tok_s"] for x in ss]
+        cfg = m.config
+        rows.append({**info[k], "params": sum(p.numel() for p in m.parameters()),
+                     "block_params": block_params(m), "heads": cfg.num_attention_heads,
+                     "kv_heads": cfg.num_key_value_heads, "intermediate": cfg.intermediate_size,
+                     "speed": speed})
+    d = rows[0]
+    for row in rows[1:]:
+        s = row["speed"]
+        row["prefill_speedup"] = {n: round(d["speed"]["prefill_ms"][n] / v, 3) for n, v in s["prefill_ms"].items()}
+        row["decode_speedup"] = (round(s["decode_tok_s"] / d["speed"]["decode_tok_s"], 3)
+                                 if args.decode else None)
+        say(f"  {row['model']} {args.sparsity:.0%}: heads {row['heads']}/{d['heads']}, MLP "
+            f"{row['intermediate']}/{d['intermediate']}, block params "
+            f"-{1 - row['block_params'] / d['block_params']:.1%}; prefill {s['prefill_ms']} ms "
             f"(x{row['prefill_speedup']}), decode x{row['decode_speedup']}")
-        del pruned
     out = args.out or OUT / f"{args.arch}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"arch": args.arch, "source": ARCHS[args.arch]["source"], "device": args.device,
