@@ -31,6 +31,12 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def _cache_of(out):
+    """The KV cache of a model output (``cache`` since transformers 5.2x, ``past_key_values`` before)."""
+    c = out.get("cache")
+    return c if c is not None else out.get("past_key_values")
+
+
 def measure_speed(model, *, prefill=(512, 2048), decode_tokens=64, runs=3, warmup=1,
                   seed=0) -> dict:
     """Prefill latency (ms) per length and decode tokens/s of ``model`` (median of ``runs``)."""
@@ -38,6 +44,9 @@ def measure_speed(model, *, prefill=(512, 2048), decode_tokens=64, runs=3, warmu
 
     device = next(model.parameters()).device
     vocab = int(model.config.vocab_size)
+    import inspect
+
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     max_pos = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
     g = torch.Generator().manual_seed(seed)
     out: dict = {"runs": runs, "torch_threads": torch.get_num_threads(), "device": str(device),
@@ -63,12 +72,12 @@ def measure_speed(model, *, prefill=(512, 2048), decode_tokens=64, runs=3, warmu
             rates = []
             for r in range(warmup + runs):
                 o = model(input_ids=prompt, use_cache=True)
-                past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
+                past, nxt = _cache_of(o), o.logits[:, -1:].argmax(-1)
                 _sync(device)
                 t0 = time.perf_counter()
                 for _ in range(decode_tokens):
-                    o = model(input_ids=nxt, past_key_values=past, use_cache=True)
-                    past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
+                    o = model(input_ids=nxt, **{cache_kw: past}, use_cache=True)
+                    past, nxt = _cache_of(o), o.logits[:, -1:].argmax(-1)
                 _sync(device)
                 if r >= warmup:
                     rates.append(decode_tokens / (time.perf_counter() - t0))

@@ -58,6 +58,7 @@ def capture_block_inputs(
         kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
         kw["use_cache"] = False
         kw.pop("past_key_values", None)
+        kw.pop("cache", None)
         kw.pop("past_key_value", None)
         captured.append(BlockInputs(hidden, kw))
         raise _StopForward
