@@ -16,10 +16,12 @@ Structure:
     split is the GQA-valid one minimising the total removed ``standardised score x parameters``
     (see ``common.plan_cost``). ``ratio``: the same fraction of attention and MLP parameters
     per block (FLAP's UL-UM). Fix the head count with ``heads=N`` (and ``kv_heads=K``).
+    ``adaptive``: the paper's AL-AM — standardised scores ranked globally across blocks, so
+    each block keeps its own widths; the output has per-block widths (``prunekit.load`` or
+    ``from_pretrained(..., trust_remote_code=True)``; see ``structured/per_block.py``).
 
 Deviations from the reference: query heads are removed only in GQA-valid patterns (``qq`` per
-kept KV head), KV heads only with their whole group; the adaptive per-block structure
-(``AL-AM``) is not offered yet because its output needs a non-stock config.
+kept KV head), KV heads only with their whole group.
 """
 
 from __future__ import annotations
