@@ -285,6 +285,21 @@ def test_llm_pruner_runs_and_restores_grad_flags():
     assert torch.isfinite(model(ids).logits).all()
 
 
+def test_llm_pruner_cost_plan_follows_importance():
+    """Taylor importances are loss estimates, comparable across heads and channels: when the
+    attention output barely matters, the cost plan removes more heads than the ratio plan."""
+    ids = _ids(4, 32)
+    heads = {}
+    for structure in ("ratio", "cost"):
+        model = _llama()
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.mul_(1e-3)
+        _prune(model, "llm-pruner", ids, sparsity=0.3, windows=2, seqlen=16, structure=structure)
+        heads[structure] = model.config.num_attention_heads
+    assert heads["cost"] < heads["ratio"]
+
+
 def test_flap_adaptive_per_block_widths_roundtrip(tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 

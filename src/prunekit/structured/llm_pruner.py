@@ -11,9 +11,13 @@ its members:
 * MLP channel ``c``: row ``c`` of ``gate_proj`` and ``up_proj`` (or ``fc1``), column ``c`` of
   ``down_proj`` (``fc2``).
 
-Every block gets the same GQA-valid plan (``common.plan_ratio``), so the output is a stock
-config. Settings: ``windows`` (calibration windows used for gradients, default 8) and
-``seqlen`` (tokens per window, default 512), ``heads`` / ``kv_heads`` to fix the head count.
+Every block gets the same GQA-valid plan, so the output is a stock config. The split between
+heads and MLP channels (``structure``): ``cost`` (default) picks the head count whose uniform
+plan removes the least total Taylor importance over all blocks — the importances are estimated
+loss changes, so heads and channels are directly comparable; ``ratio`` removes the same fraction
+of attention and MLP parameters (``common.plan_ratio``). Settings: ``windows`` (calibration
+windows used for gradients, default 8) and ``seqlen`` (tokens per window, default 512),
+``heads`` / ``kv_heads`` to fix the head count.
 Deviation: the paper keeps the first and last few blocks dense; here all blocks are pruned
 uniformly (per-block widths would need a non-stock config).
 """
@@ -32,6 +36,7 @@ from . import STRUCTURED_METHODS
 from . import common as C
 
 SPEC = {
+    "structure": (str, "cost", ("cost", "ratio")),
     "windows": (int, 8, lambda v: v >= 1),
     "seqlen": (int, 512, lambda v: v >= 2),
     "heads": (int, None, None),
@@ -49,7 +54,8 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
     t_start = time.perf_counter()
     args = C.parse_args("llm-pruner", config.method_args, SPEC)
     adapter, geo, costs, sparsity = C.start(model, config)
-    plan = C.plan_ratio(geo, costs, sparsity, C.fixed_heads(args, geo))
+    fixed = C.fixed_heads(args, geo)
+    C.check_feasible(geo, costs, sparsity)
     ids = C.get_calib(config, calib, tokenizer)
     ids = ids[: args["windows"], : args["seqlen"]]
     shapes = C.linear_shapes(model, adapter)
@@ -80,9 +86,9 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
                 out.loss.backward()
         t_grad = time.perf_counter() - t0
         t0 = time.perf_counter()
-        info = {}
+        scores = []  # per block: (head, kv, channel) Taylor importance
         with torch.no_grad():
-            for i, block in enumerate(blocks):
+            for block in blocks:
                 attn, mlp = adapter.attention(block), adapter.mlp_module(block)
                 hd = geo.head_dim
                 q = _taylor(attn.get_submodule(adapter.q)).sum(1)  # [heads*hd]
@@ -93,11 +99,18 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
                 ch = _taylor(mlp.get_submodule(adapter.mlp_out)).sum(0)
                 for n in adapter.mlp_in:
                     ch = ch + _taylor(mlp.get_submodule(n)).sum(1)
-                for lin in (*[attn.get_submodule(n) for n in (adapter.q, adapter.k, adapter.v, adapter.o)],
-                            *[mlp.get_submodule(n) for n in (*adapter.mlp_in, adapter.mlp_out)]):  # fmt: skip
-                    lin.weight.grad = None
-                    lin.weight.requires_grad_(False)
-                info[i] = C.apply_block(block, adapter, geo, plan, head, ch, kv_scores=kv)
+                scores.append((head, kv, ch))
+            for lin in lins:
+                lin.weight.grad = None
+                lin.weight.requires_grad_(False)
+            if args["structure"] == "ratio":
+                plan = C.plan_ratio(geo, costs, sparsity, fixed)
+            else:  # plan_cost weighs a unit's score by its parameters: pass importance per parameter
+                plan = C.plan_cost(geo, costs, sparsity, [h / costs.q_head for h, _, _ in scores],
+                                   [c / costs.channel for _, _, c in scores], fixed)
+            t0 = time.perf_counter()
+            info = {i: C.apply_block(block, adapter, geo, plan, h, c, kv_scores=kv)
+                    for i, (block, (h, kv, c)) in enumerate(zip(blocks, scores))}
     finally:
         for p in model.parameters():
             p.grad = None
