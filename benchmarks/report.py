@@ -278,15 +278,17 @@ def section(P: dict, png_rel: str | None) -> list[str]:
     # -- speed
     sp_rows = []
     if dense and (dense.get("eval") or {}).get("speed"):
-        sp_rows.append(("dense", "", "", dense["eval"]["speed"], dense["eval"]["params"]))
+        sp_rows.append(("dense", "", "", dense["eval"]["speed"], dense["eval"]["params"], None))
     for r in P["cells"]:
         s = (r.get("eval") or {}).get("speed")
         if r.get("status") == "ok" and s:
             c = r["cell"]
-            sp_rows.append((c["tool"], c["method"], pattern_label(c), s, r["eval"]["params"]))
+            sp_rows.append((c["tool"], c["method"], pattern_label(c), s, r["eval"]["params"],
+                            r["eval"].get("speed_reference")))
     if sp_rows:
         ds = sp_rows[0][3] if sp_rows[0][0] == "dense" else None
-        lens = sorted({k for *_, s, _p in sp_rows for k in s.get("prefill_ms", {})}, key=int)
+        lens = sorted({k for row in sp_rows for k in row[3].get("prefill_ms", {})}, key=int)
+        paired = any(row[5] for row in sp_rows)
         thr = sp_rows[0][3].get("torch_threads")
         dev = sp_rows[0][3].get("device", "cpu")
         runs = sp_rows[0][3].get("runs")
@@ -296,20 +298,29 @@ def section(P: dict, png_rel: str | None) -> list[str]:
               f"cache; decode = {sp_rows[0][3].get('decode_tokens', 64)} greedy single-token steps "
               f"after a {sp_rows[0][3].get('decode_prompt', 128)}-token prompt. Zeros in dense "
               f"float32 matrices (unstructured, 2:4) give no speedup with these kernels; only "
-              f"removed parameters (structured) do. The machine is shared, so differences of a "
-              f"few percent are noise.", "",
+              f"removed parameters (structured) do. "
+              + ("Speedups marked † divide by the dense model timed *in turns* with the pruned one "
+                 "in the same job (dense, pruned, dense, ...), which keeps the ratio honest on a "
+                 "shared machine; unmarked ones divide by the dense row, timed in another job, "
+                 "and can be off by ±30% when other jobs share the cores. "
+                 if paired else
+                 "The dense row and each cell were timed in separate jobs while other benchmark "
+                 "jobs shared the cores, so ratios can be off by ±30%: the round-robin table in "
+                 "*Structured pruning speedup on larger shapes* is the reliable speedup figure. "),
+              "",
               "| tool | method | pattern | params M | "
               + " | ".join(f"prefill {n} ms" for n in lens)
               + " | decode tok/s | " + " | ".join(f"prefill {n} speedup" for n in lens)
               + " | decode speedup |",
               "|---|---|---|---|" + "---|" * (2 * len(lens) + 2)]
-        for tool, method, pat, s, params in sp_rows:
+        for tool, method, pat, s, params, ref in sp_rows:
             pm = s.get("prefill_ms", {})
+            base, mark = (ref, " †") if ref else (ds, "")
             cells = [f_num(pm.get(n), 0) for n in lens]
-            ups = [f_ratio(ds["prefill_ms"].get(n), pm.get(n)) if ds else "–" for n in lens]
+            ups = [f_ratio(base["prefill_ms"].get(n), pm.get(n)) + mark if base else "–" for n in lens]
+            dec = f_ratio(s.get("decode_tok_s"), base.get("decode_tok_s")) + mark if base else "–"
             L.append(f"| {tool} | {method} | {pat} | {params / 1e6:.1f} | " + " | ".join(cells)
-                     + f" | {f_num(s.get('decode_tok_s'))} | " + " | ".join(ups)
-                     + f" | {f_ratio(s.get('decode_tok_s'), ds.get('decode_tok_s')) if ds else '–'} |")
+                     + f" | {f_num(s.get('decode_tok_s'))} | " + " | ".join(ups) + f" | {dec} |")
         L.append("")
     if png_rel:
         L += [f"![perplexity vs sparsity]({png_rel})", ""]

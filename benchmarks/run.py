@@ -502,6 +502,8 @@ class Harness:
                "--windows", str(p.eval_windows), "--result", str(result),
                "--threads", str(self.a.threads),
                "--speed-runs", str(self.a.speed_runs if speed and not self.a.no_speed else 0)]
+        if speed and not self.a.no_speed and Path(folder).resolve() != Path(p.dense_dir).resolve():
+            cmd += ["--reference", str(p.dense_dir)]  # timed in turns with the dense model
         return cmd
 
     def run_dense(self) -> None:

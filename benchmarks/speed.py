@@ -87,6 +87,40 @@ def measure_speed(model, *, prefill=(512, 2048), decode_tokens=64, runs=3, warmu
     return out
 
 
+def measure_round_robin(models: dict, *, prefill=(512, 2048), decode_tokens=64, runs=3,
+                        log=None) -> dict:
+    """Time several models in turns (A, B, C, A, B, C, ...) after one warm-up each.
+
+    On a shared machine the load drifts; timing the models one after the other lets that drift
+    hit all of them alike, so their *ratios* stay honest. Returns ``{name: speed}`` in
+    ``measure_speed``'s format (medians), plus every run's figures (``*_all``).
+    """
+    import statistics
+
+    for m in models.values():  # warm-up, discarded
+        measure_speed(m, prefill=prefill, decode_tokens=min(decode_tokens, 4), runs=1, warmup=0)
+    samples: dict[str, list[dict]] = {k: [] for k in models}
+    for r in range(runs):
+        for k, m in models.items():
+            samples[k].append(measure_speed(m, prefill=prefill, decode_tokens=decode_tokens,
+                                            runs=1, warmup=0))
+        if log:
+            log(f"round {r + 1}/{runs}: " + ", ".join(f"{k} {samples[k][-1]['prefill_ms']} ms" for k in models))
+    out = {}
+    for k, ss in samples.items():
+        lens = list(ss[0]["prefill_ms"])
+        sp = {**{f: ss[0][f] for f in ("torch_threads", "device")}, "runs": len(ss), "round_robin": list(models),
+              "prefill_ms": {n: round(statistics.median(x["prefill_ms"][n] for x in ss), 1) for n in lens},
+              "prefill_ms_all": {n: [x["prefill_ms"][n] for x in ss] for n in lens}}
+        sp["prefill_tok_s"] = {n: round(int(n) / (v / 1000), 1) for n, v in sp["prefill_ms"].items()}
+        if decode_tokens > 0:
+            sp["decode_tok_s"] = round(statistics.median(x["decode_tok_s"] for x in ss), 2)
+            sp["decode_tok_s_all"] = [x["decode_tok_s"] for x in ss]
+            sp["decode_tokens"], sp["decode_prompt"] = decode_tokens, DECODE_PROMPT
+        out[k] = sp
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path)

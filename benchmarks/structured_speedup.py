@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import prunekit as pk
-    from benchmarks.speed import measure_speed
+    from benchmarks.speed import measure_round_robin
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,24 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         info[method] = {"model": method, "sparsity": args.sparsity,
                         "prune_s": round(time.perf_counter() - t0, 1), "notes": list(rep.notes)}
         say(f"  pruned {method} {args.sparsity:.0%} in {info[method]['prune_s']} s")
-    samples: dict[str, list[dict]] = {k: [] for k in models}
-    for m in models.values():  # warm-up, discarded
-        measure_speed(m, prefill=prefill, decode_tokens=min(args.decode, 4), runs=1, warmup=0)
-    for r in range(args.runs):
-        for k, m in models.items():
-            samples[k].append(measure_speed(m, prefill=prefill, decode_tokens=args.decode, runs=1, warmup=0))
-        say(f"  round {r + 1}/{args.runs}: " + ", ".join(
-            f"{k} {samples[k][-1]['prefill_ms']} ms" for k in models))
+    speeds = measure_round_robin(models, prefill=prefill, decode_tokens=args.decode, runs=args.runs,
+                                 log=lambda m: say("  " + m))
     rows = []
     for k, m in models.items():
-        ss = samples[k]
-        speed = {"runs": len(ss), "torch_threads": ss[0]["torch_threads"], "device": ss[0]["device"],
-                 "prefill_ms": {n: round(statistics.median(x["prefill_ms"][n] for x in ss), 1)
-                                for n in ss[0]["prefill_ms"]},
-                 "prefill_ms_all": {n: [x["prefill_ms"][n] for x in ss] for n in ss[0]["prefill_ms"]}}
-        if args.decode:
-            speed["decode_tok_s"] = round(statistics.median(x["decode_tok_s"] for x in ss), 2)
-            speed["decode_tok_s_all"] = [x["decode_tok_s"] for x in ss]
+        speed = speeds[k]
         cfg = m.config
         rows.append({**info[k], "params": sum(p.numel() for p in m.parameters()),
                      "block_params": block_params(m), "heads": cfg.num_attention_heads,

@@ -71,6 +71,8 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="dense folder timed in turns with the model (speed ratios robust to load drift)")
     args = ap.parse_args()
     quiet()
     setup_threads(args.threads)
@@ -80,12 +82,19 @@ def main() -> int:
     log(f"perplexity {res['perplexity']:.3f} over {res['eval_windows']} windows "
         f"({res['eval_s']:.0f} s)")
     if args.speed_runs > 0:
-        from speed import measure_speed
+        from speed import measure_round_robin, measure_speed
 
         model.to(args.device)
         prefill = tuple(int(x) for x in args.prefill.split(",") if x)
-        res["speed"] = measure_speed(model, prefill=prefill, decode_tokens=args.decode,
-                                     runs=args.speed_runs)
+        if args.reference is not None:  # dense and pruned in turns: their ratio survives a busy machine
+            ref = load_hf_folder(args.reference).to(args.device)
+            sp = measure_round_robin({"reference": ref, "model": model}, prefill=prefill,
+                                     decode_tokens=args.decode, runs=args.speed_runs, log=log)
+            res["speed"], res["speed_reference"] = sp["model"], sp["reference"]
+            del ref
+        else:
+            res["speed"] = measure_speed(model, prefill=prefill, decode_tokens=args.decode,
+                                         runs=args.speed_runs)
         log(f"speed {res['speed']}")
     res["eval_peak_rss_mb"] = peak_rss_mb()
     write_json(args.result, res)
