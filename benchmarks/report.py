@@ -465,8 +465,8 @@ def speedup_section(d: Path) -> list[str]:
          "Written by `benchmarks/structured_speedup.py`: the published architecture built in code "
          "(random init: latency depends on shapes, not values), pruned by prunekit's structured "
          "methods (heads and MLP channels physically removed, stock config) and timed beside the "
-         "dense model in one process (batch 1, float32, SDPA, logits for every prompt position, "
-         "medians). Perplexity of these methods is in the tables above, on the real SmolLM2-135M.", ""]
+         "dense model in one process, in turns (dense, A, B, dense, ...; batch 1, float32, SDPA, "
+         "logits for every prompt position, medians; every run is in the JSON). Perplexity of these methods is in the tables above, on the real SmolLM2-135M.", ""]
     for f in files:
         r = _read(f)
         if not r:
@@ -491,9 +491,9 @@ def speedup_section(d: Path) -> list[str]:
             name = "dense" if is_dense else f"{row['model']} {row['sparsity']:.0%}"
             L.append(f"| {name} | {heads} | {inter} | {removed} | {row['params'] / 1e6:.1f} | "
                      + " | ".join(f_num(sp["prefill_ms"].get(n)) for n in lens) + " | "
-                     + " | ".join("1.00" if is_dense else f"{row['prefill_speedup'][n]:.2f}x" for n in lens)
+                     + " | ".join("1.00×" if is_dense else f"{row['prefill_speedup'][n]:.2f}×" for n in lens)
                      + f" | {f_num(sp.get('decode_tok_s'), 2)} | "
-                     + ("1.00" if is_dense or row.get("decode_speedup") is None else f"{row['decode_speedup']:.2f}x")
+                     + ("1.00×" if is_dense or row.get("decode_speedup") is None else f"{row['decode_speedup']:.2f}×")
                      + " |")
         L.append("")
     return L
