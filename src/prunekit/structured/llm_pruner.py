@@ -108,7 +108,6 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
             else:  # plan_cost weighs a unit's score by its parameters: pass importance per parameter
                 plan = C.plan_cost(geo, costs, sparsity, [h / costs.q_head for h, _, _ in scores],
                                    [c / costs.channel for _, _, c in scores], fixed)
-            t0 = time.perf_counter()
             info = {i: C.apply_block(block, adapter, geo, plan, h, c, kv_scores=kv)
                     for i, (block, (h, kv, c)) in enumerate(zip(blocks, scores))}
     finally:
