@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from prunekit.engine import Stat, StatCollector, capture_block_inputs, run_layerwise
@@ -38,9 +39,9 @@ def test_streaming_stats_equal_one_batch():
     torch.testing.assert_close(st[Stat.INPUT_VAR], flat.var(0, unbiased=False))
 
 
-def test_wide_hessian_is_full_and_symmetric():
+@pytest.mark.parametrize("width", [515, 1030])  # above the panel threshold, not multiples of 4
+def test_wide_hessian_is_full_and_symmetric(width):
     """Wide inputs accumulate only the lower block triangle; the result must be the full XᵀX."""
-    width = 1030  # above the panel threshold, not a multiple of the panel count
     lin = torch.nn.Linear(width, 2)
     X = torch.randn(3, 40, width, generator=torch.Generator().manual_seed(1))
     with StatCollector({"l": lin}, {Stat.HESSIAN}) as c:
@@ -88,3 +89,62 @@ def test_propagation_uses_pruned_outputs(tiny_llama, calib_ids):
     # with block 0 zeroed, its residual output equals its input: the embeddings
     assert torch.allclose(seen["pruned"][0], emb[: seen["pruned"][0].shape[0]], atol=1e-6)
     assert not torch.allclose(seen["dense"][0], emb[: seen["dense"][0].shape[0]], atol=1e-3)
+
+
+def _count_calls(model, suffix):
+    calls = {"n": 0}
+    handles = [m.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+               for n, m in model.named_modules() if n.endswith(suffix)]  # fmt: skip
+    return calls, handles
+
+
+def test_stats_pass_stops_after_last_target_with_identical_statistics(tiny_llama, calib_ids):
+    """The statistics pass never runs down_proj (its output is thrown away), and the Hessians it
+    yields equal those of a full forward over the same block inputs."""
+    adapter = get_adapter(tiny_llama)
+    nblocks, nbatches = len(tiny_llama.model.layers), -(-calib_ids.shape[0] // 3)
+    caps = capture_block_inputs(tiny_llama, adapter, calib_ids, batch_size=3)
+    block0 = tiny_llama.model.layers[0]
+    mods = {n: m for n, m in block0.named_modules() if isinstance(m, torch.nn.Linear)}
+    with StatCollector(mods, {Stat.HESSIAN}) as ref:  # full forwards
+        for c in caps:
+            block0(c.hidden, **c.kwargs)
+            ref.end_batch()
+    ref_h = {n: s[Stat.HESSIAN] for n, s in ref.results().items()}
+
+    got = {}
+
+    def on_block(i, targets, stats):
+        if i == 0:
+            got.update({n.split("layers.0.")[1]: s[Stat.HESSIAN] for n, s in stats.items()})
+
+    down, hd = _count_calls(tiny_llama, "mlp.down_proj")
+    q, hq = _count_calls(tiny_llama, "self_attn.q_proj")
+    run_layerwise(tiny_llama, adapter, calib_ids, needs={Stat.HESSIAN}, select=lambda n, m: True,
+                  on_block=on_block, batch_size=3)  # fmt: skip
+    for h in hd + hq:
+        h.remove()
+    assert down["n"] == nblocks * nbatches  # only the propagation pass
+    assert q["n"] == 2 * nblocks * nbatches  # statistics pass + propagation pass
+    assert got.keys() == ref_h.keys()
+    for n in ref_h:
+        assert torch.allclose(got[n], ref_h[n], rtol=1e-5, atol=1e-6), n
+
+
+def test_no_statistics_means_one_pass_and_dense_propagation_keeps_two(tiny_llama, calib_ids):
+    adapter = get_adapter(tiny_llama)
+    nblocks, nbatches = len(tiny_llama.model.layers), -(-calib_ids.shape[0] // 3)
+    for propagate, passes in (("pruned", 1), ("dense", 1)):
+        q, hq = _count_calls(tiny_llama, "self_attn.q_proj")
+        run_layerwise(tiny_llama, adapter, calib_ids, needs=set(), select=lambda n, m: True,
+                      on_block=lambda *a: None, batch_size=3, propagate=propagate)  # fmt: skip
+        for h in hq:
+            h.remove()
+        assert q["n"] == passes * nblocks * nbatches, propagate
+    # dense propagation with statistics: one full pass whose outputs are reused, down_proj included
+    down, hd = _count_calls(tiny_llama, "mlp.down_proj")
+    run_layerwise(tiny_llama, adapter, calib_ids, needs={Stat.INPUT_SQNORM}, select=lambda n, m: True,
+                  on_block=lambda *a: None, batch_size=3, propagate="dense")  # fmt: skip
+    for h in hd:
+        h.remove()
+    assert down["n"] == nblocks * nbatches

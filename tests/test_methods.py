@@ -157,6 +157,54 @@ def test_golden_sparsegpt_matches_direct_obs():
         assert info["cholesky_retries"] == 0
 
 
+def _reference_sparsegpt_unstructured(W, H, sparsity, B, damp):
+    """Algorithm 1 as printed: the reference code's U (Cholesky → inverse → Cholesky), full-row
+    OBS updates column by column, the adaptive mask chosen at each block start, in float64."""
+    W = W.double().clone()
+    H = H.double().clone()
+    H += damp * H.diag().mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    cols = W.shape[1]
+    for i1 in range(0, cols, B):
+        i2 = min(i1 + B, cols)
+        sal = W[:, i1:i2] ** 2 / U.diag()[i1:i2] ** 2
+        k = int(round(sal.numel() * sparsity))
+        mask = torch.zeros_like(sal, dtype=torch.bool).flatten()
+        mask[torch.argsort(sal.flatten(), stable=True)[:k]] = True
+        mask = mask.view_as(sal)
+        for j in range(i1, i2):
+            w = W[:, j].clone()
+            err = torch.where(mask[:, j - i1], w, torch.zeros_like(w)) / U[j, j]
+            W[:, j:] -= err[:, None] * U[j, j:][None, :]
+            W[:, j] = torch.where(mask[:, j - i1], torch.zeros_like(w), w)
+    return W
+
+
+@pytest.mark.parametrize("block_size,group_size", [(8, 3), (16, 32), (128, 32)])
+def test_sparsegpt_unstructured_matches_algorithm_box(block_size, group_size):
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(512, 40, generator=g, dtype=torch.float64) @ torch.randn(40, 40, generator=g, dtype=torch.float64)
+    H = 2 * X.T @ X / 512
+    W = torch.randn(12, 40, generator=g, dtype=torch.float64)
+    ref = _reference_sparsegpt_unstructured(W, H, 0.6, block_size, 0.01)
+    out, _ = SparseGPT(block_size=block_size, group_size=group_size).prune(
+        W.float(), _stats(HESSIAN=H.float()), Unstructured(), 0.6
+    )
+    assert torch.equal(out == 0, ref == 0)
+    assert torch.allclose(out.double(), ref, atol=1e-3, rtol=1e-3)
+
+
+def test_tril_inverse_by_blocks():
+    from prunekit.methods.sparsegpt import _tril_inverse
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(301, 301, generator=g, dtype=torch.float64)
+    L = torch.linalg.cholesky(A @ A.T + 301 * torch.eye(301, dtype=torch.float64))
+    Li = _tril_inverse(L, leaf=40)  # several levels of recursion, odd sizes
+    assert torch.allclose(Li @ L, torch.eye(301, dtype=torch.float64), atol=1e-10)
+    assert torch.equal(Li, torch.tril(Li))
+
+
 def test_sparsegpt_retries_dampening_and_reports():
     H = torch.zeros(8, 8)
     H[0, 0] = 1.0

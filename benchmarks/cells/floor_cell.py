@@ -5,7 +5,9 @@ the inputs of block 0 (``prunekit.engine.capture_block_inputs``), then for each 
 over all windows once (the statistics pass, without statistics) and once more to produce the
 next block's inputs (the propagation pass).  A sequential pruner that calibrates every block on
 the outputs of the already-pruned blocks cannot do less work; prunekit's prune time divided by
-this is its overhead factor.
+this is its overhead factor. (prunekit's statistics pass stops once the block's last target
+Linear has seen its input, so it does a little less than this floor's first pass; the floor
+stays the plain two full passes.)
 
     python benchmarks/cells/floor_cell.py --model DENSE_DIR --calib ids.pt --result FILE.json
 """

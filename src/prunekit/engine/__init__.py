@@ -1,7 +1,7 @@
 """Layer-sequential calibration engine."""
 
 from .layerwise import BlockInputs, capture_block_inputs, run_layerwise
-from .stats import STATS_DTYPE, LayerStats, Stat, StatCollector
+from .stats import STATS_DTYPE, LayerStats, Stat, StatCollector, StatsComplete
 
 __all__ = [
     "STATS_DTYPE",
@@ -9,6 +9,7 @@ __all__ = [
     "LayerStats",
     "Stat",
     "StatCollector",
+    "StatsComplete",
     "capture_block_inputs",
     "run_layerwise",
 ]

@@ -6,9 +6,11 @@
    block over the calibration set, hand the statistics to a callback (which prunes the block's
    Linears in place), free them, and run the block again so the next block sees pruned outputs.
 
-Only one block's activations and statistics live in memory at a time. The two forward passes per
+Only one block's activations and statistics live in memory at a time. Two forward passes per
 block are the physical floor of a sequential prune; ``propagate="dense"`` skips the second pass's
-use (the next block then sees the *dense* outputs, computed in the first pass).
+use (the next block then sees the *dense* outputs, computed in the first pass). The statistics
+pass of a pruned-propagation run stops as soon as the last target Linear has seen its input
+(the block output is not needed), and a method that needs no statistics skips it entirely.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.adapters import ModelAdapter
-from .stats import LayerStats, Stat, StatCollector
+from .stats import LayerStats, Stat, StatCollector, StatsComplete
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +130,19 @@ def run_layerwise(
         }
         t0 = time.perf_counter()
         dense_out: list[Tensor] = []
-        with StatCollector(targets, needs, sample_tokens) as col:
-            for inp in inputs:
-                out = _block_output(block(inp.hidden, **inp.kwargs))
+        keep_out = propagate == "dense" or not targets
+        collect = bool(needs) or sample_tokens > 0
+        # A statistics pass whose output is thrown away stops each forward once the last target
+        # saw its input; with nothing to collect (magnitude) it is skipped altogether.
+        with StatCollector(targets, needs, sample_tokens, stop_when_complete=not keep_out) as col:
+            for inp in inputs if keep_out or collect else ():
+                try:
+                    out = _block_output(block(inp.hidden, **inp.kwargs))
+                except StatsComplete:
+                    out = None
                 col.end_batch()
-                if propagate == "dense" or not targets:
+                if keep_out:
+                    assert out is not None, "a statistics pass whose output is kept never stops early"
                     dense_out.append(out)
         stats = col.results()
         t["stats_forward"] += time.perf_counter() - t0

@@ -15,7 +15,8 @@ W [out, in] and Hessian H = (2/N) Σ_t x_t x_tᵀ [in, in] of its inputs:
 
 The column loop applies each column's update only to the rest of its group of ``group_size``
 columns and updates the block's later columns with one matmul per group (the same lazy-batch
-idea one level down: the result is the same up to float rounding, 2x faster on CPU).
+idea one level down: the result is the same up to float rounding, 2x faster on CPU). It works on
+Wᵀ so that each step reads and writes contiguous memory (another ~1.3x on CPU).
 
 Inputs that never fire (H_jj = 0) get H_jj = 1 and their weights are zeroed, as in the
 reference code. If the Cholesky factorisation fails, λ is multiplied by 10 and the attempt
@@ -39,6 +40,22 @@ from .base import PruningMethod, register_method
 log = logging.getLogger(__name__)
 
 
+def _tril_inverse(L: Tensor, leaf: int = 192) -> Tensor:
+    """L⁻¹ of a lower-triangular L by 2×2 block recursion: [[A, 0], [C, D]]⁻¹ =
+    [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]] (about a third fewer flops than solving against the identity)."""
+    n = L.shape[0]
+    if n <= leaf:
+        eye = torch.eye(n, dtype=L.dtype, device=L.device)
+        return torch.linalg.solve_triangular(L, eye, upper=False)
+    h = n // 2
+    Ai, Di = _tril_inverse(L[:h, :h], leaf), _tril_inverse(L[h:, h:], leaf)
+    out = torch.zeros_like(L)
+    out[:h, :h], out[h:, h:] = Ai, Di
+    torch.matmul(Di, L[h:, :h] @ Ai, out=out[h:, :h])
+    out[h:, :h].neg_()
+    return out
+
+
 def inverse_hessian_factor(H: Tensor, damp: float, max_retries: int = 6) -> tuple[Tensor, float, int]:
     """Upper Cholesky factor U of (H + λI)⁻¹ (H⁻¹ = UᵀU); returns ``(U, λ/mean(diag H), retries)``.
 
@@ -48,14 +65,12 @@ def inverse_hessian_factor(H: Tensor, damp: float, max_retries: int = 6) -> tupl
     """
     mean_diag = torch.mean(torch.diag(H))
     ratio = damp
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     for attempt in range(max_retries + 1):
         Hd = H.flip(0, 1)
         Hd.diagonal().add_(ratio * mean_diag)
         L, info = torch.linalg.cholesky_ex(Hd)
         if int(info) == 0:
-            Linv = torch.linalg.solve_triangular(L, eye, upper=False)
-            U = Linv.flip(0, 1)
+            U = _tril_inverse(L).flip(0, 1)
             if bool(torch.isfinite(U).all()):
                 return U, ratio, attempt
         ratio *= 10.0
@@ -77,12 +92,13 @@ class SparseGPT(PruningMethod):
     def prune(
         self, weight: Tensor, stats: LayerStats, pattern: Unstructured | NM, sparsity: float
     ) -> tuple[Tensor, dict[str, Any]]:
-        W = weight.detach().to(torch.float32).clone()  # [out, in]
-        H = stats[Stat.HESSIAN].to(W.device, torch.float32).clone()  # [in, in]
-        rows, cols = W.shape
+        # Work on Wᵀ [in, out]: a column of W (one OBS step) is then a contiguous row.
+        WT = weight.detach().to(torch.float32).t().contiguous()  # [in, out]
+        H = stats[Stat.HESSIAN].to(WT.device, torch.float32).clone()  # [in, in]
+        cols, rows = WT.shape
         dead = torch.diag(H) == 0
         H[dead, dead] = 1.0
-        W[:, dead] = 0.0
+        WT[dead] = 0.0
         U, damp_used, retries = inverse_hessian_factor(H, self.damp)
         if retries:
             log.warning("%s: Cholesky failed; retried with dampening %g", stats.name, damp_used)
@@ -92,29 +108,32 @@ class SparseGPT(PruningMethod):
         B, G = self.block_size, self.group_size
         for i1 in range(0, cols, B):
             i2 = min(i1 + B, cols)
-            W1 = W[:, i1:i2]  # view: updated in place, lazily from earlier blocks
+            W1 = WT[i1:i2]  # [b, out] view: updated in place, lazily from earlier blocks
             U1 = U[i1:i2, i1:i2]
             d1 = torch.diagonal(U1)
             E1 = torch.empty_like(W1)  # scaled errors (w - q) / U_jj
             if nm is None:  # adaptive mask: the lowest w²/U_jj² over the whole [out, B] block
                 k = _prune_count(W1.numel(), sparsity)
-                M1 = lowest_k((W1.pow(2) / d1.pow(2)).reshape(1, -1), k).view_as(W1)
+                s = (W1.pow(2) / d1.pow(2)[:, None]).t().reshape(1, -1)  # W's order: ties by position
+                M1 = lowest_k(s, k).view(rows, i2 - i1).t()
+                Ms = M1 / d1[:, None]  # mask scaled by 1/U_jj
             else:
                 M1 = torch.empty_like(W1, dtype=torch.bool)
+                Ms = torch.empty_like(W1)
             for g1 in range(0, i2 - i1, G):  # column groups: OBS updates stay inside the group
                 g2 = min(g1 + G, i2 - i1)
-                Wg, Ug = W1[:, g1:g2], U1[g1:g2, g1:g2]
-                for i in range(g2 - g1):
-                    j = g1 + i
+                for j in range(g1, g2):
                     if nm is not None and j % nm.m == 0:  # N:M mask from the updated weights
-                        s = W1[:, j : j + nm.m].pow(2) / d1[j : j + nm.m].pow(2)
-                        M1[:, j : j + nm.m] = lowest_k(s, nm.m - nm.n)
-                    err = torch.mul(Wg[:, i], M1[:, j], out=E1[:, j]).div_(d1[j])
-                    Wg[:, i:].addr_(err, Ug[i, i:], alpha=-1.0)
+                        sj = W1[j : j + nm.m].pow(2) / d1[j : j + nm.m, None].pow(2)
+                        M1[j : j + nm.m] = lowest_k(sj.t(), nm.m - nm.n).t()
+                        torch.div(M1[j : j + nm.m], d1[j : j + nm.m, None], out=Ms[j : j + nm.m])
+                    e = torch.mul(W1[j], Ms[j], out=E1[j])
+                    if j + 1 < g2:
+                        W1[j + 1 : g2].addr_(U1[j, j + 1 : g2], e, alpha=-1.0)
                 if g2 < i2 - i1:  # the block's later columns, one matmul per group
-                    W1[:, g2:].addmm_(E1[:, g1:g2], U1[g1:g2, g2:], alpha=-1.0)
+                    W1[g2:].addmm_(U1[g1:g2, g2:].t(), E1[g1:g2], alpha=-1.0)
             W1.masked_fill_(M1, 0.0)
             if i2 < cols:  # lazy batch update of the remaining blocks
-                W[:, i2:].addmm_(E1, U[i1:i2, i2:], alpha=-1.0)
+                WT[i2:].addmm_(U[i1:i2, i2:].t(), E1, alpha=-1.0)
         info = {"damp": damp_used, "cholesky_retries": retries, "dead_inputs": int(dead.sum())}
-        return W.to(weight.dtype), info
+        return WT.t().contiguous().to(weight.dtype), info
