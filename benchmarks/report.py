@@ -234,7 +234,9 @@ def section(P: dict, png_rel: str | None) -> list[str]:
               f"calibration windows (batch {floor['batch_size']}, {floor.get('attn_implementation')} "
               f"attention), nothing else — the least a layer-sequential prune that calibrates each "
               f"block on the pruned outputs of the blocks before it can do. \"prune / floor\" is "
-              f"prunekit's pruning time over it (wall; CPU time in brackets); peak RSS of the floor job: "
+              f"prunekit's pruning time over it (wall; CPU time in brackets). prunekit's statistics "
+              f"pass stops once the block's last target Linear has seen its input (the pass's output "
+              f"is not needed), so a method can come in under 1.0×. Peak RSS of the floor job: "
               f"{floor['peak_rss_mb']:.0f} MB.", ""]
     L += ["How to read it: *perplexity* — lower is better; *prune s* — wall time of the pruning "
           "call alone (model loading and saving excluded), in its own process; *prune CPU s* — "

@@ -124,7 +124,7 @@ def test_stats_pass_stops_after_last_target_with_identical_statistics(tiny_llama
                   on_block=on_block, batch_size=3)  # fmt: skip
     for h in hd + hq:
         h.remove()
-    assert down["n"] == nblocks * nbatches  # only the propagation pass
+    assert down["n"] == nblocks * nbatches + 1  # propagation pass + block 0's probing batch
     assert q["n"] == 2 * nblocks * nbatches  # statistics pass + propagation pass
     assert got.keys() == ref_h.keys()
     for n in ref_h:
@@ -148,3 +148,60 @@ def test_no_statistics_means_one_pass_and_dense_propagation_keeps_two(tiny_llama
     for h in hd:
         h.remove()
     assert down["n"] == nblocks * nbatches
+
+
+class _ReentrantBlock(torch.nn.Module):
+    """A block that calls one of its Linears twice (weight sharing): early stop must stay off."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
+
+    def forward(self, h, **_kw):
+        return h + self.a(torch.tanh(self.b(self.a(h))))
+
+
+class _ToyLM(torch.nn.Module):
+    def __init__(self, d=8, n=2):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, d)
+        self.layers = torch.nn.ModuleList(_ReentrantBlock(d) for _ in range(n))
+
+    def forward(self, input_ids, use_cache=False):
+        h = self.emb(input_ids)
+        for blk in self.layers:
+            h = blk(h)
+        return h
+
+
+def test_target_called_twice_disables_early_stop():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = _ToyLM()
+    adapter = SimpleNamespace(blocks=lambda m: m.layers, block_prefix=lambda i: f"layers.{i}")
+    ids = torch.randint(0, 50, (6, 5))
+    h0 = model.emb(ids).detach()
+    blk = model.layers[0]
+    with StatCollector({"a": blk.a, "b": blk.b}, {Stat.HESSIAN}) as ref:
+        for c in (h0[:3], h0[3:]):
+            blk(c)
+            ref.end_batch()
+    ref_h = ref.results()
+    got = {}
+
+    def on_block(i, targets, stats):
+        if i == 0:
+            got.update({n.rsplit(".", 1)[1]: s for n, s in stats.items()})
+
+    run_layerwise(model, adapter, ids, needs={Stat.HESSIAN}, select=lambda n, m: True,
+                  on_block=on_block, batch_size=3)  # fmt: skip
+    assert got["a"].num_tokens == ref_h["a"].num_tokens == 2 * 6 * 5  # both calls, every batch
+    torch.testing.assert_close(got["a"][Stat.HESSIAN], ref_h["a"][Stat.HESSIAN])
+
+
+def test_stats_complete_is_not_an_exception():
+    """A model's ``except Exception`` fallback must not swallow the early-stop signal."""
+    from prunekit.engine import StatsComplete
+
+    assert not issubclass(StatsComplete, Exception)

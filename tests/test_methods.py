@@ -7,7 +7,7 @@ import torch
 
 import prunekit as pk
 from prunekit.engine.stats import LayerStats, Stat
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, PrunekitError
 from prunekit.methods import Magnitude, SparseGPT, Wanda, get_method
 from prunekit.patterns import NM, Unstructured
 
@@ -230,3 +230,24 @@ def test_reconstruction_error_ordering_on_correlated_inputs():
             err[name, str(pat)] = pk.api.relative_error(W, out, X)
     for pat in ("unstructured", "2:4"):
         assert err["sparsegpt", pat] < err["wanda", pat] < err["magnitude", pat], err
+
+
+@pytest.mark.parametrize("shape,transposed", [((1, 16), False), ((16, 1), False), ((4, 16), True)])
+def test_sparsegpt_never_modifies_its_input(shape, transposed):
+    """A weight whose transpose is already contiguous (one row or column, or a column-major
+    layout) must still be copied, or the caller's error report compares the result to itself."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(*(shape[::-1] if transposed else shape), generator=g)
+    W = W.t() if transposed else W
+    X = torch.randn(64, W.shape[1], generator=g)
+    before = W.clone()
+    out, _ = SparseGPT().prune(W, _stats(HESSIAN=2 * X.T @ X / 64), Unstructured(), 0.5)
+    assert torch.equal(W, before)
+    assert out.data_ptr() != W.data_ptr() and (out == 0).any()
+
+
+@pytest.mark.parametrize("kw", [{"block_size": 126}, {"group_size": 30}])
+def test_sparsegpt_nm_rejects_blocks_that_split_groups(kw):
+    X = torch.randn(64, 16)
+    with pytest.raises(PrunekitError, match="multiples of M=4"):
+        SparseGPT(**kw).prune(torch.randn(4, 16), _stats(HESSIAN=2 * X.T @ X / 64), NM(2, 4), 0.5)

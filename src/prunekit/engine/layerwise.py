@@ -10,7 +10,8 @@ Only one block's activations and statistics live in memory at a time. Two forwar
 block are the physical floor of a sequential prune; ``propagate="dense"`` skips the second pass's
 use (the next block then sees the *dense* outputs, computed in the first pass). The statistics
 pass of a pruned-propagation run stops as soon as the last target Linear has seen its input
-(the block output is not needed), and a method that needs no statistics skips it entirely.
+(the block output is not needed) once one full batch of that kind of block showed each target
+running exactly once per forward; a method that needs no statistics skips the pass entirely.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def run_layerwise(
     inputs = capture_block_inputs(model, adapter, calib_ids, batch_size)
     t["capture"] += time.perf_counter() - t0
     blocks = adapter.blocks(model)
+    stop_ok: dict[tuple, bool] = {}  # per kind of block: may its statistics pass stop early?
     it = range(len(blocks))
     for i in progress(it) if progress else it:
         block = blocks[i]
@@ -134,12 +136,19 @@ def run_layerwise(
         collect = bool(needs) or sample_tokens > 0
         # A statistics pass whose output is thrown away stops each forward once the last target
         # saw its input; with nothing to collect (magnitude) it is skipped altogether.
-        with StatCollector(targets, needs, sample_tokens, stop_when_complete=not keep_out) as col:
+        prefix = adapter.block_prefix(i)
+        kind = (type(block), tuple(n[len(prefix) :] for n in targets))
+        probe = not keep_out and kind not in stop_ok  # first batch of a new kind runs in full
+        stop = not keep_out and stop_ok.get(kind, False)
+        with StatCollector(targets, needs, sample_tokens, stop_when_complete=stop) as col:
             for inp in inputs if keep_out or collect else ():
                 try:
                     out = _block_output(block(inp.hidden, **inp.kwargs))
                 except StatsComplete:
                     out = None
+                if probe:
+                    stop_ok[kind] = col.stop_when_complete = col.each_target_ran_once()
+                    probe = False
                 col.end_batch()
                 if keep_out:
                     assert out is not None, "a statistics pass whose output is kept never stops early"

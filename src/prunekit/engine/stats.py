@@ -7,12 +7,14 @@ Hessian is built once per distinct input, not once per Linear.
 Statistics are taken in forward *pre*-hooks. With ``stop_when_complete`` the collector raises
 ``StatsComplete`` once every target has seen its input for the current batch, so a statistics
 pass whose block output is thrown away never computes the last Linear (down_proj: a quarter of
-an MLP) nor anything after it.
+an MLP) nor anything after it. The engine enables it only after a full batch showed every target
+running exactly once per forward (no weight sharing or re-entry, no experts left idle).
 """
 
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -124,8 +126,11 @@ class _Accumulator:
         return out
 
 
-class StatsComplete(Exception):
-    """Raised by a collector with ``stop_when_complete`` once every target saw this batch."""
+class StatsComplete(BaseException):
+    """Raised by a collector with ``stop_when_complete`` once every target saw this batch.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that a model's ``except Exception``
+    fallback cannot swallow it and re-run the targets."""
 
 
 class StatCollector:
@@ -153,13 +158,13 @@ class StatCollector:
         self.stop_when_complete = stop_when_complete
         self._acc: dict[str, _Accumulator] = {}
         self._seen: list[tuple[Tensor, _Accumulator]] = []  # inputs seen in the current batch
-        self._hit: set[str] = set()  # targets that saw the current batch
+        self.calls: Counter[str] = Counter()  # hook calls per target in the current batch
         self._handles: list = []
 
     def _hook(self, name: str):
         def fn(_mod: nn.Module, args: tuple) -> None:
             x = args[0]
-            self._hit.add(name)
+            self.calls[name] += 1
             for t, acc in self._seen:  # same tensor object ⇒ shared input (q/k/v, gate/up)
                 if t is x:
                     self._acc.setdefault(name, acc)
@@ -170,14 +175,19 @@ class StatCollector:
                     acc = self._acc[name] = _Accumulator(self.needs, self.sample_tokens)
                 acc.update(x)
                 self._seen.append((x, acc))  # holding x keeps its storage from being reused
-            if self.stop_when_complete and len(self._hit) == len(self.modules):
+            if self.stop_when_complete and len(self.calls) == len(self.modules):
                 raise StatsComplete
 
         return fn
 
+    def each_target_ran_once(self) -> bool:
+        """Whether every target's hook fired exactly once in the current (full) batch, i.e.
+        stopping at the first moment all of them have fired loses nothing."""
+        return len(self.calls) == len(self.modules) and all(c == 1 for c in self.calls.values())
+
     def end_batch(self) -> None:
         self._seen.clear()
-        self._hit.clear()
+        self.calls.clear()
 
     def __enter__(self) -> StatCollector:
         if self.needs:

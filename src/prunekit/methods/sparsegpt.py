@@ -92,8 +92,8 @@ class SparseGPT(PruningMethod):
     def prune(
         self, weight: Tensor, stats: LayerStats, pattern: Unstructured | NM, sparsity: float
     ) -> tuple[Tensor, dict[str, Any]]:
-        # Work on Wᵀ [in, out]: a column of W (one OBS step) is then a contiguous row.
-        WT = weight.detach().to(torch.float32).t().contiguous()  # [in, out]
+        # Work on a copy of Wᵀ [in, out]: a column of W (one OBS step) is then a contiguous row.
+        WT = weight.detach().t().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         H = stats[Stat.HESSIAN].to(WT.device, torch.float32).clone()  # [in, in]
         cols, rows = WT.shape
         dead = torch.diag(H) == 0
@@ -103,9 +103,14 @@ class SparseGPT(PruningMethod):
         if retries:
             log.warning("%s: Cholesky failed; retried with dampening %g", stats.name, damp_used)
         nm = pattern if isinstance(pattern, NM) else None
+        B, G = self.block_size, self.group_size
         if nm is not None:
             nm._check(cols)
-        B, G = self.block_size, self.group_size
+            if B % nm.m or G % nm.m:
+                raise PrunekitError(
+                    f"SparseGPT: block_size ({B}) and group_size ({G}) must be multiples of M={nm.m} "
+                    f"for pattern {nm}, or its groups straddle blocks; e.g. --set block_size=128"
+                )
         for i1 in range(0, cols, B):
             i2 = min(i1 + B, cols)
             W1 = WT[i1:i2]  # [b, out] view: updated in place, lazily from earlier blocks
