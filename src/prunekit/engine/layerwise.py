@@ -136,9 +136,9 @@ def run_layerwise(
         collect = bool(needs) or sample_tokens > 0
         # A statistics pass whose output is thrown away stops each forward once the last target
         # saw its input; with nothing to collect (magnitude) it is skipped altogether.
+        # The first batch of a new kind of block runs in full and decides for the rest.
         prefix = adapter.block_prefix(i)
         kind = (type(block), tuple(n[len(prefix) :] for n in targets))
-        probe = not keep_out and kind not in stop_ok  # first batch of a new kind runs in full
         stop = not keep_out and stop_ok.get(kind, False)
         with StatCollector(targets, needs, sample_tokens, stop_when_complete=stop) as col:
             for inp in inputs if keep_out or collect else ():
@@ -146,12 +146,10 @@ def run_layerwise(
                     out = _block_output(block(inp.hidden, **inp.kwargs))
                 except StatsComplete:
                     out = None
-                if probe:
+                if not keep_out and kind not in stop_ok:
                     stop_ok[kind] = col.stop_when_complete = col.each_target_ran_once()
-                    probe = False
                 col.end_batch()
-                if keep_out:
-                    assert out is not None, "a statistics pass whose output is kept never stops early"
+                if keep_out:  # never stopped early: stop_when_complete is off
                     dense_out.append(out)
         stats = col.results()
         t["stats_forward"] += time.perf_counter() - t0

@@ -56,8 +56,8 @@ _GRAM_PANELS = 4
 
 def _add_gram_lower(G: Tensor, X: Tensor) -> None:
     """G += XᵀX. Wide inputs accumulate only the lower block triangle (column panels, ~40% fewer
-    flops than the full product; on one CPU thread 1.45x faster for a 1536-wide input, 1.35x for
-576); ``finish`` mirrors it."""
+    flops than the full product; on one CPU thread 1.45x faster for a 1536-wide input, 1.35x
+    for 576); ``finish`` mirrors it."""
     n = X.shape[1]
     if n < _GRAM_PANEL_MIN:
         G.addmm_(X.T, X)
