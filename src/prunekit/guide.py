@@ -41,14 +41,13 @@ DEFAULT_BUDGET = {"speed": 0.2, "quality": 0.5, "2:4": 0.5, "domain": 0.5, "reco
 NOISE = 0.02  # BENCHMARKS.md: perplexity ratios within about ±2% are ties
 DATA_FILE = Path(__file__).with_name("guide_data.json")
 REPO_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-DENSE_ENGINE = ("plain dense engine, stock config (transformers: tested; engines implementing the "
-                "stock Llama config, e.g. vLLM: expected, not tested)")
-SPARSE_KERNELS = ("sparse kernels: unstructured zeros give no speedup on dense engines "
-                  "(saved as dense float tensors)")
-NM_KERNELS = "2:4 sparse tensor-core kernels (see the 2:4 note); dense engines: no speedup"
+DENSE_ENGINE = "any dense engine: smaller shapes, stock config (loads in plain transformers)"
+SPARSE_KERNELS = ("sparse kernels only; dense engines (transformers, llama.cpp, ...) run the zeros, "
+                  "stored as dense floats, at dense speed")
+NM_KERNELS = "2:4: sparse tensor cores plus a 2:4 kernel (see the 2:4 note)"
 
 _UNSTRUCTURED = {"granularity": "weights (unstructured) or N:M", "speedup": "specific",
-                 "runs_fast_on": SPARSE_KERNELS + "; 2:4: " + NM_KERNELS}
+                 "runs_fast_on": SPARSE_KERNELS + "; " + NM_KERNELS}
 _WIDTH = {"granularity": "attention heads (GQA-valid) + MLP channels", "speedup": "universal",
           "runs_fast_on": DENSE_ENGINE}
 _WHEN = "after training, one-shot (post-training, no retraining)"
@@ -79,8 +78,8 @@ GUIDE: dict[str, dict[str, str]] = {
         **_WIDTH, "when": _WHEN + "; bias compensation instead of retraining",
         "criterion": "fluctuation: input variance x squared column norm, standardised",
         "statistics": "input mean and variance",
-        "runs_fast_on": DENSE_ENGINE + " for structure=uniform|ratio; structure=adaptive "
-                        "(per-block widths): prunekit.load or trust_remote_code",
+        "runs_fast_on": DENSE_ENGINE + " with structure=uniform|ratio; structure=adaptive "
+                        "(per-block widths): prunekit.load or trust_remote_code=True",
         "paper": "An, Zhao, Yu, Tang, Wang: Fluctuation-based Adaptive Structured Pruning for "
                  "Large Language Models, AAAI 2024 (arXiv:2312.11983)",
     },
@@ -110,7 +109,7 @@ GUIDE: dict[str, dict[str, str]] = {
         **_WIDTH, "granularity": "whole decoder blocks (depth)", "when": _WHEN,
         "criterion": "block similarity: Block Influence 1 − cos(block input, block output)",
         "statistics": "hidden states before and after every block (dense model)",
-        "paper": "Men et al.: ShortGPT: Layers in Large Language Models are More Redundant Than "
+        "paper": "Men, Xu, Zhang, et al.: ShortGPT: Layers in Large Language Models are More Redundant Than "
                  "You Expect, 2024 (arXiv:2403.03853)",
     },
 }
