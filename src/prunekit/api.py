@@ -14,10 +14,10 @@ from .allocation import allocate
 from .config import PruneConfig
 from .data import calibration_windows
 from .engine import Stat, run_layerwise
-from .engine.layerwise import linears_in
+from .engine.targets import ExpertSlice, prunable_in, weight_of, write_weight
 from .errors import ConfigError
 from .methods import get_method, is_structured
-from .models import get_adapter
+from .models.discovery import engine_adapter
 from .patterns import parse_pattern
 from .report import LayerReport, PruneReport
 
@@ -34,12 +34,21 @@ def _progress(enabled: bool, desc: str):
     return lambda it: tqdm(it, desc=desc, unit="block", dynamic_ncols=True)
 
 
-def target_linears(model: nn.Module, config: PruneConfig) -> dict[str, nn.Linear]:
-    """All Linears inside decoder blocks that the target spec selects."""
-    adapter = get_adapter(model)
-    out: dict[str, nn.Linear] = {}
+IDLE_EXPERTS = ("dense", "magnitude")
+
+
+def target_linears(model: nn.Module, config: PruneConfig) -> dict[str, nn.Module | ExpertSlice]:
+    """Every prunable matrix inside the decoder blocks that the target spec selects.
+
+    Linears, GPT-2 Conv1Ds and experts of fused MoE modules (``name`` ``...experts.{e}.{proj}``,
+    an :class:`~prunekit.engine.targets.ExpertSlice`); blocks come from the family's adapter or,
+    for any other causal LM, from :func:`~prunekit.models.discovery.discover_blocks`. Routers
+    and shared-expert gates are never targets. Quantized layers raise a ConfigError.
+    """
+    adapter = engine_adapter(model)
+    out: dict[str, nn.Module | ExpertSlice] = {}
     for i, block in enumerate(adapter.blocks(model)):
-        for n, m in linears_in(block, adapter.block_prefix(i)).items():
+        for n, m in prunable_in(block, adapter.block_prefix(i)).items():
             if config.targets.matches(n):
                 out[n] = m
     return out
@@ -63,11 +72,13 @@ def prune_(
     *,
     progress: bool = True,
     report_tokens: int = REPORT_TOKENS,
+    idle_experts: str = "dense",
 ) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
     Args:
-        model: a causal LM whose family has an adapter (``prunekit ls`` lists them).
+        model: a causal LM: a family with an adapter, or any model whose repeated decoder
+            blocks discovery finds (``prunekit.models.discovery``).
         config: what to do.
         calib: calibration token ids ``[nsamples, seqlen]``; drawn from ``config.calib`` with
             ``tokenizer`` when omitted (methods that need no statistics ignore it).
@@ -75,6 +86,10 @@ def prune_(
         progress: show a progress bar per block.
         report_tokens: calibration tokens per Linear for the reconstruction-error report
             (0 disables it).
+        idle_experts: what happens to a MoE expert that no calibration token was routed to:
+            ``"dense"`` (default: left untouched) or ``"magnitude"`` (pruned by |W| with the
+            same pattern and sparsity, per output row). Either way each one is listed in
+            ``report.notes`` and its ``LayerReport.info`` says ``{"tokens": 0, "idle": ...}``.
 
     Example:
         >>> report = prune_(model, PruneConfig(method="wanda", pattern="2:4"), tokenizer=tok)
@@ -84,14 +99,18 @@ def prune_(
         from .structured import STRUCTURED_METHODS
 
         return STRUCTURED_METHODS.get(config.method)(model, config, calib, tokenizer, progress)
+    idle = idle_experts
+    if idle not in IDLE_EXPERTS:
+        raise ConfigError(f"idle_experts={idle!r} is not one of {', '.join(IDLE_EXPERTS)}: pass idle_experts='dense' or 'magnitude'")
     method = get_method(config.method, **config.method_args)
     pattern = parse_pattern(config.pattern)
     sparsity = config.resolved_sparsity()
-    adapter = get_adapter(model)
+    adapter = engine_adapter(model)
     targets = target_linears(model, config)
     if not targets:
         raise ConfigError("no Linear matches the include/exclude patterns: nothing to prune")
-    per_layer = allocate(config.allocation, {n: m.weight.numel() for n, m in targets.items()}, sparsity)
+    per_layer = allocate(config.allocation, {n: weight_of(m).numel() for n, m in targets.items()}, sparsity)
+    has_experts = any(isinstance(m, ExpertSlice) for m in targets.values())
     needs = frozenset(method.needs)
     calib_desc: dict[str, Any] = {
         "source": config.calib.source, "nsamples": config.calib.nsamples,
@@ -109,20 +128,35 @@ def prune_(
         timings["calib_tokenize"] = time.perf_counter() - t0
     if calib is not None:
         calib_desc.update(nsamples=int(calib.shape[0]), seqlen=int(calib.shape[1]))
+    settings = method.settings()
+    if has_experts:
+        settings["idle_experts"] = idle
     report = PruneReport(
-        method=config.method, settings=method.settings(),
+        method=config.method, settings=settings,
         pattern=str(method.effective_pattern(pattern)), target_sparsity=sparsity, calib=calib_desc,
     )  # fmt: skip
 
-    def prune_linear(name: str, lin: nn.Linear, stats) -> None:
+    idle_names: list[str] = []
+
+    def prune_linear(name: str, lin: nn.Module | ExpertSlice, stats) -> None:
         t0 = time.perf_counter()
-        W = lin.weight.data
-        W_new, info = method.prune(W, stats, pattern, per_layer[name])
+        W = weight_of(lin)  # [out, in] (a transposed view for Conv1D)
+        expert = isinstance(lin, ExpertSlice)
         err = None
-        if Stat.SAMPLE in stats:
-            err = relative_error(W, W_new, stats[Stat.SAMPLE].to(W.device))
-        lin.weight.data.copy_(W_new.to(W.dtype))
-        zeros = (lin.weight.data == 0).sum().item()
+        if expert and stats.num_tokens == 0 and needs:
+            idle_names.append(name)
+            info: dict[str, Any] = {"tokens": 0, "idle": idle}
+            if idle == "magnitude":
+                W_new, _ = get_method("magnitude", per_row=True).prune(W, stats, pattern, per_layer[name])
+                write_weight(lin, W_new)
+        else:
+            W_new, info = method.prune(W, stats, pattern, per_layer[name])
+            if expert:
+                info = {**info, "tokens": stats.num_tokens}
+            if Stat.SAMPLE in stats:
+                err = relative_error(W, W_new, stats[Stat.SAMPLE].to(W.device))
+            write_weight(lin, W_new)
+        zeros = (W == 0).sum().item()
         report.layers.append(
             LayerReport(name, tuple(W.shape), per_layer[name], zeros / W.numel(), err,
                         time.perf_counter() - t0, info)
@@ -145,6 +179,14 @@ def prune_(
         )  # fmt: skip
     timings["total"] = time.perf_counter() - t_start
     report.timings = timings
+    if idle_names:
+        what = "pruned by magnitude" if idle == "magnitude" else "left dense"
+        report.notes.append(
+            f"{len(idle_names)} experts received no calibration token and were {what} "
+            f"(idle_experts={idle}): {', '.join(idle_names)}"
+        )
+    if has_experts:
+        report.notes.append("MoE routers and shared-expert gates are never pruned")
     retries = [lr.name for lr in report.layers if lr.info.get("cholesky_retries")]
     if retries:
         report.notes.append(f"Cholesky needed extra dampening on {len(retries)} layers: {', '.join(retries)}")

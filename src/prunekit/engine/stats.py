@@ -9,6 +9,12 @@ Statistics are taken in forward *pre*-hooks. With ``stop_when_complete`` the col
 pass whose block output is thrown away never computes the last Linear (down_proj: a quarter of
 an MLP) nor anything after it. The engine enables it only after a full batch showed every target
 running exactly once per forward (no weight sharing or re-entry, no experts left idle).
+
+Experts of a fused mixture-of-experts module (``targets.ExpertSlice``) get their statistics from
+one pre-hook on the experts module, which replicates the routing it is given (``top_k_index``):
+expert e's ``gate_up_proj`` sees only the tokens routed to e, and its ``down_proj`` sees
+``act(gate) * up`` of those tokens, recomputed with the (still dense) weights. Blocks with
+experts never stop early.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ import torch
 from torch import Tensor, nn
 
 STATS_DTYPE = torch.float32
+
+
+def _is_expert(m: object) -> bool:
+    from .targets import ExpertSlice
+
+    return isinstance(m, ExpertSlice)
 
 
 class Stat(enum.Enum):
@@ -126,6 +138,34 @@ class _Accumulator:
         return out
 
 
+def _expert_groups(index: Tensor, num_experts: int) -> list[Tensor]:
+    """Token rows routed to each expert, from ``top_k_index [tokens, k]`` (one sort)."""
+    idx = index.reshape(index.shape[0], -1)
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=num_experts + 1)[:num_experts].tolist()
+    tokens = order // idx.shape[1]
+    out, start = [], 0
+    for c in counts:
+        out.append(tokens[start : start + c])
+        start += c
+    return out
+
+
+def _down_input(mod: nn.Module, x: Tensor, e: int) -> Tensor:
+    """Expert e's ``down_proj`` input for token rows ``x``: ``act(gate) * up`` (the module's own
+    ``_apply_gate`` when it has one, e.g. GPT-OSS's clamped variant)."""
+    w = mod.gate_up_proj[e]
+    gu = x @ w if getattr(mod, "is_transposed", False) else x @ w.T
+    bias = getattr(mod, "gate_up_proj_bias", None)
+    if bias is not None and getattr(mod, "has_bias", False):
+        gu = gu + bias[e]
+    if hasattr(mod, "_apply_gate"):
+        return mod._apply_gate(gu)
+    gate, up = gu.chunk(2, dim=-1)
+    return mod.act_fn(gate) * up
+
+
 class StatsComplete(BaseException):
     """Raised by a collector with ``stop_when_complete`` once every target saw this batch.
 
@@ -150,7 +190,12 @@ class StatCollector:
         *,
         stop_when_complete: bool = False,
     ) -> None:
-        self.modules = dict(modules)
+        self.modules = {n: m for n, m in modules.items() if not _is_expert(m)}
+        self.experts: dict[int, tuple[nn.Module, dict[tuple[str, int], str]]] = {}
+        for n, m in modules.items():
+            if _is_expert(m):
+                self.experts.setdefault(id(m.module), (m.module, {}))[1][(m.param, m.expert)] = n
+        self.names = list(modules)
         self.needs = frozenset(needs)
         if sample_tokens > 0:
             self.needs |= {Stat.SAMPLE}
@@ -175,15 +220,42 @@ class StatCollector:
                     acc = self._acc[name] = _Accumulator(self.needs, self.sample_tokens)
                 acc.update(x)
                 self._seen.append((x, acc))  # holding x keeps its storage from being reused
-            if self.stop_when_complete and len(self.calls) == len(self.modules):
+            if self.stop_when_complete and not self.experts and len(self.calls) == len(self.modules):
                 raise StatsComplete
+
+        return fn
+
+    def _expert_hook(self, slices: dict[tuple[str, int], str]):
+        experts = sorted({e for _, e in slices})
+
+        def fn(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            X = hidden.reshape(-1, hidden.shape[-1])
+            groups = _expert_groups(index.reshape(X.shape[0], -1), int(mod.gate_up_proj.shape[0]))
+            for e in experts:
+                if groups[e].numel() == 0:
+                    continue
+                xe = X[groups[e]]
+                for param, x in (("gate_up_proj", xe), ("down_proj", None)):
+                    name = slices.get((param, e))
+                    if name is None:
+                        continue
+                    acc = self._acc.get(name)
+                    if acc is None:
+                        acc = self._acc[name] = _Accumulator(self.needs, self.sample_tokens)
+                    acc.update(x if x is not None else _down_input(mod, xe, e))
 
         return fn
 
     def each_target_ran_once(self) -> bool:
         """Whether every target's hook fired exactly once in the current (full) batch, i.e.
-        stopping at the first moment all of them have fired loses nothing."""
-        return len(self.calls) == len(self.modules) and all(c == 1 for c in self.calls.values())
+        stopping at the first moment all of them have fired loses nothing (never with experts:
+        their module is not a target, and an idle expert fires nothing)."""
+        return (
+            not self.experts and len(self.calls) == len(self.modules)
+            and all(c == 1 for c in self.calls.values())
+        )  # fmt: skip
 
     def end_batch(self) -> None:
         self._seen.clear()
@@ -193,6 +265,9 @@ class StatCollector:
         if self.needs:
             for name, mod in self.modules.items():
                 self._handles.append(mod.register_forward_pre_hook(self._hook(name)))
+            for mod, slices in self.experts.values():
+                h = mod.register_forward_pre_hook(self._expert_hook(slices), with_kwargs=True)
+                self._handles.append(h)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -204,7 +279,7 @@ class StatCollector:
     def results(self) -> dict[str, LayerStats]:
         finished: dict[int, dict[Stat, Tensor]] = {}
         out = {}
-        for name in self.modules:
+        for name in self.names:
             acc = self._acc.get(name)
             if acc is None:
                 out[name] = LayerStats(name, 0, {})

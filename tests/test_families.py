@@ -1,0 +1,343 @@
+"""Every family, dense and MoE: tiny random models built in code (issue 11).
+
+Unstructured and N:M pruning must work on any transformers causal LM whose decoder blocks
+discovery finds: exact sparsity on every targeted matrix (GPT-2's Conv1D and fused expert slices
+in the [out, in] orientation), untouched weights at sparsity 0, bf16 kept bf16, save → plain
+``from_pretrained`` → identical logits, and Wanda masks equal to a re-implementation from hooks
+on the dense model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.engine import Stat, capture_block_inputs, run_layerwise, weight_of
+from prunekit.engine.targets import ExpertSlice
+from prunekit.errors import ConfigError
+from prunekit.models.discovery import DiscoveredBlocks, discover_blocks, engine_adapter, family_support
+
+VOCAB, SEQ = 384, 32  # SEQ > sliding_window below, so sliding-window masks matter
+_IDS = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+_GQA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, **_IDS)  # fmt: skip
+_MOE = dict(num_experts_per_tok=2, **_GQA)
+
+# model_type -> (config class, model class, config kwargs, expected blocks path)
+FAMILIES: dict[str, tuple[str, str, dict, str]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(head_dim=16, tie_word_embeddings=False, **_GQA), "model.layers"),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(head_dim=16, sliding_window=16, tie_word_embeddings=False, **_GQA), "model.layers"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True, **_GQA), "model.layers"),  # qkv bias
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16, tie_word_embeddings=True, **_GQA), "model.layers"),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(head_dim=32, **_GQA), "model.layers"),  # head_dim != 64/4
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(head_dim=32, sliding_window=16, attn_logit_softcapping=50.0,
+                                                           final_logit_softcapping=30.0, **_GQA), "model.layers"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=30.0, **_GQA), "model.layers"),  # per-layer-type rotary and masks
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(tie_word_embeddings=False, **_GQA), "model.layers"),  # fused qkv, gate_up
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, **_IDS), "transformer.h"),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                             num_attention_heads=4, max_position_embeddings=512, **_IDS), "gpt_neox.layers"),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                                                max_position_embeddings=512, word_embed_proj_dim=64, **_IDS), "model.decoder.layers"),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                         alibi=True, **_IDS), "transformer.h"),  # fused query_key_value
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(head_dim=16, num_local_experts=4, tie_word_embeddings=False, **_MOE), "model.layers"),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(num_experts=4, moe_intermediate_size=32,
+                                                                shared_expert_intermediate_size=64, **_MOE), "model.layers"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(head_dim=16, num_experts=4, moe_intermediate_size=32, **_MOE), "model.layers"),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=4, **_MOE), "model.layers"),
+}  # fmt: skip
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+ALL = list(FAMILIES)
+
+
+def make(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
+    import transformers
+
+    cfg_cls, model_cls, kw, _ = FAMILIES[family]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_cls)(vocab_size=VOCAB, **kw)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    assert model.config.model_type == family
+    return model.to(dtype)
+
+
+@pytest.fixture(scope="module")
+def ids() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (8, SEQ), generator=torch.Generator().manual_seed(0))
+
+
+def _prune(model, ids, method="wanda", pattern="unstructured", sparsity=None, idle="dense", **kw):
+    cfg = pk.PruneConfig(method=method, pattern=pattern, sparsity=sparsity, **kw)
+    return pk.prune_(model, cfg, ids, progress=False, report_tokens=64, idle_experts=idle)
+
+
+def _matrices(model) -> dict[str, torch.Tensor]:
+    return {n: weight_of(m).detach().clone() for n, m in pk.target_linears(model, pk.PruneConfig()).items()}
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_blocks_and_kwargs_replay_the_model(family, ids):
+    """Blocks are found (adapter or discovery) and replaying them with the captured per-block
+    arguments (rotary tables, sliding/full masks, alibi, GPT-2's positional mask) reproduces the
+    model's own last-block output."""
+    model = make(family)
+    loc = engine_adapter(model)
+    assert loc.blocks_path == FAMILIES[family][3] and len(loc.blocks(model)) == 2
+    assert isinstance(loc, DiscoveredBlocks) == (family not in pk.models.adapters.ADAPTERS)
+    assert discover_blocks(model).blocks_path == loc.blocks_path  # discovery agrees with adapters
+    seen = {}
+    last = loc.blocks(model)[-1]
+
+    def grab(_m, _a, o) -> None:
+        seen["o"] = o[0] if isinstance(o, tuple) else o
+
+    h = last.register_forward_hook(grab)
+    model(input_ids=ids[:4])
+    h.remove()
+    (inp,) = capture_block_inputs(model, loc, ids[:4], batch_size=4)
+    x = inp.hidden
+    for i, blk in enumerate(loc.blocks(model)):
+        out = blk(x, **inp.kwargs_for(i))
+        x = out[0] if isinstance(out, tuple) else out
+    torch.testing.assert_close(x, seen["o"], rtol=1e-5, atol=1e-5)
+
+
+def _check_nm(W: torch.Tensor, name: str) -> None:
+    groups = (W.reshape(W.shape[0], -1, 4) == 0).sum(-1)
+    assert (groups == 2).all(), name
+
+
+@pytest.mark.parametrize("family", ALL)
+@pytest.mark.parametrize("method,pattern", [("wanda", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "2:4")])
+def test_exact_sparsity_on_every_target(family, method, pattern, ids):
+    model = make(family)
+    report = _prune(model, ids, method, pattern)
+    mats = _matrices(model)
+    assert {lr.name for lr in report.layers} == set(mats)
+    n_experts = sum(isinstance(m, ExpertSlice) for m in pk.target_linears(model, pk.PruneConfig()).values())
+    assert (n_experts > 0) == (family in MOE)
+    for name, W in mats.items():
+        assert (W == 0).float().mean().item() == 0.5, name
+        if pattern == "2:4":
+            _check_nm(W, name)
+    assert report.sparsity == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_bf16_stays_bf16_and_sparsity_zero_is_a_no_op(family, ids):
+    model = make(family, torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _prune(model, ids, "wanda", "unstructured", sparsity=0.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    _prune(model, ids, "sparsegpt", "2:4")
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    for name, W in _matrices(model).items():
+        _check_nm(W, name)
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_save_reload_gives_identical_logits(family, ids, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = make(family)
+    _prune(model, ids, "wanda", "2:4")
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert tied == bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+    model.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (back.get_output_embeddings().weight is back.get_input_embeddings().weight) == tied
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids[:2]).logits, model(input_ids=ids[:2]).logits, rtol=0, atol=0)
+
+
+@contextlib.contextmanager
+def _recording_linear(calls: list):
+    """Record (input, weight) of every ``torch.nn.functional.linear`` call (the eager experts
+    path calls it once per expert projection)."""
+    real = torch.nn.functional.linear
+
+    def rec(x, w, b=None):
+        calls.append((x.detach(), w))
+        return real(x, w, b)
+
+    torch.nn.functional.linear = rec
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = real
+
+
+def _dense_sqnorms(model, ids) -> dict[str, torch.Tensor]:
+    """Σ x_j² of each target's input from one plain forward of the dense model: pre-hooks on
+    Linear/Conv1D modules, and for fused experts the inputs the eager implementation feeds to
+    each expert's slice (matched by storage)."""
+    targets = pk.target_linears(model, pk.PruneConfig())
+    out: dict[str, torch.Tensor] = {}
+    hooks = []
+    for n, m in targets.items():
+        if not isinstance(m, ExpertSlice):
+            def pre(_m, a, n=n):
+                x = a[0].reshape(-1, a[0].shape[-1]).float().pow(2).sum(0)
+                out[n] = out[n] + x if n in out else x
+            hooks.append(m.register_forward_pre_hook(pre))
+    by_ptr = {getattr(m.module, m.param)[m.expert].data_ptr(): n for n, m in targets.items() if isinstance(m, ExpertSlice)}
+    calls: list = []
+    with _recording_linear(calls), torch.no_grad():
+        model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    for x, w in calls:
+        n = by_ptr.get(w.data_ptr())
+        if n is not None:
+            s = x.reshape(-1, x.shape[-1]).float().pow(2).sum(0)
+            out[n] = out[n] + s if n in out else s
+    return out
+
+
+def _eager_experts(model) -> None:
+    if hasattr(model.config, "_experts_implementation"):
+        model.config._experts_implementation = "eager"
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_wanda_mask_equals_reimplementation_from_hooks(family, ids):
+    """Wanda (Sun et al. 2024): keep the top half of |W_ij|·‖X_j‖₂ in each output row; ‖X_j‖ from
+    hooks on the dense model (propagate='dense', so every block sees dense inputs)."""
+    model = make(family)
+    _eager_experts(model)
+    norms = _dense_sqnorms(model, ids)
+    dense = _matrices(model)
+    assert set(norms) == set(dense)  # every expert received tokens in this calibration set
+    _prune(model, ids, "wanda", "unstructured", sparsity=0.5, propagate="dense")
+    for name, W in _matrices(model).items():
+        score = dense[name].abs() * norms[name].sqrt()[None, :]
+        keep = torch.zeros_like(score, dtype=torch.bool)
+        keep.scatter_(1, score.argsort(dim=1, descending=True)[:, : score.shape[1] // 2], True)
+        assert torch.equal(W != 0, keep), name
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_expert_statistics_are_those_of_routed_tokens_only(family, ids):
+    """Each expert slice's statistics come from the tokens routed to it (the eager experts
+    forward's own per-expert inputs), and the report lists tokens per expert."""
+    model = make(family)
+    _eager_experts(model)
+    norms = _dense_sqnorms(model, ids)
+    loc = engine_adapter(model)
+    got: dict[str, tuple[int, torch.Tensor]] = {}
+
+    def on_block(i, targets, stats):
+        got.update({n: (s.num_tokens, s[Stat.INPUT_SQNORM]) for n, s in stats.items() if isinstance(targets[n], ExpertSlice)})
+
+    run_layerwise(model, loc, ids, needs={Stat.INPUT_SQNORM}, select=lambda n, m: True,
+                  on_block=on_block, propagate="dense")  # fmt: skip
+    assert got and set(got) <= set(norms)
+    k, T = model.config.num_experts_per_tok, ids.numel()
+    for b in range(2):
+        gu = [n for n in got if f"layers.{b}." in n and n.endswith("gate_up_proj")]
+        assert sum(got[n][0] for n in gu) == k * T  # each token reaches k experts
+        assert all(0 < got[n][0] < T for n in gu)  # routed subsets, not all tokens
+    for n, (_, sq) in got.items():
+        torch.testing.assert_close(sq, norms[n], rtol=1e-4, atol=1e-5)
+    report = _prune(make(family), ids, "wanda", "2:4")
+    infos = [lr.info["tokens"] for lr in report.layers if lr.name.endswith("gate_up_proj")]
+    assert len(infos) == 2 * 4 and sum(infos) == 2 * k * T
+
+
+def _starve_expert(model, e: int) -> list:
+    """Route no token to expert ``e`` (tokens it would get go to expert e - 1 instead)."""
+    hooks = []
+    for mod in model.modules():
+        if hasattr(mod, "experts") and hasattr(mod, "gate"):
+            def fix(_m, _a, out):
+                logits, scores, idx = out
+                return logits, scores, torch.where(idx == e, torch.full_like(idx, e - 1), idx)
+            hooks.append(mod.gate.register_forward_hook(fix))
+    return hooks
+
+
+@pytest.mark.parametrize("idle", ["dense", "magnitude"])
+def test_idle_expert_is_reported_and_handled_as_asked(idle, ids):
+    model = make("mixtral")
+    _starve_expert(model, 3)
+    before = _matrices(model)
+    router = model.model.layers[0].mlp.gate.weight.detach().clone()
+    report = _prune(model, ids, "wanda", "unstructured", idle=idle)
+    after = _matrices(model)
+    idle_names = [n for n in after if ".experts.3." in n]
+    assert len(idle_names) == 4 and report.settings["idle_experts"] == idle
+    assert any("4 experts received no calibration token" in note for note in report.notes)
+    for n in idle_names:
+        lr = next(lr for lr in report.layers if lr.name == n)
+        assert lr.info == {"tokens": 0, "idle": idle}
+        if idle == "dense":
+            assert torch.equal(after[n], before[n]), n
+        else:
+            assert (after[n] == 0).float().mean().item() == 0.5, n
+    for n in after.keys() - set(idle_names):
+        assert (after[n] == 0).float().mean().item() == 0.5, n
+    assert torch.equal(model.model.layers[0].mlp.gate.weight, router)  # routers never pruned
+
+
+def test_bad_idle_experts_setting_is_one_line(ids):
+    with pytest.raises(ConfigError, match="idle_experts='often'"):
+        _prune(make("mixtral"), ids, idle="often")
+
+
+def test_shared_expert_gate_is_not_a_target_but_the_shared_expert_is():
+    names = set(pk.target_linears(make("qwen2_moe"), pk.PruneConfig()))
+    assert not any(n.endswith("shared_expert_gate") for n in names)
+    assert "model.layers.0.mlp.shared_expert.down_proj" in names
+    assert "model.layers.1.mlp.experts.3.down_proj" in names
+
+
+def test_gpt2_conv1d_is_presented_transposed(ids):
+    model = make("gpt2")
+    t = pk.target_linears(model, pk.PruneConfig())
+    c = t["transformer.h.0.attn.c_attn"]  # fused qkv, stored [in=64, out=192]
+    assert c.weight.shape == (64, 192) and weight_of(c).shape == (192, 64)
+    _prune(model, ids, "wanda", "2:4")
+    _check_nm(c.weight.T, "c_attn")  # groups of 4 *inputs*: along dim 0 of the stored weight
+    assert not ((c.weight.reshape(64, 48, 4) == 0).sum(-1) == 2).all()  # not along outputs
+
+
+class _NoBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.out = nn.Embedding(10, 4), nn.Linear(4, 10)
+
+
+def test_model_without_blocks_is_a_one_line_error(ids):
+    with pytest.raises(ConfigError, match="no decoder blocks found in _NoBlocks") as e:
+        _prune(_NoBlocks(), ids)
+    assert "\n" not in str(e.value)
+
+
+class Linear8bitLt(nn.Linear):  # stands in for bitsandbytes' layer: int8 weight
+    def __init__(self, i, o):
+        super().__init__(i, o)
+        self.weight = nn.Parameter(torch.zeros(o, i, dtype=torch.int8), requires_grad=False)
+
+
+def test_quantized_layer_is_refused_naming_its_type(ids):
+    model = make("llama")
+    model.model.layers[1].mlp.down_proj = Linear8bitLt(128, 64)
+    with pytest.raises(ConfigError, match=r"model\.layers\.1\.mlp\.down_proj is a quantized layer .*Linear8bitLt.*load the model unquantized") as e:
+        _prune(model, ids)
+    assert "\n" not in str(e.value)
+
+
+def test_family_support_lists_every_tested_family():
+    rows = {r["family"]: r for r in family_support()}
+    assert set(ALL) <= set(rows) and "*" in rows
+    assert rows["llama"]["structured"] and not rows["gpt2"]["structured"]
+    assert all(rows[f]["unstructured"] and rows[f]["nm"] for f in ALL)
+    assert {f for f in ALL if rows[f]["moe"]} == set(MOE)
