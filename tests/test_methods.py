@@ -88,7 +88,7 @@ def test_recipe_yaml_round_trip():
                          targets=pk.TargetSpec(exclude=("re:.*down_proj",)),
                          calib=pk.CalibConfig(source="x.jsonl", nsamples=32, seed=3))  # fmt: skip
     assert pk.PruneConfig.from_yaml(cfg.to_yaml()) == cfg
-    with pytest.raises(ConfigError, match="unknown recipe keys"):
+    with pytest.raises(ConfigError, match="unknown key methd"):
         pk.PruneConfig.from_dict({"methd": "wanda"})
 
 

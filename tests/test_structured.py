@@ -238,7 +238,7 @@ def test_sparsity_removing_every_head_refused():
 
 @pytest.mark.parametrize("args,msg", [
     ({"heads": 3}, "GQA-valid"), ({"kv_heads": 5}, "kv_heads"), ({"structure": "weird"}, "structure"),
-    ({"compensate": "maybe"}, "bool"), ({"nonsense": 1}, "no setting"),
+    ({"compensate": "maybe"}, "true or false"), ({"nonsense": 1}, "no setting"),
 ])  # fmt: skip
 def test_bad_settings_refused(args, msg):
     with pytest.raises(ConfigError, match=msg):

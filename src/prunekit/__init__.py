@@ -13,22 +13,47 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import prune_, target_linears
-from .config import CalibConfig, PruneConfig, TargetSpec
-from .data import calibration_windows, eval_token_ids, load_source
-from .errors import PrunekitError
-from .eval import model_size_bytes, parameter_count, perplexity, sparsity_summary
-from .export import save_pretrained_atomic
-from .methods import get_method, list_methods
-from .models import load_model, resolve_model
+# Lazy attributes (PEP 562): `import prunekit` stays cheap (no torch/transformers import), so the
+# CLI starts fast and installs its signal handlers before any heavy import.
+_LAZY = {
+    "prune_": "api", "target_linears": "api",
+    "CalibConfig": "config", "PruneConfig": "config", "TargetSpec": "config",
+    "calibration_windows": "data", "eval_token_ids": "data", "load_source": "data",
+    "PrunekitError": "errors",
+    "model_size_bytes": "eval", "parameter_count": "eval", "perplexity": "eval", "sparsity_summary": "eval",
+    "save_pretrained_atomic": "export",
+    "get_method": "methods", "list_methods": "methods",
+    "load_model": "models", "resolve_model": "models",
+    "NM": "patterns", "Unstructured": "patterns", "parse_pattern": "patterns",
+    "PruneReport": "report",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f".{name}", __name__)  # subpackages: pk.export, pk.engine, ...
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module 'prunekit' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load(path):
     """Load a prunekit output folder (uniform or per-block widths) as ``(model, tokenizer)``."""
+    from .models import load_model
+
     return load_model(path)
 
-from .patterns import NM, Unstructured, parse_pattern
-from .report import PruneReport
 
 __all__ = [
     "NM",

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .patterns import NM, check_sparsity, parse_pattern
+from .settings import Setting, schema_of, setting
 
 RECIPE_VERSION = 1
+MAX_NSAMPLES = 1 << 20  # far beyond any calibration set; guards against typos like 1e9
+MAX_SEQLEN = 1 << 20  # longer than any model's context
 
 
 @dataclass(frozen=True)
@@ -25,9 +31,25 @@ class TargetSpec:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
-    def matches(self, name: str) -> bool:
-        import re
+    def validate(self) -> TargetSpec:
+        """Every pattern is a non-empty string; every ``re:`` pattern compiles."""
+        for flag, pats in (("include", self.include), ("exclude", self.exclude)):
+            if isinstance(pats, str) or not isinstance(pats, (tuple, list)):
+                raise ConfigError(f"targets.{flag} must be a list of patterns, got {pats!r}")
+            for p in pats:
+                if not isinstance(p, str) or not p.strip() or (p.startswith("re:") and not p[3:]):
+                    raise ConfigError(
+                        f"--{flag} {p!r} is empty: give a substring of the Linear names "
+                        f"(e.g. mlp) or re:REGEX"
+                    )
+                if p.startswith("re:"):
+                    try:
+                        re.compile(p[3:])
+                    except re.error as e:
+                        raise ConfigError(f"--{flag} {p!r} is not a valid regular expression ({e})") from None
+        return self
 
+    def matches(self, name: str) -> bool:
         def hit(p: str) -> bool:
             return bool(re.search(p[3:], name)) if p.startswith("re:") else p in name
 
@@ -38,11 +60,15 @@ class TargetSpec:
 
 @dataclass(frozen=True)
 class CalibConfig:
-    source: str = "builtin"
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 0
-    batch_size: int = 8
+    source: str = setting("builtin", help="calibration SOURCE")
+    nsamples: int = setting(128, ge=1, le=MAX_NSAMPLES, help="calibration windows")
+    seqlen: int = setting(2048, ge=2, le=MAX_SEQLEN, help="tokens per calibration window")
+    seed: int = setting(0, ge=0, help="calibration sampling seed")
+    batch_size: int = setting(8, ge=1, help="calibration windows per forward")
+
+    def validate(self) -> CalibConfig:
+        _check_fields(self, "calib")
+        return self
 
 
 @dataclass(frozen=True)
@@ -54,7 +80,7 @@ class PruneConfig:
     """
 
     method: str = "wanda"
-    sparsity: float | None = None  # None: 0.5 for unstructured, implied by N:M
+    sparsity: float | None = None  # None: 0.5 for unstructured, 0.2 for structured, implied by N:M
     pattern: str = "unstructured"
     method_args: dict[str, Any] = field(default_factory=dict)
     allocation: str = "uniform"
@@ -76,18 +102,45 @@ class PruneConfig:
         return check_sparsity(0.5 if self.sparsity is None else self.sparsity)
 
     def validate(self) -> PruneConfig:
-        from .methods import get_method, is_structured
+        """Check every field (types, ranges, method settings, combinations); returns ``self``.
 
+        Raises:
+            ConfigError: one line naming the field, the bad value and what is allowed.
+        """
+        from .allocation import ALLOCATORS
+        from .methods import check_settings, is_structured
+
+        for name in ("method", "pattern", "allocation", "propagate"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v.strip():
+                raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
+        if self.sparsity is not None and (isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float))):
+            raise ConfigError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
+        if not isinstance(self.targets, TargetSpec) or not isinstance(self.calib, CalibConfig):
+            raise ConfigError("targets must be a TargetSpec and calib a CalibConfig")
+        if not isinstance(self.method_args, Mapping):
+            raise ConfigError(f"method_args must be a mapping of setting: value, got {self.method_args!r}")
+        check_settings(self.method, self.method_args)  # unknown method / setting, type, range
         if is_structured(self.method):
-            get_method(self.method)  # the structured module validates its own arguments
+            pat = parse_pattern(self.pattern)
+            if str(pat) != "unstructured":
+                raise ConfigError(
+                    f"{self.method} is a structured method (it removes whole heads, channels or "
+                    f"blocks); --pattern {self.pattern} applies to unstructured methods only: drop it"
+                )
+            if self.targets.include or self.targets.exclude:
+                raise ConfigError(
+                    f"{self.method} is a structured method and prunes every decoder block; "
+                    f"--include/--exclude apply to unstructured methods only: drop them"
+                )
             check_sparsity(0.2 if self.sparsity is None else self.sparsity)
         else:
-            get_method(self.method, **self.method_args)
             self.resolved_sparsity()
+        ALLOCATORS.get(self.allocation)
         if self.propagate not in ("pruned", "dense"):
             raise ConfigError(f"propagate must be 'pruned' or 'dense', got {self.propagate!r}")
-        if self.calib.nsamples < 1 or self.calib.seqlen < 2:
-            raise ConfigError("--nsamples must be >= 1 and --seqlen >= 2")
+        self.targets.validate()
+        self.calib.validate()
         return self
 
     # --- serialisation -------------------------------------------------------------------
@@ -97,19 +150,20 @@ class PruneConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown recipe keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        if int(d.get("version", RECIPE_VERSION)) > RECIPE_VERSION:
-            raise ConfigError(f"recipe version {d['version']} is newer than this prunekit understands")
-        t = d.get("targets") or {}
-        d["targets"] = TargetSpec(tuple(t.get("include", ())), tuple(t.get("exclude", ())))
-        d["calib"] = CalibConfig(**(d.get("calib") or {}))
-        d["method_args"] = dict(d.get("method_args") or {})
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any], where: str = "recipe") -> PruneConfig:
+        """Build a config from a mapping (a parsed recipe), checking every key and type.
+
+        Unknown keys at any depth and wrong types raise one ConfigError naming the YAML path
+        (``calib.nsamples``).
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where} must be a YAML mapping of PruneConfig fields, got {type(d).__name__}")
+        version = d.get("version", RECIPE_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ConfigError(f"{where}: version must be an integer, got {version!r}")
+        if version > RECIPE_VERSION:
+            raise ConfigError(f"{where}: recipe version {version} is newer than this prunekit understands ({RECIPE_VERSION})")
+        return _build(cls, d, where, "")
 
     def to_yaml(self) -> str:
         import yaml
@@ -118,11 +172,93 @@ class PruneConfig:
 
     @classmethod
     def from_yaml(cls, text_or_path: str | Path) -> PruneConfig:
+        """Parse a recipe: YAML text, or the path of a ``.yaml``/``.yml`` file."""
+        s = str(text_or_path)
+        if isinstance(text_or_path, Path) or ("\n" not in s and (s.endswith((".yaml", ".yml")) or Path(s).exists())):
+            return cls.from_file(s)
+        return cls._parse(s, "recipe")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PruneConfig:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ConfigError(f"recipe {path} does not exist: pass the path of a YAML file")
+        if p.is_dir():
+            raise ConfigError(f"recipe {path} is a folder: pass the path of a YAML file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe {path} is not UTF-8 text: pass a YAML file") from None
+        except OSError as e:
+            raise ConfigError(f"could not read recipe {path}: {e.strerror or e}") from None
+        return cls._parse(text, f"recipe {path}")
+
+    @classmethod
+    def _parse(cls, text: str, where: str) -> PruneConfig:
         import yaml
 
-        p = Path(str(text_or_path))
-        text = p.read_text() if "\n" not in str(text_or_path) and p.is_file() else str(text_or_path)
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
         if not isinstance(data, dict):
-            raise ConfigError("a recipe must be a YAML mapping")
-        return cls.from_dict(data)
+            raise ConfigError(f"{where} must be a YAML mapping of PruneConfig fields (method:, sparsity:, ...), got {type(data).__name__}")
+        return cls.from_dict(data, where)
+
+
+def _check_fields(obj: Any, path: str) -> None:
+    """Type/range-check the declared settings of a config dataclass."""
+    for name, s in schema_of(type(obj)).items():
+        s.coerce(f"{path}.{name}", getattr(obj, name), optional=False)
+
+
+def _build(cls: type, d: Mapping[str, Any], where: str, path: str) -> Any:
+    """Instantiate dataclass ``cls`` from mapping ``d`` with the types its fields declare."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in d if k not in fields)
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" (did you mean {path + close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{where}: unknown key {path}{unknown[0]}{hint}; known keys{' under ' + path[:-1] if path else ''}: "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, v in d.items():
+        key = f"{path}{name}"
+        t = hints[name]
+        origin = typing.get_origin(t)
+        if dataclasses.is_dataclass(t):
+            if v is None:
+                continue
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{where}: {key} must be a mapping ({', '.join(f.name for f in dataclasses.fields(t))}), got {_kind(v)}")
+            kwargs[name] = _build(t, v, where, key + ".")
+        elif origin is tuple:
+            if v is None:
+                v = []
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"{where}: {key} must be a list of strings, got {v!r}")
+            kwargs[name] = tuple(v)
+        elif origin is dict:
+            if v is None:
+                v = {}
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{where}: {key} must be a mapping of NAME: VALUE, got {_kind(v)}")
+            kwargs[name] = dict(v)
+        else:
+            base = [a for a in typing.get_args(t) if a is not type(None)] or [t]
+            s = schema_of(cls).get(name) or Setting(base[0], fields[name].default)
+            optional = type(None) in typing.get_args(t)
+            kwargs[name] = s.coerce(f"{where}: {key}", v, optional=optional)
+    return cls(**kwargs)
+
+
+def _kind(v: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(v), type(v).__name__)

@@ -12,14 +12,10 @@ from typing import Any
 
 
 def run_demo(a) -> dict[str, Any]:
-    from .api import prune_
     from .config import CalibConfig, PruneConfig
-    from .data import calibration_windows, eval_token_ids, load_source
-    from .eval import model_size_bytes, parameter_count, perplexity, sparsity_summary
-    from .export import check_output_dir, save_pretrained_atomic, versions
-    from .models import load_model
+    from .data import load_source
+    from .export import OutputSlot
 
-    check_output_dir(a.out, overwrite=True)
     cfg = PruneConfig(
         method=a.method, sparsity=a.sparsity, pattern=a.pattern,
         calib=CalibConfig(source=a.calib, nsamples=a.nsamples, seqlen=a.seqlen, seed=0),
@@ -29,11 +25,23 @@ def run_demo(a) -> dict[str, Any]:
     print(f"  calibration: {calib_src.description}, {a.nsamples} x {a.seqlen} tokens, seed 0")
     print(f"  evaluation:  {eval_src.description}, first {a.eval_windows} non-overlapping windows x {a.seqlen}")
     t0 = time.perf_counter()
+    with OutputSlot(a.out, overwrite=True) as slot:  # a bad --out fails now, not after the pruning
+        return _run(a, slot, cfg, calib_src, eval_src, t0)
+
+
+def _run(a, slot, cfg, calib_src, eval_src, t0) -> dict[str, Any]:
+    from .api import prune_
+    from .data import calibration_windows, eval_token_ids
+    from .eval import model_size_bytes, parameter_count, perplexity, sparsity_summary
+    from .export import fmt_bytes, model_bytes, versions, write_hf_folder
+    from .models import load_model
+
     model, tok = load_model(a.model)
+    slot.check_space(model_bytes(model))
     print(f"  loaded in {time.perf_counter() - t0:.0f}s")
     ids = eval_token_ids(eval_src, tok)
     dense_params = parameter_count(model)
-    dense_bytes = sum(p.numel() * p.element_size() for p in {p.data_ptr(): p for p in model.parameters()}.values())
+    dense_bytes = model_bytes(model)
     before = perplexity(model, ids, a.seqlen, a.eval_windows, progress=True)
     calib = calibration_windows(calib_src, tok, a.nsamples, a.seqlen, 0)
     report = prune_(model, cfg, calib, tok)
@@ -41,13 +49,13 @@ def run_demo(a) -> dict[str, Any]:
     s = sparsity_summary(model)
     meta = {"source_model": a.model, "config": cfg.to_dict(), "report": report.to_dict(),
             "eval": {"before": before, "after": after}, "versions": versions()}  # fmt: skip
-    out = save_pretrained_atomic(model, tok, a.out, meta, overwrite=True)
+    out = slot.commit(lambda tmp: write_hf_folder(model, tok, tmp, meta))
     size = model_size_bytes(out)
     rows = [
         ("perplexity", f"{before['perplexity']:.2f}", f"{after['perplexity']:.2f}"),
         ("sparsity (block Linears)", "0.00%", f"{s['block_linear_sparsity']:.2%}"),
         ("parameters", f"{dense_params:,}", f"{s['parameters']:,} ({s['parameters'] * (1 - s['linear_sparsity']):,.0f} non-zero)"),
-        ("size on disk (fp32 safetensors)", f"{dense_bytes / 2**20:.0f} MB", f"{size / 2**20:.0f} MB"),
+        ("size on disk (fp32 safetensors)", fmt_bytes(dense_bytes), fmt_bytes(size)),
         ("time", f"eval {before['seconds']:.0f}s", f"prune {report.timings['total']:.0f}s, eval {after['seconds']:.0f}s"),
     ]
     w = max(len(r[0]) for r in rows)

@@ -14,20 +14,62 @@ import sys
 import time
 from typing import Any
 
-from ..errors import PrunekitError
+from ..errors import ConfigError, PrunekitError
 
 EXIT_USAGE = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+EXIT_INTERNAL = 1
+MAX_COUNT = 1 << 20  # nsamples / seqlen / windows: far beyond any real value, catches typos
+
+
+class UsageError(PrunekitError):
+    """A flag argparse refused (unknown flag, missing value, bad number)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so every cleanup path runs as for Ctrl-C."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``prunekit: error: ...``), not usage + message."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_flag(lo: int, hi: int = MAX_COUNT) -> Any:
+    def parse(text: str) -> int:
+        try:
+            v = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range: it must be an integer from {lo} to {hi}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _fraction_flag(text: str) -> float:
+    try:
+        v = float(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.5 for 50%)") from None
+    if not 0.0 <= v < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a fraction in [0, 1), e.g. 0.5 for 50%")
+    return v
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
+    """``--set KEY=VALUE`` pairs; values stay strings and are typed by the method's settings."""
+    out: dict[str, Any] = {}
     for it in items or []:
-        if "=" not in it:
-            raise PrunekitError(f"--set expects KEY=VALUE, got {it!r}")
+        if "=" not in it or not it.split("=", 1)[0].strip():
+            raise UsageError(f"--set expects KEY=VALUE (e.g. --set block_size=64), got {it!r}")
         k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = None if v.strip().lower() in ("null", "none", "~") else v
     return out
 
 
@@ -35,13 +77,13 @@ def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="prune a model and save a Hugging Face folder")
     p.add_argument("model", help="HF folder, .gguf file, alias (smollm2-135m) or hub id")
     p.add_argument("--method", "-m", help="pruning method (see `prunekit ls`)")
-    p.add_argument("--sparsity", "-s", type=float, default=None, help="fraction in [0, 1); default 0.5 (N:M implies it)")
+    p.add_argument("--sparsity", "-s", type=_fraction_flag, default=None, help="fraction in [0, 1); default 0.5 (N:M implies it)")
     p.add_argument("--pattern", "-p", default=None, help="unstructured | unstructured:layer | N:M (e.g. 2:4)")
     p.add_argument("--calib", default=None, help="calibration SOURCE (default: builtin)")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 128)")
-    p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default 2048)")
-    p.add_argument("--seed", type=int, default=None, help="calibration sampling seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=None, help="calibration windows per forward (default 8)")
+    p.add_argument("--nsamples", type=_int_flag(1), default=None, help="calibration windows (default 128)")
+    p.add_argument("--seqlen", type=_int_flag(2), default=None, help="tokens per calibration window (default 2048)")
+    p.add_argument("--seed", type=_int_flag(0, 2**63 - 1), default=None, help="calibration sampling seed (default 0)")
+    p.add_argument("--batch-size", type=_int_flag(1), default=None, help="calibration windows per forward (default 8)")
     p.add_argument("--include", action="append", default=[], help="only Linears matching (substring or re:REGEX)")
     p.add_argument("--exclude", action="append", default=[], help="skip Linears matching (substring or re:REGEX)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting, e.g. block_size=64")
@@ -49,7 +91,7 @@ def _add_prune(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--eval", dest="eval_data", default=None, help="also report perplexity on this SOURCE")
-    p.add_argument("--eval-windows", type=int, default=None, help="windows for --eval (default all)")
+    p.add_argument("--eval-windows", type=_int_flag(1), default=None, help="windows for --eval (default all)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-layer table")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
@@ -58,8 +100,8 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="perplexity with the SparseGPT/Wanda protocol")
     p.add_argument("model")
     p.add_argument("--data", default="builtin", help="evaluation SOURCE (default: builtin eval half)")
-    p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--seqlen", type=_int_flag(2), default=2048, help="tokens per window (>= 2)")
+    p.add_argument("--max-windows", type=_int_flag(1), default=None, help="evaluate only the first N windows")
     p.add_argument("--json", action="store_true", help="last stdout line is a JSON object")
     p.add_argument("--quiet", "-q", action="store_true")
 
@@ -71,7 +113,7 @@ def _add_info(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="prunekit", description="Prune transformer models and prove what it bought.")
+    ap = _Parser(prog="prunekit", description="Prune transformer models and prove what it bought.")
     ap.add_argument("--version", action="version", version=f"prunekit {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_prune(sub)
@@ -82,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="smollm2-135m")
     d.add_argument("--method", default="sparsegpt")
     d.add_argument("--pattern", default="unstructured")
-    d.add_argument("--sparsity", type=float, default=None)
-    d.add_argument("--nsamples", type=int, default=8)
-    d.add_argument("--seqlen", type=int, default=2048)
-    d.add_argument("--eval-windows", type=int, default=8)
+    d.add_argument("--sparsity", type=_fraction_flag, default=None)
+    d.add_argument("--nsamples", type=_int_flag(1), default=8)
+    d.add_argument("--seqlen", type=_int_flag(2), default=2048)
+    d.add_argument("--eval-windows", type=_int_flag(1), default=8)
     d.add_argument("--calib", default="builtin")
     d.add_argument("--data", default="builtin")
     d.add_argument("--out", default="demo-out")
@@ -99,11 +141,13 @@ def _version() -> str:
 
 
 def _config_from_args(a) -> Any:
+    """Flags over the recipe over defaults, validated in full before any heavy work."""
     from ..config import CalibConfig, PruneConfig, TargetSpec
+    from ..methods import check_settings
 
-    base = PruneConfig.from_yaml(a.recipe) if a.recipe else PruneConfig()
+    base = PruneConfig.from_file(a.recipe) if a.recipe else PruneConfig()
     if a.method is None and not a.recipe:
-        raise PrunekitError("--method is required (e.g. --method wanda); `prunekit ls` lists methods")
+        raise ConfigError("--method is required (e.g. --method wanda); `prunekit ls` lists methods")
     calib = CalibConfig(
         source=a.calib if a.calib is not None else base.calib.source,
         nsamples=a.nsamples if a.nsamples is not None else base.calib.nsamples,
@@ -114,11 +158,14 @@ def _config_from_args(a) -> Any:
     targets = TargetSpec(
         tuple(base.targets.include) + tuple(a.include), tuple(base.targets.exclude) + tuple(a.exclude)
     )
+    method = a.method or base.method
+    given = {**base.method_args, **_parse_set(a.set)}
+    typed = check_settings(method, given)  # one validator for --set, recipes and the API
     return PruneConfig(
-        method=a.method or base.method,
+        method=method,
         sparsity=a.sparsity if a.sparsity is not None else base.sparsity,
         pattern=a.pattern or base.pattern,
-        method_args={**base.method_args, **_parse_set(a.set)},
+        method_args={k: typed[k] for k in given},
         allocation=base.allocation,
         targets=targets,
         calib=calib,
@@ -126,60 +173,63 @@ def _config_from_args(a) -> Any:
     ).validate()
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
+def _note(msg: str) -> None:
+    print(f"prunekit: note: {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_prune(a) -> dict[str, Any]:
     from .. import api
     from ..data import calibration_windows, eval_token_ids, load_source
-    from ..eval import model_size_bytes, perplexity, sparsity_summary
-    from ..export import check_output_dir, save_pretrained_atomic, versions
+    from ..eval import model_size_bytes, parameter_count, perplexity, sparsity_summary
+    from ..export import OutputSlot, fmt_bytes, model_bytes, versions, write_hf_folder
     from ..models import load_model, resolve_model
+    from ..models.loading import estimated_load_bytes, source_info
 
-    cfg = _config_from_args(a)  # validates method, sparsity, pattern before any heavy work
+    cfg = _config_from_args(a)  # validates method, settings, sparsity, pattern before any heavy work
     src = resolve_model(a.model)
-    check_output_dir(a.out, a.overwrite, protect=[src.path] if src.kind != "hub" else [])
-    # every method uses calibration tokens (statistics, or the reconstruction-error report)
-    calib_src = load_source(cfg.calib.source, "calib")
-    t0 = time.perf_counter()
-    if not (a.quiet or a.json):
-        print(f"loading {a.model} ...", flush=True)
-    model, tok = load_model(a.model)
-    t_load = time.perf_counter() - t0
-    calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
-    report = api.prune_(model, cfg, calib, tok, progress=not a.quiet)
-    report.calib["description"] = calib_src.description
-    summary = sparsity_summary(model)
-    result: dict[str, Any] = {
-        "model": a.model,
-        "method": cfg.method,
-        "pattern": report.pattern,
-        "target_sparsity": report.target_sparsity,
-        "sparsity": report.sparsity,
-        "parameters": summary["parameters"],
-        "prune_seconds": report.timings.get("total"),
-        "load_seconds": t_load,
-    }
-    if a.eval_data:
-        ev = perplexity(model, eval_token_ids(a.eval_data, tok), cfg.calib.seqlen, a.eval_windows, progress=not a.quiet)
-        result["perplexity"] = ev["perplexity"]
-        result["eval"] = {**ev, "data": a.eval_data}
-    meta = {
-        "prunekit_format": 1,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source_model": a.model,
-        "config": cfg.to_dict(),
-        "report": report.to_dict(),
-        "measured": {k: summary[k] for k in ("linear_sparsity", "block_linear_sparsity", "parameters")},
-        "eval": result.get("eval"),
-        "versions": versions(),
-    }
-    out = save_pretrained_atomic(model, tok, a.out, meta, overwrite=a.overwrite)
+    calib_src = load_source(cfg.calib.source, "calib")  # every method uses calibration tokens
+    with OutputSlot(a.out, a.overwrite, protect=[src.path] if src.kind != "hub" else [],
+                    need_bytes=estimated_load_bytes(src), notify=_note) as slot:  # fmt: skip
+        t0 = time.perf_counter()
+        if not (a.quiet or a.json):
+            print(f"loading {a.model} ...", flush=True)
+        model, tok = load_model(a.model)
+        t_load = time.perf_counter() - t0
+        slot.check_space(model_bytes(model))  # the output is at most the loaded model's size
+        dense_params = parameter_count(model)
+        calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
+        report = api.prune_(model, cfg, calib, tok, progress=not a.quiet)
+        report.calib["description"] = calib_src.description
+        summary = sparsity_summary(model)
+        result: dict[str, Any] = {
+            "model": a.model,
+            "method": cfg.method,
+            "pattern": report.pattern,
+            "target_sparsity": report.target_sparsity,
+            "sparsity": report.sparsity,
+            "parameters": summary["parameters"],
+            "dense_parameters": dense_params,
+            "prune_seconds": report.timings.get("total"),
+            "load_seconds": t_load,
+        }
+        if a.eval_data:
+            ev = perplexity(model, eval_token_ids(a.eval_data, tok), cfg.calib.seqlen, a.eval_windows, progress=not a.quiet)
+            result["perplexity"] = ev["perplexity"]
+            result["eval"] = {**ev, "data": a.eval_data}
+        meta = {
+            "prunekit_format": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source_model": source_info(src, model),
+            "config": cfg.to_dict(),
+            "applied": {"method": cfg.method, "pattern": report.pattern, "target_sparsity": report.target_sparsity,
+                        "sparsity": report.sparsity},  # fmt: skip
+            "parameters": {"dense": dense_params, "pruned": summary["parameters"], "nonzero": _nonzero(model)},
+            "report": report.to_dict(),
+            "measured": {k: summary[k] for k in ("linear_sparsity", "block_linear_sparsity", "parameters")},
+            "eval": result.get("eval"),
+            "versions": versions(),
+        }
+        out = slot.commit(lambda tmp: write_hf_folder(model, tok, tmp, meta))
     result["out"] = str(out)
     result["size_bytes"] = model_size_bytes(out)
     if not a.quiet:
@@ -192,8 +242,13 @@ def cmd_prune(a) -> dict[str, Any]:
         )
         if "perplexity" in result:
             print(f"perplexity ({a.eval_data}, {result['eval']['windows']} x {cfg.calib.seqlen}): {result['perplexity']:.3f}")
-        print(f"saved {out} ({_fmt_bytes(result['size_bytes'])})")
+        print(f"saved {out} ({fmt_bytes(result['size_bytes'])})")
     return result
+
+
+def _nonzero(model) -> int:
+    seen = {p.data_ptr(): p for p in model.parameters()}
+    return int(sum(int((p != 0).sum()) for p in seen.values()))
 
 
 def cmd_eval(a) -> dict[str, Any]:
@@ -289,24 +344,81 @@ def _quiet_transformers() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("PRUNEKIT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    _quiet_transformers()
+def _run(a) -> dict[str, Any]:
     handlers = {"prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "ls": cmd_ls, "demo": cmd_demo}
+    return handlers[a.cmd](a)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"prunekit: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input, 130 SIGINT, 143 SIGTERM, 1 a bug)."""
+    import signal
+
+    logging.basicConfig(level=os.environ.get("PRUNEKIT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    debug = bool(os.environ.get("PRUNEKIT_DEBUG"))
+    old_term = None
     try:
-        res = handlers[a.cmd](a)
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        pass
+    try:
+        a = build_parser().parse_args(argv)
+        _quiet_transformers()
+        res = _run(a)
+        if getattr(a, "json", False):
+            print(json.dumps(res, default=str))
+        return 0
     except PrunekitError as e:
-        print(f"prunekit: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(f"error: {_one_line(e)}", EXIT_USAGE)
+    except Terminated:
+        return _fail("terminated (SIGTERM); nothing was written", EXIT_SIGTERM)
     except KeyboardInterrupt:
-        print("prunekit: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    if getattr(a, "json", False):
-        print(json.dumps(res, default=str))
-    return 0
+        return _fail("interrupted (SIGINT); nothing was written", EXIT_SIGINT)
+    except MemoryError:
+        return _fail("error: out of memory: use fewer --nsamples, a smaller --batch-size or --seqlen", EXIT_USAGE)
+    except OSError as e:  # an input vanished or became unreadable mid-run
+        from ..export.hf import os_reason
+
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"error: {where}{os_reason(e)}", EXIT_USAGE)
+    except Exception as e:
+        if debug:
+            raise
+        return _fail(
+            f"error: internal error ({type(e).__name__}: {_one_line(e)[:300]}); please report it "
+            f"with the traceback that PRUNEKIT_DEBUG=1 prints",
+            EXIT_INTERNAL,
+        )
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def entry() -> None:
+    """Console-script entry point: ``main()``, then exit without a second signal spoiling it."""
+    import signal
+
+    code = main()
+    if code in (EXIT_SIGINT, EXIT_SIGTERM):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # the job was already cleaned up; skip interpreter teardown
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

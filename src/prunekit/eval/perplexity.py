@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 
 @torch.no_grad()
@@ -30,6 +30,10 @@ def perplexity(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Return ``{"perplexity", "nll", "tokens", "windows", "seqlen", "available_windows", "seconds"}``."""
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
+        raise ConfigError(f"seqlen must be an integer >= 2 (one predicted token per window), got {seqlen!r}")
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1):
+        raise ConfigError(f"max_windows must be an integer >= 1 or None (all windows), got {max_windows!r}")
     ids = token_ids.reshape(-1)
     available = ids.numel() // seqlen
     if available < 1:
@@ -37,7 +41,7 @@ def perplexity(
             f"evaluation text has {ids.numel()} tokens, fewer than one window of --seqlen {seqlen}: "
             f"use more text or a smaller --seqlen"
         )
-    n = available if not max_windows or max_windows <= 0 else min(max_windows, available)
+    n = available if max_windows is None else min(max_windows, available)
     device = next(model.parameters()).device
     it = range(n)
     if progress:

@@ -1,5 +1,23 @@
 """Saving outputs safely: Hugging Face folders plus prunekit.json."""
 
-from .hf import check_output_dir, save_pretrained_atomic, versions
+from .hf import (
+    OutputSlot,
+    check_output_dir,
+    fmt_bytes,
+    model_bytes,
+    save_pretrained_atomic,
+    stale_temp_folders,
+    versions,
+    write_hf_folder,
+)
 
-__all__ = ["check_output_dir", "save_pretrained_atomic", "versions"]
+__all__ = [
+    "OutputSlot",
+    "check_output_dir",
+    "fmt_bytes",
+    "model_bytes",
+    "save_pretrained_atomic",
+    "stale_temp_folders",
+    "versions",
+    "write_hf_folder",
+]

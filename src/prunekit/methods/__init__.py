@@ -8,10 +8,6 @@ from .wanda import Wanda
 
 def get_method(name: str, **kwargs) -> PruningMethod:
     """Instantiate a registered method with its hyperparameters."""
-    import dataclasses
-
-    from ..errors import ConfigError
-
     from ..structured import STRUCTURED_METHODS
 
     if name.lower() in STRUCTURED_METHODS and name.lower() not in METHODS:
@@ -19,14 +15,29 @@ def get_method(name: str, **kwargs) -> PruningMethod:
     if name.lower() not in METHODS:
         _unknown(name)
     cls = METHODS.get(name)
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    bad = sorted(set(kwargs) - fields)
-    if bad:
-        raise ConfigError(
-            f"method {name!r} has no setting {', '.join(bad)}; its settings are "
-            f"{', '.join(sorted(fields)) or '(none)'}"
-        )
+    from ..settings import schema_of, validate_settings
+
+    kwargs = validate_settings(name.lower(), schema_of(cls), kwargs)
     return cls(**kwargs)
+
+
+def settings_schema(name: str) -> dict:
+    """The declared settings of a registered method: name -> :class:`prunekit.settings.Setting`."""
+    from ..settings import schema_of
+    from ..structured import STRUCTURED_METHODS
+
+    if is_structured(name):
+        return schema_of(STRUCTURED_METHODS.get(name))
+    if name.lower() not in METHODS:
+        _unknown(name)
+    return schema_of(METHODS.get(name))
+
+
+def check_settings(name: str, args) -> dict:
+    """Validate ``args`` for method ``name`` (structured or not); returns all settings."""
+    from ..settings import validate_settings
+
+    return validate_settings(name.lower(), settings_schema(name), args)
 
 
 def _unknown(name: str) -> None:
@@ -60,6 +71,8 @@ __all__ = [
     "Wanda",
     "get_method",
     "is_structured",
+    "check_settings",
     "list_methods",
     "register_method",
+    "settings_schema",
 ]

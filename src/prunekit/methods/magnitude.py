@@ -16,13 +16,14 @@ from torch import Tensor
 
 from ..engine.stats import LayerStats
 from ..patterns import Unstructured
+from ..settings import setting
 from .base import ScoreMethod, register_method
 
 
 @register_method("magnitude")
 @dataclass(frozen=True)
 class Magnitude(ScoreMethod):
-    per_row: bool = False
+    per_row: bool = setting(False, help="rank within each output row instead of the whole matrix")
     summary: ClassVar[str] = "|W| (Han et al. 2015), per matrix; per_row=True ranks per output row"
 
     def score(self, weight: Tensor, stats: LayerStats) -> Tensor:

@@ -35,6 +35,7 @@ from torch import Tensor
 from ..engine.stats import LayerStats, Stat
 from ..errors import PrunekitError
 from ..patterns import NM, Unstructured, _prune_count, lowest_k
+from ..settings import setting
 from .base import PruningMethod, register_method
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,9 @@ def inverse_hessian_factor(H: Tensor, damp: float, max_retries: int = 6) -> tupl
 @register_method("sparsegpt")
 @dataclass(frozen=True)
 class SparseGPT(PruningMethod):
-    block_size: int = 128
-    damp: float = 0.01
-    group_size: int = 32  # columns whose OBS updates are applied one by one (speed only)
+    block_size: int = setting(128, ge=1, help="columns per OBS block (the paper's B)")
+    damp: float = setting(0.01, gt=0, le=100, help="dampening λ as a fraction of mean(diag H)")
+    group_size: int = setting(32, ge=1, help="columns whose OBS updates are applied one by one (speed only)")
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
     summary: ClassVar[str] = "blockwise OBS prune + weight reconstruction (Frantar & Alistarh 2023)"
 

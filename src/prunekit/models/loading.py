@@ -143,11 +143,11 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
     except ModelLoadError:
         raise
     except Exception as e:  # transformers raises many types for a corrupt/foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = " ".join(str(e).split()) or type(e).__name__  # the whole message, on one line
+        if len(reason) > 600:
+            reason = reason[:600] + " ..."
         where = "the Hugging Face Hub (is there a network?)" if src.kind == "hub" else src.path
-        raise ModelLoadError(
-            f"could not load model {src.spec!r} from {where}: {first[:300]}"
-        ) from e
+        raise ModelLoadError(f"could not load model {src.spec!r} from {where}: {reason}") from e
     model.eval()
     if device:
         model.to(device)
@@ -155,3 +155,59 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
         tok.pad_token = tok.eos_token
     model.prunekit_source = src  # type: ignore[attr-defined]
     return model, tok
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _weight_files(src: ModelSource) -> list[Path]:
+    p = Path(src.path)
+    if src.kind == "gguf":
+        return [p]
+    if src.kind == "folder":
+        return sorted(q for q in p.iterdir() if q.is_file() and q.name.endswith(WEIGHT_SUFFIXES))
+    return []
+
+
+def estimated_load_bytes(src: ModelSource) -> int | None:
+    """Bytes of the weights as stored, known before loading (None: unknown, e.g. a hub id or GGUF,
+    which dequantizes to a larger float32 model; checked again after loading)."""
+    if src.kind != "folder":
+        return None
+    try:
+        return sum(q.stat().st_size for q in _weight_files(src)) or None
+    except OSError:
+        return None
+
+
+def _sha256(path: Path, chunk: int = 1 << 24) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_info(src: ModelSource, model=None) -> dict:
+    """What the input model was, for ``prunekit.json``: resolved path or hub id and revision,
+    the PyPI package and version for an alias, and the sha256 of every weight file."""
+    import importlib.metadata as md
+
+    info: dict = {"spec": src.spec, "kind": src.kind}
+    if src.kind == "hub":
+        info["hub_id"] = src.path
+        info["revision"] = getattr(getattr(model, "config", None), "_commit_hash", None)
+    else:
+        info["path"] = str(Path(src.path).resolve())
+    if src.spec in ALIASES:
+        pkg = ALIASES[src.spec][0].replace("_", "-")
+        try:
+            info["package"] = {"name": pkg, "version": md.version(pkg)}
+        except md.PackageNotFoundError:
+            info["package"] = {"name": pkg, "version": None}
+    info["weights"] = [
+        {"file": q.name, "bytes": q.stat().st_size, "sha256": _sha256(q)} for q in _weight_files(src)
+    ]
+    return info

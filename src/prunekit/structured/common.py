@@ -35,40 +35,11 @@ DEFAULT_SPARSITY = 0.2
 
 
 # --- arguments ---------------------------------------------------------------------------------
-def parse_args(method: str, args: Mapping[str, Any], spec: Mapping[str, tuple[type, Any, Any]]) -> dict[str, Any]:
-    """Validate ``config.method_args`` against ``spec``: name -> (type, default, allowed or None)."""
-    bad = sorted(set(args) - set(spec))
-    if bad:
-        raise ConfigError(
-            f"method {method!r} has no setting {', '.join(bad)}; its settings are {', '.join(sorted(spec))}"
-        )
-    out = {}
-    for name, (typ, default, allowed) in spec.items():
-        if name not in args or args[name] is None:
-            out[name] = default
-            continue
-        v = args[name]
-        try:
-            if typ is bool:
-                if isinstance(v, str):
-                    if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError
-                    v = v.lower() in ("true", "1", "yes")
-                else:
-                    v = bool(v)
-            else:
-                v = typ(v)
-                if typ is int and isinstance(args[name], float) and args[name] != v:
-                    raise ValueError
-        except (TypeError, ValueError):
-            raise ConfigError(f"{method}: setting {name}={args[name]!r} must be {typ.__name__}") from None
-        if allowed is not None:
-            ok = v in allowed if isinstance(allowed, (tuple, list, set, frozenset)) else allowed(v)
-            if not ok:
-                what = ", ".join(map(str, allowed)) if isinstance(allowed, (tuple, list)) else "a valid value"
-                raise ConfigError(f"{method}: setting {name}={args[name]!r} is not {what}")
-        out[name] = v
-    return out
+def parse_args(method: str, args: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``config.method_args`` against the method's ``SPEC`` (name -> Setting)."""
+    from ..settings import schema_of, validate_settings
+
+    return validate_settings(method, schema_of(spec), args)
 
 
 def resolve_sparsity(config: PruneConfig) -> float:

@@ -35,15 +35,16 @@ from ..config import PruneConfig
 from ..engine import Stat, run_layerwise
 from ..errors import ConfigError
 from ..report import PruneReport
+from ..settings import Setting
 from . import STRUCTURED_METHODS
 from . import common as C
 
 SPEC = {
-    "structure": (str, "uniform", ("uniform", "ratio", "adaptive")),
-    "metric": (str, "wifv", ("wifv", "ifv", "wifn")),
-    "compensate": (bool, True, None),
-    "heads": (int, None, None),
-    "kv_heads": (int, None, None),
+    "structure": Setting(str, "uniform", choices=("uniform", "ratio", "adaptive")),
+    "metric": Setting(str, "wifv", choices=("wifv", "ifv", "wifn")),
+    "compensate": Setting(bool, True),
+    "heads": Setting(int, None, ge=1, help="query heads kept per block"),
+    "kv_heads": Setting(int, None, ge=1, help="KV heads kept per block"),
 }
 
 

@@ -32,15 +32,16 @@ from torch import Tensor, nn
 
 from ..config import PruneConfig
 from ..report import PruneReport
+from ..settings import Setting
 from . import STRUCTURED_METHODS
 from . import common as C
 
 SPEC = {
-    "structure": (str, "cost", ("cost", "ratio")),
-    "windows": (int, 8, lambda v: v >= 1),
-    "seqlen": (int, 512, lambda v: v >= 2),
-    "heads": (int, None, None),
-    "kv_heads": (int, None, None),
+    "structure": Setting(str, "cost", choices=("cost", "ratio")),
+    "windows": Setting(int, 8, ge=1, help="calibration windows for the gradients"),
+    "seqlen": Setting(int, 512, ge=2, help="tokens per gradient window"),
+    "heads": Setting(int, None, ge=1, help="query heads kept per block"),
+    "kv_heads": Setting(int, None, ge=1, help="KV heads kept per block"),
 }
 
 

@@ -22,11 +22,12 @@ from ..engine.layerwise import _block_output
 from ..errors import ConfigError
 from ..models.adapters import get_adapter
 from ..report import PruneReport
+from ..settings import Setting
 from . import STRUCTURED_METHODS
 from . import common as C
 from . import surgery
 
-SPEC = {"blocks": (int, None, None)}
+SPEC = {"blocks": Setting(int, None, ge=1, help="blocks to remove (default: sparsity x blocks)")}
 
 
 @torch.no_grad()

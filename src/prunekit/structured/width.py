@@ -23,10 +23,14 @@ from torch import Tensor, nn
 from ..config import PruneConfig
 from ..engine import Stat, run_layerwise
 from ..report import PruneReport
+from ..settings import Setting
 from . import STRUCTURED_METHODS
 from . import common as C
 
-SPEC = {"heads": (int, None, None), "kv_heads": (int, None, None)}
+SPEC = {
+    "heads": Setting(int, None, ge=1, help="query heads kept per block"),
+    "kv_heads": Setting(int, None, ge=1, help="KV heads kept per block"),
+}
 
 
 def _head_sum(col: Tensor, geo: C.Geometry) -> Tensor:
