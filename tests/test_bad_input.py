@@ -120,6 +120,7 @@ def _base_argv(cmd: str, d: Path, model: Path, calib: Path) -> list:
         "eval": ["eval", model, "--data", calib, "--seqlen", "16", "--max-windows", "1", "-q"],
         "info": ["info", model],
         "ls": ["ls"],
+        "recommend": ["recommend", "--goal", "speed"],
         "demo": ["demo", "--model", model, "--calib", calib, "--data", calib, "--nsamples", "2",
                  "--seqlen", "16", "--eval-windows", "1", "--out", d / "demo-out"],
     }[cmd]  # fmt: skip

@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune(sub)
     _add_eval(sub)
     _add_info(sub)
-    sub.add_parser("ls", help="registered methods, patterns, data sources, model families")
+    ls = sub.add_parser("ls", help="registered methods, patterns, data sources, model families")
+    ls.add_argument("--guide", action="store_true", help="also print which method to pick for which goal")
+    from ..guide import add_recommend_parser
+
+    add_recommend_parser(sub)
     d = sub.add_parser("demo", help="prune the embedded default model and print before/after")
     d.add_argument("--model", default="smollm2-135m")
     d.add_argument("--method", default="sparsegpt")
@@ -318,6 +322,11 @@ def cmd_ls(a) -> dict[str, Any]:
         print(f"  {n:<20} {s}")
     print("model families: " + ", ".join(list_families()))
     print("model aliases: " + ", ".join(ALIASES))
+    if getattr(a, "guide", False):
+        from ..guide import guide_text
+
+        print()
+        print(guide_text())
     return {"methods": list(methods)}
 
 
@@ -345,7 +354,10 @@ def _quiet_transformers() -> None:
 
 
 def _run(a) -> dict[str, Any]:
-    handlers = {"prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "ls": cmd_ls, "demo": cmd_demo}
+    from ..guide import cmd_recommend
+
+    handlers = {"prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "ls": cmd_ls, "demo": cmd_demo,
+                "recommend": cmd_recommend}  # fmt: skip
     return handlers[a.cmd](a)
 
 
