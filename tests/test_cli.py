@@ -95,3 +95,16 @@ def test_console_script_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "prunekit", "prune", str(tmp_path / "nope"), "--method", "wanda",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+
+
+def test_guide_from_the_cli(capsys):
+    from prunekit.methods import list_methods
+
+    rc, stdout, err = _run(capsys, "recommend", "--goal", "2:4", "--json")
+    assert rc == 0, err
+    rec = json.loads(stdout.strip().splitlines()[-1])
+    assert rec["method"] in list_methods() and rec["goal"] == "2:4"
+    rc, stdout, _ = _run(capsys, "ls", "--guide")
+    assert rc == 0 and all(m in stdout for m in list_methods()) and "speed" in stdout
+    rc, _, err = _run(capsys, "recommend", "--goal", "sped")
+    assert rc == 2 and err.count("\n") == 1 and "speed" in err
