@@ -14,7 +14,7 @@ from .allocation import allocate
 from .config import PruneConfig
 from .data import calibration_windows
 from .engine import Stat, run_layerwise
-from .engine.targets import ExpertSlice, prunable_in, weight_of, write_weight
+from .engine.targets import ExpertSlice, prunable_in, unsupported_experts, weight_of, write_weight
 from .errors import ConfigError
 from .methods import get_method, is_structured
 from .models.discovery import engine_adapter
@@ -187,6 +187,9 @@ def prune_(
         )
     if has_experts:
         report.notes.append("MoE routers and shared-expert gates are never pruned")
+    odd = [u for i, b in enumerate(adapter.blocks(model)) for u in unsupported_experts(b, adapter.block_prefix(i))]
+    if odd:
+        report.notes.append(f"experts in a layout prunekit cannot slice were left dense: {', '.join(odd)}")
     retries = [lr.name for lr in report.layers if lr.info.get("cholesky_retries")]
     if retries:
         report.notes.append(f"Cholesky needed extra dampening on {len(retries)} layers: {', '.join(retries)}")

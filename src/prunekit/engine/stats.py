@@ -152,6 +152,16 @@ def _expert_groups(index: Tensor, num_experts: int) -> list[Tensor]:
     return out
 
 
+_INDEX_KEYS = ("top_k_index", "router_indices", "selected_experts")
+
+
+def _routing_index(kwargs: dict) -> Tensor:
+    for k in _INDEX_KEYS:
+        if k in kwargs:
+            return kwargs[k]
+    raise KeyError(f"experts module called without a routing index ({', '.join(_INDEX_KEYS)})")
+
+
 def _down_input(mod: nn.Module, x: Tensor, e: int) -> Tensor:
     """Expert e's ``down_proj`` input for token rows ``x``: ``act(gate) * up`` (the module's own
     ``_apply_gate`` when it has one, e.g. GPT-OSS's clamped variant)."""
@@ -230,7 +240,7 @@ class StatCollector:
 
         def fn(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
-            index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            index = args[1] if len(args) > 1 else _routing_index(kwargs)
             X = hidden.reshape(-1, hidden.shape[-1])
             groups = _expert_groups(index.reshape(X.shape[0], -1), int(mod.gate_up_proj.shape[0]))
             for e in experts:

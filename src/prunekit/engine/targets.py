@@ -55,7 +55,7 @@ def fused_experts(m: nn.Module) -> bool:
     gu, down = getattr(m, "gate_up_proj", None), getattr(m, "down_proj", None)
     return (
         isinstance(gu, nn.Parameter) and isinstance(down, nn.Parameter)
-        and gu.dim() == 3 and down.dim() == 3 and hasattr(m, "act_fn")
+        and gu.dim() == 3 and down.dim() == 3 and (hasattr(m, "act_fn") or hasattr(m, "_apply_gate"))
         and getattr(m, "has_gate", True) and not getattr(m, "has_post_expert_norm", False)
     )  # fmt: skip
 
@@ -130,7 +130,18 @@ def is_expert_slice(m: object) -> bool:
     return isinstance(m, ExpertSlice)
 
 
+def unsupported_experts(block: nn.Module, prefix: str) -> list[str]:
+    """Expert modules holding 3-D weights in a layout prunekit does not slice (left dense)."""
+    out = []
+    for n, m in block.named_modules():
+        expertish = n.endswith("experts") or "Expert" in type(m).__name__
+        three_d = any(p.dim() == 3 for p in m.parameters(recurse=False))
+        if n and expertish and three_d and not fused_experts(m):
+            out.append(f"{prefix}.{n} ({type(m).__name__})")
+    return out
+
+
 __all__ = [
     "ExpertSlice", "check_unquantized", "fused_experts", "is_expert_slice", "prunable_in",
-    "weight_of", "write_weight",
+    "unsupported_experts", "weight_of", "write_weight",
 ]  # fmt: skip

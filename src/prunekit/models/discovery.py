@@ -88,9 +88,10 @@ def engine_adapter(model: nn.Module) -> ModelAdapter | DiscoveredBlocks:
 # Families exercised by tests/test_families.py with tiny random models (model_type values).
 TESTED_FAMILIES: tuple[str, ...] = (
     "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2",
-    "gpt_neox", "opt", "falcon", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
+    "gpt_neox", "opt", "falcon", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss",
+    "deepseek_v3",
 )  # fmt: skip
-MOE_FAMILIES = frozenset({"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"})
+MOE_FAMILIES = frozenset({"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "deepseek_v3"})
 
 
 def family_support() -> list[dict]:
