@@ -437,3 +437,17 @@ filter_list:
     lm = theirs["tasks"]["tiny_gsm8k"]["metrics"]
     assert ours["gsm8k"]["metrics"]["exact_match_strict"] == lm["exact_match,strict-match"]
     assert ours["gsm8k"]["metrics"]["exact_match_flexible"] == lm["exact_match,flexible-extract"]
+
+
+def test_long_inputs_are_cut_from_the_left_like_lm_eval(tokenizer):
+    m = make_llama(seed=6)
+    ctx = tokenizer(" ".join(WORDS * 6))["input_ids"]
+    cont = tokenizer(" the cup")["input_ids"]
+    (ll, _), = T.loglikelihoods(m, [(ctx, cont)], max_length=32)
+    inp = (ctx + cont)[-33:]  # (ctx + cont)[-(L + 1):], the last token is only a target
+    with torch.no_grad():
+        logp = F.log_softmax(m(input_ids=torch.tensor([inp[:-1]])).logits[0].float(), -1)
+    want = sum(logp[i, inp[i + 1]].item() for i in range(len(inp) - 1 - len(cont), len(inp) - 1))
+    assert len(ctx) > 40 and ll == pytest.approx(want, abs=1e-4)
+    with pytest.raises(DataError, match="does not fit the model window of 1"):
+        T.loglikelihoods(m, [(ctx, cont)], max_length=1)

@@ -126,7 +126,9 @@ def parse_task_specs(specs: str | Sequence[str]) -> list[TaskSpec]:
         if name not in TASKS:
             close = difflib.get_close_matches(name, list(TASKS), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown task {name!r} in {item!r}: {hint}tasks are {', '.join(TASKS)} (as NAME or NAME:PATH)")
+            raise ConfigError(
+                f"unknown task {name!r} in {item!r}: {hint}tasks are {', '.join(TASKS)} (as NAME or NAME:PATH)"
+            )
         if any(s.name == name for s in out):
             raise ConfigError(f"task {name!r} is listed twice in {specs!r}: give each task once")
         out.append(TaskSpec(name, path.strip() or None))
@@ -343,6 +345,7 @@ def _selected_logits(model: nn.Module, ids: torch.Tensor, keep: torch.Tensor) ->
     return model(input_ids=ids, use_cache=False).logits[keep].float()
 
 
+@torch.no_grad()
 def loglikelihoods(
     model: nn.Module,
     requests: Sequence[tuple[list[int], list[int]]],
@@ -363,6 +366,9 @@ def loglikelihoods(
     for ctx, cont in requests:
         if not ctx or not cont:
             raise DataError("a task example tokenized to an empty context or continuation: check the data file")
+        if len(cont) > window:
+            raise DataError(f"a continuation of {len(cont)} tokens does not fit the model window of {window}: "
+                            f"set max_length or shorten the example")  # fmt: skip
         rows.append(((ctx + cont)[-(window + 1) :][:-1], cont))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     results: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
