@@ -66,12 +66,14 @@ LINEAR_EXPERTS = [f for f in MOE if f != "gpt_oss"]  # eager experts call F.line
 ALL = list(FAMILIES)
 
 
-def make(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
+def make(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, attn: str | None = None) -> nn.Module:
     import transformers
 
     cfg_cls, model_cls, kw, _ = FAMILIES[family]
     torch.manual_seed(seed)
     cfg = getattr(transformers, cfg_cls)(vocab_size=VOCAB, **kw)
+    if attn:
+        cfg._attn_implementation = attn
     model = getattr(transformers, model_cls)(cfg).eval()
     assert model.config.model_type == family
     return model.to(dtype)
@@ -91,12 +93,12 @@ def _matrices(model) -> dict[str, torch.Tensor]:
     return {n: weight_of(m).detach().clone() for n, m in pk.target_linears(model, pk.PruneConfig()).items()}
 
 
-@pytest.mark.parametrize("family", ALL)
-def test_blocks_and_kwargs_replay_the_model(family, ids):
+@pytest.mark.parametrize("family,attn", [(f, None) for f in ALL] + [("gpt2", "eager"), ("mistral", "eager")])
+def test_blocks_and_kwargs_replay_the_model(family, attn, ids):
     """Blocks are found (adapter or discovery) and replaying them with the captured per-block
     arguments (rotary tables, sliding/full masks, alibi, GPT-2's positional mask) reproduces the
     model's own last-block output."""
-    model = make(family)
+    model = make(family, attn=attn)
     loc = engine_adapter(model)
     assert loc.blocks_path == FAMILIES[family][3] and len(loc.blocks(model)) == 2
     assert isinstance(loc, DiscoveredBlocks) == (family not in pk.models.adapters.ADAPTERS)
@@ -116,6 +118,32 @@ def test_blocks_and_kwargs_replay_the_model(family, ids):
         out = blk(x, **inp.kwargs_for(i))
         x = out[0] if isinstance(out, tuple) else out
     torch.testing.assert_close(x, seen["o"], rtol=1e-5, atol=1e-5)
+
+
+class _TwiceLM(nn.Module):
+    """A layer loop that calls block 0 twice: per-block capture must fall back to block 0's
+    arguments for every block, and the engine still runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 8)
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(2))
+
+    def forward(self, input_ids, use_cache=False):
+        h = self.layers[0](self.emb(input_ids))
+        for blk in self.layers:
+            h = blk(h)
+        return h
+
+
+def test_unusual_layer_loop_falls_back_to_block0_arguments(ids):
+    model = _TwiceLM()
+    loc = discover_blocks(model)
+    caps = capture_block_inputs(model, loc, ids, batch_size=4)
+    assert len(caps) == 2 and all(c.block_kwargs == [] for c in caps)
+    torch.testing.assert_close(caps[0].hidden, model.emb(ids[:4]))
+    report = _prune(model, ids, "wanda", "2:4")
+    assert [lr.sparsity for lr in report.layers] == [0.5, 0.5]
 
 
 def _check_nm(W: torch.Tensor, name: str) -> None:

@@ -1,7 +1,9 @@
 """The block loop, written once.
 
-1. Capture the inputs of decoder block 0 (hidden states *and* every keyword argument: attention
-   mask, position ids, rotary position embeddings, ...) for the calibration windows.
+1. Capture the inputs of decoder block 0 (hidden states) and the arguments the model passes to
+   *each* block (attention mask, position ids, rotary position embeddings, alibi, ...: Gemma2/3
+   and Qwen2-MoE pass per-layer sliding-window masks and per-layer-type rotary tables) for the
+   calibration windows, in one cheap pass with every block replaced by a recorder.
 2. For each block: attach accumulators for exactly the statistics the method declares, run the
    block over the calibration set, hand the statistics to a callback (which prunes the block's
    Linears in place), free them, and run the block again so the next block sees pruned outputs.
@@ -100,9 +102,17 @@ def _split_call(forward: Callable, args: tuple, kwargs: dict) -> tuple[Tensor, d
     else:
         hidden = args[0] if args else kwargs.pop("hidden_states")
     kw = {k: v for k, v in kwargs.items() if k != "hidden_states" and k not in _CACHE_KEYS and not _is_cache(v)}
-    if "use_cache" in kwargs or len(args) <= 1:
+    if _accepts(forward, "use_cache"):
         kw["use_cache"] = False
     return hidden, kw
+
+
+def _accepts(forward: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class _Recorder(nn.Module):
@@ -196,12 +206,14 @@ def capture_block_inputs(
     chunks = [input_ids[i : i + batch_size].to(device) for i in range(0, input_ids.shape[0], batch_size)]
     try:
         return _capture_all_blocks(model, blocks, chunks)
-    except (RuntimeError, TypeError, IndexError, ValueError, AttributeError) as e:
+    except Exception as e:  # an unusual layer loop: a real input error re-raises below
         log.debug("per-block capture failed (%s); using block 0's arguments for every block", e)
         return _capture_block0(model, blocks[0], chunks)
 
 
 def linears_in(block: nn.Module, prefix: str) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules of one block (the engine itself uses ``targets.prunable_in``,
+    which adds Conv1D and expert slices)."""
     return {
         f"{prefix}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear) and n
     }
