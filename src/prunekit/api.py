@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .allocation import allocate
+from .allocation import AllocationContext, get_allocator
 from .config import PruneConfig
 from .data import calibration_windows
 from .engine import Stat, run_layerwise
@@ -109,7 +109,7 @@ def prune_(
     targets = target_linears(model, config)
     if not targets:
         raise ConfigError("no Linear matches the include/exclude patterns: nothing to prune")
-    per_layer = allocate(config.allocation, {n: weight_of(m).numel() for n, m in targets.items()}, sparsity)
+    allocator = get_allocator(config.allocation, config.allocation_args)
     has_experts = any(isinstance(m, ExpertSlice) for m in targets.values())
     needs = frozenset(method.needs)
     calib_desc: dict[str, Any] = {
@@ -118,7 +118,7 @@ def prune_(
     }  # fmt: skip
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    if calib is None and (needs or report_tokens):
+    if calib is None and (needs or report_tokens or allocator.needs_calibration):
         if tokenizer is None:
             raise ConfigError(f"method {config.method!r} needs calibration data: pass calib ids or a tokenizer")
         t0 = time.perf_counter()
@@ -128,12 +128,21 @@ def prune_(
         timings["calib_tokenize"] = time.perf_counter() - t0
     if calib is not None:
         calib_desc.update(nsamples=int(calib.shape[0]), seqlen=int(calib.shape[1]))
+    t0 = time.perf_counter()
+    alloc_info: dict[str, Any] = {}
+    ctx = AllocationContext(
+        model, adapter, targets, calib, config.calib.batch_size,
+        _progress(progress, f"{config.allocation} allocation"), alloc_info,
+    ) if allocator.needs_calibration else None  # fmt: skip
+    per_layer = allocator.allocate({n: weight_of(m).numel() for n, m in targets.items()}, sparsity, ctx)
+    timings["allocation"] = time.perf_counter() - t0
     settings = method.settings()
     if has_experts:
         settings["idle_experts"] = idle
     report = PruneReport(
         method=config.method, settings=settings,
         pattern=str(method.effective_pattern(pattern)), target_sparsity=sparsity, calib=calib_desc,
+        allocation={"name": config.allocation, **allocator.settings(), **alloc_info},
     )  # fmt: skip
 
     idle_names: list[str] = []

@@ -84,6 +84,7 @@ class PruneConfig:
     pattern: str = "unstructured"
     method_args: dict[str, Any] = field(default_factory=dict)
     allocation: str = "uniform"
+    allocation_args: dict[str, Any] = field(default_factory=dict)
     targets: TargetSpec = TargetSpec()
     calib: CalibConfig = CalibConfig()
     propagate: str = "pruned"  # feed the next block pruned (default) or dense outputs
@@ -107,7 +108,7 @@ class PruneConfig:
         Raises:
             ConfigError: one line naming the field, the bad value and what is allowed.
         """
-        from .allocation import ALLOCATORS
+        from .allocation import get_allocator
         from .methods import check_settings, is_structured
 
         for name in ("method", "pattern", "allocation", "propagate"):
@@ -136,7 +137,21 @@ class PruneConfig:
             check_sparsity(0.2 if self.sparsity is None else self.sparsity)
         else:
             self.resolved_sparsity()
-        ALLOCATORS.get(self.allocation)
+        if not isinstance(self.allocation_args, Mapping):
+            raise ConfigError(f"allocation_args must be a mapping of setting: value, got {self.allocation_args!r}")
+        get_allocator(self.allocation, self.allocation_args)  # unknown allocator / setting, type, range
+        if self.allocation.lower() != "uniform":
+            if is_structured(self.method):
+                raise ConfigError(
+                    f"--allocation {self.allocation} spreads unstructured sparsity over layers; "
+                    f"{self.method} is a structured method: drop --allocation"
+                )
+            if isinstance(parse_pattern(self.pattern), NM):
+                raise ConfigError(
+                    f"--allocation {self.allocation} varies sparsity per layer, but pattern "
+                    f"{self.pattern} fixes it at {parse_pattern(self.pattern).sparsity():g} everywhere: "
+                    f"use --pattern unstructured or drop --allocation"
+                )
         if self.propagate not in ("pruned", "dense"):
             raise ConfigError(f"propagate must be 'pruned' or 'dense', got {self.propagate!r}")
         self.targets.validate()

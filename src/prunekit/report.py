@@ -27,6 +27,7 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    allocation: dict[str, Any] = field(default_factory=dict)  # what a data-driven allocator found
 
     @property
     def sparsity(self) -> float:

@@ -67,7 +67,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for it in items or []:
         if "=" not in it or not it.split("=", 1)[0].strip():
-            raise UsageError(f"--set expects KEY=VALUE (e.g. --set block_size=64), got {it!r}")
+            raise UsageError(f"--set/--alloc-set expects KEY=VALUE (e.g. --set block_size=64), got {it!r}")
         k, v = it.split("=", 1)
         out[k.strip()] = None if v.strip().lower() in ("null", "none", "~") else v
     return out
@@ -87,6 +87,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--include", action="append", default=[], help="only Linears matching (substring or re:REGEX)")
     p.add_argument("--exclude", action="append", default=[], help="skip Linears matching (substring or re:REGEX)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting, e.g. block_size=64")
+    p.add_argument("--allocation", default=None, help="per-layer sparsity: uniform (default) | owl | blocks")
+    p.add_argument("--alloc-set", action="append", default=[], metavar="KEY=VALUE", help="allocation setting, e.g. M=5, lam=0.08")
     p.add_argument("--recipe", help="YAML recipe (PruneConfig); flags override it")
     p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -162,15 +164,21 @@ def _config_from_args(a) -> Any:
     targets = TargetSpec(
         tuple(base.targets.include) + tuple(a.include), tuple(base.targets.exclude) + tuple(a.exclude)
     )
+    from ..allocation import get_allocator
+
     method = a.method or base.method
     given = {**base.method_args, **_parse_set(a.set)}
     typed = check_settings(method, given)  # one validator for --set, recipes and the API
+    allocation = a.allocation or base.allocation
+    alloc_given = {**(base.allocation_args if allocation == base.allocation else {}), **_parse_set(a.alloc_set)}
+    alloc_typed = get_allocator(allocation, alloc_given).settings()
     return PruneConfig(
         method=method,
         sparsity=a.sparsity if a.sparsity is not None else base.sparsity,
         pattern=a.pattern or base.pattern,
         method_args={k: typed[k] for k in given},
-        allocation=base.allocation,
+        allocation=allocation,
+        allocation_args={k: alloc_typed[k] for k in alloc_given},
         targets=targets,
         calib=calib,
         propagate=base.propagate,
