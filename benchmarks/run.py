@@ -735,6 +735,10 @@ def main(argv: list[str] | None = None) -> int:
 
     pk_methods = set(list_methods())
     pk_structured = {m for m in pk_methods if is_structured(m)}
+    # METHOD+ALLOCATION (e.g. sparsegpt+owl): an unstructured method with a non-uniform allocation
+    from prunekit.allocation import ALLOCATORS
+
+    pk_methods |= {f"{m}+{a}" for m in pk_methods - pk_structured for a in ALLOCATORS.names() if a != "uniform"}
     if args.methods:
         methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
         if methods == ["all"]:

@@ -44,13 +44,14 @@ def main() -> int:
     t0 = time.perf_counter()
     model, tok = pk.load_model(args.model, dtype="float32")
     log(f"model loaded in {time.perf_counter() - t0:.1f} s; {threads} torch threads")
-    structured = pk.methods.is_structured(args.method)
+    method, _, allocation = args.method.partition("+")  # e.g. sparsegpt+owl
+    structured = pk.methods.is_structured(method)
     sparsity = args.sparsity
     if not structured and ":" in args.pattern:
         sparsity = None  # implied by N:M
     cfg = pk.PruneConfig(
-        method=args.method, pattern="unstructured" if structured else args.pattern,
-        sparsity=sparsity,
+        method=method, pattern="unstructured" if structured else args.pattern,
+        sparsity=sparsity, allocation=allocation or "uniform",
         calib=pk.CalibConfig(source=args.calib_source or str(args.calib),
                              nsamples=int(calib.shape[0]), seqlen=int(calib.shape[1]),
                              seed=args.seed, batch_size=args.batch_size),
@@ -77,6 +78,7 @@ def main() -> int:
         "achieved_sparsity": round(summary["block_linear_sparsity"], 6),
         "params": summary["parameters"],
         "settings": report.settings,
+        "allocation": report.allocation,
         "report_tokens": args.report_tokens,
         "batch_size": args.batch_size,
         "torch_threads": threads,
