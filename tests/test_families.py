@@ -403,6 +403,14 @@ def test_quantized_layer_is_refused_naming_its_type(ids):
     assert "\n" not in str(e.value)
 
 
+def test_fp8_experts_are_refused(ids):
+    model = make("mixtral")
+    exp = model.model.layers[0].mlp.experts
+    exp.gate_up_proj = nn.Parameter(exp.gate_up_proj.data.to(torch.float8_e4m3fn), requires_grad=False)
+    with pytest.raises(ConfigError, match=r"mlp\.experts is a quantized layer .*float8_e4m3fn.*load the model unquantized"):
+        _prune(model, ids)
+
+
 def test_family_support_lists_every_tested_family():
     rows = {r["family"]: r for r in family_support()}
     assert set(rows) == set(ALL) | {"*"}

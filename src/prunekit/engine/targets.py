@@ -84,6 +84,8 @@ def _quantized_kind(m: nn.Module) -> bool:
     w = getattr(m, "weight", None)
     if isinstance(m, nn.Linear) or _is_conv1d(m):
         return not isinstance(w, Tensor) or not w.is_floating_point() or w.element_size() < 2
+    if fused_experts(m):
+        return any(not p.is_floating_point() or p.element_size() < 2 for p in (m.gate_up_proj, m.down_proj))
     return False
 
 
@@ -91,7 +93,7 @@ def check_unquantized(block: nn.Module, prefix: str) -> None:
     """Raise a one-line ConfigError on the first quantized linear layer in ``block``."""
     for n, m in block.named_modules():
         if n and _quantized_kind(m):
-            w = getattr(m, "weight", None)
+            w = getattr(m, "weight", getattr(m, "gate_up_proj", None))
             dt = f", weight {w.dtype}" if isinstance(w, Tensor) else ""
             raise ConfigError(
                 f"{prefix}.{n} is a quantized layer ({type(m).__module__}.{type(m).__name__}{dt}) "
