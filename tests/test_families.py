@@ -342,7 +342,7 @@ def test_idle_expert_is_reported_and_handled_as_asked(idle, ids):
     after = _matrices(model)
     idle_names = [n for n in after if ".experts.3." in n]
     assert len(idle_names) == 4 and report.settings["idle_experts"] == idle
-    assert any("4 experts received no calibration token" in note for note in report.notes)
+    assert any(note.startswith("4 layers received no calibration token") for note in report.notes)
     for n in idle_names:
         lr = next(lr for lr in report.layers if lr.name == n)
         assert lr.info == {"tokens": 0, "idle": idle}
@@ -353,6 +353,56 @@ def test_idle_expert_is_reported_and_handled_as_asked(idle, ids):
     for n in after.keys() - set(idle_names):
         assert (after[n] == 0).float().mean().item() == 0.5, n
     assert torch.equal(model.model.layers[0].mlp.gate.weight, router)  # routers never pruned
+
+
+class _ListMoE(nn.Module):
+    """An older MoE layout: a ModuleList of per-expert MLPs beside a Linear router (top-1)."""
+
+    def __init__(self, d=16, n=4):
+        super().__init__()
+        self.gate = nn.Linear(d, n, bias=False)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, d)) for _ in range(n))
+
+    def forward(self, h, **_kw):
+        choice = self.gate(h).argmax(-1).clamp(max=len(self.experts) - 2)  # the last expert idles
+        out = torch.zeros_like(h)
+        for e, mlp in enumerate(self.experts):
+            sel = choice == e
+            if sel.any():
+                out[sel] = mlp(h[sel])
+        return h + out
+
+
+class _ListMoELM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.layers = nn.ModuleList(_ListMoE() for _ in range(2))
+
+    def forward(self, input_ids, use_cache=False):
+        h = self.emb(input_ids)
+        for blk in self.layers:
+            h = blk(h)
+        return h
+
+
+def test_list_of_expert_linears_gets_routed_statistics_and_idle_handling(ids):
+    model = _ListMoELM()
+    seen: dict[str, int] = {}
+    for i, blk in enumerate(model.layers):
+        for e, mlp in enumerate(blk.experts):
+            mlp[0].register_forward_pre_hook(lambda m, a, k=f"layers.{i}.experts.{e}.0": seen.__setitem__(k, seen.get(k, 0) + a[0].shape[0]))
+    report = _prune(model, ids, "wanda", "2:4")
+    by = {lr.name: lr for lr in report.layers}
+    assert not any(n.endswith(".gate") for n in by)  # the router is kept
+    for i in range(2):
+        idle = by[f"layers.{i}.experts.3.0"]
+        assert idle.info == {"tokens": 0, "idle": "dense"} and idle.sparsity == 0.0
+        for e in range(3):
+            lr = by[f"layers.{i}.experts.{e}.0"]
+            assert lr.sparsity == 0.5 and lr.info["tokens"] == seen.get(f"layers.{i}.experts.{e}.0", 0) // 2 > 0
+    assert sum(by[f"layers.0.experts.{e}.0"].info["tokens"] for e in range(3)) == ids.numel()
 
 
 def test_bad_idle_experts_setting_is_one_line(ids):

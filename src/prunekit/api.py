@@ -54,6 +54,11 @@ def target_linears(model: nn.Module, config: PruneConfig) -> dict[str, nn.Module
     return out
 
 
+def _is_expert(name: str, target: object) -> bool:
+    """A fused expert slice, or a Linear inside a ModuleList of experts (older MoE layouts)."""
+    return isinstance(target, ExpertSlice) or ".experts." in name
+
+
 def relative_error(W: Tensor, W_new: Tensor, X: Tensor) -> float:
     """‖WX − ŴX‖² / ‖WX‖² for token rows X [n, in]."""
     Wf = W.float()
@@ -110,7 +115,7 @@ def prune_(
     if not targets:
         raise ConfigError("no Linear matches the include/exclude patterns: nothing to prune")
     allocator = get_allocator(config.allocation, config.allocation_args)
-    has_experts = any(isinstance(m, ExpertSlice) for m in targets.values())
+    has_experts = any(_is_expert(n, m) for n, m in targets.items())
     needs = frozenset(method.needs)
     calib_desc: dict[str, Any] = {
         "source": config.calib.source, "nsamples": config.calib.nsamples,
@@ -150,9 +155,9 @@ def prune_(
     def prune_linear(name: str, lin: nn.Module | ExpertSlice, stats) -> None:
         t0 = time.perf_counter()
         W = weight_of(lin)  # [out, in] (a transposed view for Conv1D)
-        expert = isinstance(lin, ExpertSlice)
+        expert = _is_expert(name, lin)
         err = None
-        if expert and stats.num_tokens == 0 and needs:
+        if stats.num_tokens == 0 and needs:  # an expert (or any layer) no token reached
             idle_names.append(name)
             info: dict[str, Any] = {"tokens": 0, "idle": idle}
             if idle == "magnitude":
@@ -191,7 +196,7 @@ def prune_(
     if idle_names:
         what = "pruned by magnitude" if idle == "magnitude" else "left dense"
         report.notes.append(
-            f"{len(idle_names)} experts received no calibration token and were {what} "
+            f"{len(idle_names)} layers received no calibration token (idle experts) and were {what} "
             f"(idle_experts={idle}): {', '.join(idle_names)}"
         )
     if has_experts:
