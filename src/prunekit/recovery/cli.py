@@ -1,0 +1,150 @@
+"""``prunekit recover PRUNED --data SOURCE --out DIR``: LoRA recovery, merged, written atomically.
+
+Wiring (in ``prunekit.cli.main``): ``add_recover_parser(sub)`` in ``build_parser`` and
+``"recover": cmd_recover`` in the handlers of ``_run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..settings import schema_of
+
+_MAX = 1 << 40
+
+
+def _note(msg: str) -> None:
+    print(f"prunekit: note: {msg}", file=sys.stderr, flush=True)
+
+
+def _int_flag(lo: int, hi: int = _MAX) -> Any:
+    def parse(text: str) -> int:
+        try:
+            v = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range: it must be an integer from {lo} to {hi}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_flag(lo: float, hi: float, *, lo_open: bool = True) -> Any:
+    def parse(text: str) -> float:
+        try:
+            v = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+        if not ok:
+            side = ">" if lo_open else ">="
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a number {side} {lo:g} and <= {hi:g}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``prunekit recover PRUNED --data SOURCE --out DIR [...]`` to the CLI's subparsers."""
+    from .lora import RecoveryConfig
+
+    d = {n: s.default for n, s in schema_of(RecoveryConfig).items()}
+    p = subparsers.add_parser("recover", help="recover a pruned model with (mask-preserving) LoRA, merged")
+    p.add_argument("pruned", help="a pruned model folder (or any MODEL)")
+    p.add_argument("--data", required=True, help="training SOURCE (e.g. ../shared/data/c4-sample/); never the eval text")
+    p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--tokens", type=_int_flag(2), default=d["tokens"], help=f"training tokens (default {d['tokens']})")
+    p.add_argument("--seqlen", type=_int_flag(2, 1 << 20), default=d["seqlen"], help=f"tokens per window (default {d['seqlen']})")
+    p.add_argument("--batch-size", type=_int_flag(1, 1 << 16), default=d["batch_size"], help=f"windows per step (default {d['batch_size']})")
+    p.add_argument("--r", type=_int_flag(1, 4096), default=d["r"], help=f"LoRA rank (default {d['r']})")
+    p.add_argument("--alpha", type=_float_flag(0, 1e6), default=d["alpha"], help=f"LoRA alpha (default {d['alpha']:g})")
+    p.add_argument("--dropout", type=_float_flag(0, 0.99, lo_open=False), default=d["dropout"], help=f"LoRA dropout (default {d['dropout']:g})")
+    p.add_argument("--lr", type=_float_flag(0, 1), default=d["lr"], help=f"learning rate (default {d['lr']:g})")
+    p.add_argument("--seed", type=_int_flag(0, 2**63 - 1), default=d["seed"], help="data order / LoRA init seed (default 0)")
+    p.add_argument("--mask", choices=("auto", "on", "off"), default=d["mask"], help="masked LoRA (default auto: when the model is sparse)")
+    p.add_argument("--checkpoint-every", type=_int_flag(1), default=d["checkpoint_every"], help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="resume from the checkpoint an interrupted run left beside --out")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    return p
+
+
+def checkpoint_dir_for(out: Path) -> Path:
+    """Where an interrupted ``recover --out OUT`` keeps its checkpoint: ``.OUT.recover-checkpoint``."""
+    return out.parent / f".{out.name}.recover-checkpoint"
+
+
+def _input_meta(src) -> dict[str, Any] | None:
+    if src.kind != "folder":
+        return None
+    f = Path(src.path) / "prunekit.json"
+    try:
+        return json.loads(f.read_text()) if f.is_file() else None
+    except (OSError, ValueError):
+        _note(f"{f} is not readable JSON; it is not carried over")
+        return None
+
+
+def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
+    """Run ``prunekit recover``: load, recover, write the folder; returns the JSON summary."""
+    from ..data import load_source
+    from ..eval import sparsity_summary
+    from ..export import OutputSlot, fmt_bytes, versions, write_hf_folder
+    from ..models import load_model, resolve_model
+    from ..models.loading import estimated_load_bytes, source_info
+    from .lora import RecoveryConfig, _require_peft, recover_, recovery_summary
+
+    cfg = RecoveryConfig(
+        r=a.r, alpha=a.alpha, dropout=a.dropout, lr=a.lr, tokens=a.tokens, seqlen=a.seqlen,
+        batch_size=a.batch_size, seed=a.seed, mask=a.mask, checkpoint_every=a.checkpoint_every,
+    )  # fmt: skip
+    _require_peft()
+    src = resolve_model(a.pruned)
+    data = load_source(a.data, "calib")
+    with OutputSlot(a.out, a.overwrite, protect=[src.path] if src.kind != "hub" else [],
+                    need_bytes=estimated_load_bytes(src), notify=_note) as slot:  # fmt: skip
+        ckpt = checkpoint_dir_for(slot.target)
+        if ckpt.exists() and not a.resume:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            _note(f"removed {ckpt}, a checkpoint of an earlier run (pass --resume to continue one)")
+        elif a.resume and not ckpt.exists():
+            _note(f"no checkpoint at {ckpt}: starting from the beginning")
+        if not (a.quiet or a.json):
+            print(f"loading {a.pruned} ...", flush=True)
+        model, tok = load_model(a.pruned)
+        report = recover_(model, tok, data, cfg, progress=not a.quiet, checkpoint_dir=ckpt)
+        summary = sparsity_summary(model)
+        meta = {
+            "prunekit_format": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source_model": source_info(src, model),
+            "pruned": _input_meta(src),
+            "recovery": {**report.to_dict(), "source": a.data},
+            "measured": {k: summary[k] for k in ("linear_sparsity", "block_linear_sparsity", "parameters")},
+            "versions": versions(),
+        }
+        out = slot.commit(lambda tmp: write_hf_folder(model, tok, tmp, meta))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    res = {
+        "model": a.pruned, "out": str(out), "data": report.data, "mode": report.mode, "tokens": report.tokens,
+        "steps": report.steps, "first_loss": report.first_loss, "final_loss": report.final_loss,
+        "seconds": report.seconds, "resumed_from_step": report.resumed_from_step,
+        "block_linear_sparsity": summary["block_linear_sparsity"],
+    }  # fmt: skip
+    if not a.json:
+        print(recovery_summary(report))
+        from ..eval import model_size_bytes
+
+        print(f"saved {out} ({fmt_bytes(model_size_bytes(out))})")
+    return res

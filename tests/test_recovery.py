@@ -1,0 +1,194 @@
+"""Recovery: masked LoRA keeps the pruning mask exactly, plain LoRA on structured models, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+import prunekit as pk  # noqa: E402
+from prunekit.errors import ConfigError  # noqa: E402
+from prunekit.recovery.lora import (  # noqa: E402
+    RecoveryConfig,
+    attach_lora,
+    is_sparse,
+    merge_lora,
+    recover_,
+    target_names,
+)
+
+from conftest import make_llama  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _text_ids(tokenizer, n: int = 4, seqlen: int = 64) -> torch.Tensor:
+    """A tiny repeated text: the loss must go down on it."""
+    from pydoc_data.topics import topics
+
+    text = topics[sorted(topics)[5]][:2000]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:seqlen]
+    return torch.tensor([ids] * n)
+
+
+def _pruned(pattern: str, sparsity: float | None = None):
+    m = make_llama()
+    cfg = pk.PruneConfig(method="magnitude", pattern=pattern, **({"sparsity": sparsity} if sparsity else {}))
+    pk.prune_(m, cfg, progress=False, report_tokens=0)
+    return m
+
+
+def _linear_weights(model) -> dict[str, torch.Tensor]:
+    mods = dict(model.named_modules())
+    return {n: mods[n].weight.detach().clone() for n in target_names(model)}
+
+
+def _cfg(**kw) -> RecoveryConfig:
+    base = dict(tokens=64 * 2 * 8, seqlen=64, batch_size=2, lr=5e-3, dropout=0.0)
+    return RecoveryConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("2:4", None)])
+def test_masked_recovery_keeps_zeros_exactly(pattern, sparsity, tokenizer):
+    m = _pruned(pattern, sparsity)
+    before = _linear_weights(m)
+    assert is_sparse(m, list(before))
+    rep = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(dropout=0.05), progress=False)
+    assert rep.mode == "masked"
+    after = _linear_weights(m)
+    changed = 0
+    for n, W in before.items():
+        assert torch.equal(after[n] == 0, W == 0), n  # the same zeros, no more, no fewer
+        changed += int((after[n] != W).sum())
+        if pattern == "2:4":
+            groups = (after[n] != 0).reshape(W.shape[0], -1, 4).sum(-1)
+            assert int(groups.max()) <= 2, n
+    assert changed > 0  # the nonzeros were trained
+    assert type(m).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in n for n, _ in m.named_parameters())
+
+
+def test_loss_goes_down_on_repeated_text(tokenizer):
+    m = _pruned("unstructured", 0.5)
+    rep = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(tokens=64 * 2 * 12), progress=False)
+    assert rep.steps == 12 and len(rep.losses) == 12
+    assert rep.final_loss < rep.first_loss - 0.1
+    ids = _text_ids(tokenizer)[:1]
+    with torch.no_grad():
+        loss_after = m(input_ids=ids, labels=ids).loss.item()
+    assert loss_after < rep.first_loss - 0.1  # the merged model kept what was learned
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_merged_model_equals_peft_model(masked):
+    m = _pruned("2:4")
+    zeros = {n: W == 0 for n, W in _linear_weights(m).items()}
+    pm = attach_lora(m, _cfg(), masked=masked)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # B starts at zero: give the adapters a real update to merge
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    pm.eval()
+    ids = torch.randint(0, 384, (2, 32), generator=g)
+    with torch.no_grad():
+        ref = pm(input_ids=ids).logits
+    merged = merge_lora(pm)
+    with torch.no_grad():
+        out = merged(input_ids=ids).logits
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+    after = _linear_weights(merged)
+    same = all(torch.equal(after[n] == 0, z) for n, z in zeros.items())
+    assert same is masked  # only masked LoRA keeps the mask; a dense delta fills it
+
+
+def test_structured_model_gets_plain_lora_and_keeps_shapes(tokenizer, calib_ids):
+    m = make_llama()
+    pk.prune_(m, pk.PruneConfig(method="flap", sparsity=0.3), calib_ids, progress=False)
+    shapes = {n: tuple(W.shape) for n, W in _linear_weights(m).items()}
+    before = _linear_weights(m)
+    assert not is_sparse(m, list(shapes))
+    rep = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(), progress=False)
+    assert rep.mode == "plain"
+    after = _linear_weights(m)
+    assert {n: tuple(W.shape) for n, W in after.items()} == shapes
+    assert any(not torch.equal(after[n], before[n]) for n in shapes)
+    assert rep.final_loss < rep.first_loss
+
+
+def test_resume_gives_the_uninterrupted_result(tokenizer, tmp_path):
+    cfg = _cfg(dropout=0.1, checkpoint_every=2)
+    data = _text_ids(tokenizer, n=6)
+    ref = _pruned("unstructured", 0.5)
+    rep_ref = recover_(ref, tokenizer, data, cfg, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_5(step, loss):
+        if step == 5:
+            raise Stop
+
+    m = _pruned("unstructured", 0.5)
+    with pytest.raises(Stop):
+        recover_(m, tokenizer, data, cfg, progress=False, checkpoint_dir=tmp_path, on_step=stop_at_5)
+    m = _pruned("unstructured", 0.5)  # a fresh process would reload the pruned model
+    rep = recover_(m, tokenizer, data, cfg, progress=False, checkpoint_dir=tmp_path)
+    assert rep.resumed_from_step == 4
+    assert rep.losses == rep_ref.losses
+    want, got = _linear_weights(ref), _linear_weights(m)
+    assert all(torch.equal(got[n], want[n]) for n in want)
+    with pytest.raises(ConfigError, match="other settings"):
+        recover_(_pruned("unstructured", 0.5), tokenizer, data, _cfg(lr=1e-3, checkpoint_every=2),
+                 progress=False, checkpoint_dir=tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"r": 0}, r"recover: setting r=0 is out of range"),
+        ({"lr": float("nan")}, r"setting lr=nan is not a finite number"),
+        ({"dropout": 1.0}, r"setting dropout=1.0 is out of range"),
+        ({"tokens": "many"}, r"setting tokens=many is invalid"),
+        ({"mask": "maybe"}, r"setting mask=maybe is not allowed; it must be one of auto, on, off"),
+        ({"seqlen": 1}, r"setting seqlen=1 is out of range"),
+    ],
+)
+def test_bad_settings_are_one_line_config_errors(kw, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        RecoveryConfig(**kw)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_setting_and_target_modules():
+    with pytest.raises(ConfigError, match=r"no setting dropuot \(did you mean 'dropout'\?\)"):
+        RecoveryConfig.from_dict({"dropuot": 0.1})
+    with pytest.raises(ConfigError, match="target_modules=nope matches no Linear"):
+        target_names(make_llama(), "nope")
+    assert len(target_names(make_llama(), "q_proj,v_proj")) == 4
+
+
+def test_cli_recover_writes_folder_with_meta(tiny_llama_dir, calib_txt, tmp_path, capsys):
+    import argparse
+
+    from prunekit.recovery.cli import add_recover_parser, cmd_recover
+
+    ap = argparse.ArgumentParser()
+    add_recover_parser(ap.add_subparsers(dest="cmd"))
+    out = tmp_path / "rec"
+    a = ap.parse_args(["recover", str(tiny_llama_dir), "--data", str(calib_txt), "--out", str(out),
+                       "--tokens", "256", "--seqlen", "32", "--batch-size", "2", "-q"])  # fmt: skip
+    res = cmd_recover(a)
+    meta = json.loads((out / "prunekit.json").read_text())
+    assert meta["recovery"]["steps"] == res["steps"] == 4
+    assert "pruned" in meta
+    m, _ = pk.load_model(str(out))
+    assert type(m).__name__ == "LlamaForCausalLM"
+    assert not any(p.name.startswith(".rec.recover") for p in tmp_path.iterdir())  # checkpoint removed
+    for bad in (["--tokens", "0"], ["--lr", "nan"], ["--r", "x"]):
+        with pytest.raises(SystemExit):
+            ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), *bad])
+    assert "must be" in capsys.readouterr().err
