@@ -461,9 +461,45 @@ def test_fp8_experts_are_refused(ids):
         _prune(model, ids)
 
 
+GEMMAS = ["gemma", "gemma2", "gemma3_text"]
+STRUCTURED = [("wanda-sp", {}), ("magnitude-sp", {}), ("flap", {"compensate": False}), ("llm-pruner", {}),
+              ("shortgpt", {"blocks": 1})]  # fmt: skip
+
+
+def _block_params(model) -> int:
+    return sum(p.numel() for p in engine_adapter(model).blocks(model).parameters())
+
+
+@pytest.mark.parametrize("family", GEMMAS)
+@pytest.mark.parametrize("method,args", STRUCTURED, ids=[m for m, _ in STRUCTURED])
+def test_structured_on_gemma_reloads_stock_with_the_planned_size(family, method, args, ids, tmp_path):
+    """Heads/channels (explicit head_dim, soft-capping, sliding/full layers) and block removal on
+    Gemma 1/2/3: the block parameter count is the one reported, and plain ``from_pretrained``
+    gives the in-memory logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = make(family)
+    before = _block_params(model)
+    report = pk.prune_(model, pk.PruneConfig(method=method, sparsity=0.3, method_args=args), ids, progress=False)
+    after = _block_params(model)
+    assert after < before
+    if "block_params_after" in report.settings:
+        assert report.settings["block_params_after"] == after
+    model.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert _block_params(back) == after
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids[:2]).logits, model(input_ids=ids[:2]).logits, rtol=0, atol=0)
+
+
+def test_flap_adaptive_refused_up_front_where_no_per_block_code_exists(ids):
+    with pytest.raises(ConfigError, match="structure=adaptive .* not 'gemma2'"):
+        pk.prune_(make("gemma2"), pk.PruneConfig(method="flap", method_args={"compensate": False, "structure": "adaptive"}), ids, progress=False)
+
+
 def test_family_support_lists_every_tested_family():
     rows = {r["family"]: r for r in family_support()}
     assert set(rows) == set(ALL) | {"*"}
-    assert rows["llama"]["structured"] and not rows["gpt2"]["structured"]
+    assert rows["llama"]["structured"] and rows["gemma3_text"]["structured"] and not rows["gpt2"]["structured"]
     assert all(rows[f]["unstructured"] and rows[f]["nm"] for f in ALL)
     assert {f for f in ALL if rows[f]["moe"]} == set(MOE)

@@ -67,6 +67,9 @@ _LLAMA = dict(
 ADAPTERS: dict[str, ModelAdapter] = {
     # Llama family: grouped-query attention, SwiGLU MLP.
     **{t: ModelAdapter(family=t, **_LLAMA) for t in ("llama", "mistral", "qwen2", "qwen3")},
+    # Gemma 1/2/3 (text): the same projection names; explicit head_dim, sandwich norms and
+    # per-layer-type attention do not change what structured pruning removes.
+    **{t: ModelAdapter(family=t, **_LLAMA) for t in ("gemma", "gemma2", "gemma3_text")},
     # OPT: MHA with biases, ReLU MLP whose Linears sit directly on the block.
     "opt": ModelAdapter(
         family="opt", blocks_path="model.decoder.layers", attn="self_attn", q="q_proj",

@@ -65,6 +65,19 @@ def channel_metric(metric: str, W: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     return (W.abs() * (var + mean.pow(2)).sqrt()[None, :]).mean(0)
 
 
+def _check_per_block_loadable(family: str) -> None:
+    """Per-block widths load only through prunekit's remote modeling code: refuse up front (not
+    after the calibration pass) for a family it does not cover."""
+    from .remote_code.modeling_prunekit import CLASSES
+
+    if family not in CLASSES:
+        raise ConfigError(
+            f"flap: structure=adaptive writes per-block widths, which load only with prunekit's "
+            f"modeling code, available for {', '.join(sorted(CLASSES))}, not {family!r}: use "
+            "--set structure=uniform (or ratio) for a stock config"
+        )
+
+
 @STRUCTURED_METHODS.register("flap")
 def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer: Any = None,
          progress: bool = True) -> PruneReport:  # fmt: skip
@@ -73,6 +86,8 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
     adapter, geo, costs, sparsity = C.start(model, config)
     fixed = C.fixed_heads(args, geo)
     C.check_feasible(geo, costs, sparsity)
+    if args["structure"] == "adaptive":
+        _check_per_block_loadable(adapter.family)
     if args["compensate"]:
         ok_attn, ok_mlp = C.surgery.can_compensate(model, adapter)
         if not (ok_attn and ok_mlp):

@@ -31,6 +31,9 @@ _BIAS_FLAGS: dict[str, tuple[str | None, str | None]] = {
     "qwen3": ("attention_bias", None),
     "mistral": (None, None),
     "qwen2": (None, None),
+    "gemma": ("attention_bias", None),
+    "gemma2": ("attention_bias", None),
+    "gemma3_text": ("attention_bias", None),
     "opt": ("enable_bias", "enable_bias"),
 }
 
