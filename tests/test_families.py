@@ -320,6 +320,20 @@ def test_expert_statistics_are_those_of_routed_tokens_only(family, ids):
     assert len(infos) == len(moe_blocks) * 4 and sum(infos) == len(moe_blocks) * k * T
 
 
+def test_expert_report_sample_is_shared_out_across_experts(ids):
+    model = make("mixtral")
+    rows: dict[str, int] = {}
+
+    def on_block(i, targets, stats):
+        rows.update({n: s[Stat.SAMPLE].shape[0] for n, s in stats.items()})
+
+    run_layerwise(model, engine_adapter(model), ids, needs={Stat.INPUT_SQNORM}, select=lambda n, m: True,
+                  on_block=on_block, sample_tokens=64)  # fmt: skip
+    assert rows["model.layers.0.self_attn.q_proj"] == 64
+    experts = [r for n, r in rows.items() if ".experts." in n]
+    assert len(experts) == 16 and all(r == 16 for r in experts)  # 64 / 4 experts
+
+
 def _starve_expert(model, e: int) -> list:
     """Route no token to expert ``e`` (tokens it would get go to expert e - 1 instead)."""
     hooks = []

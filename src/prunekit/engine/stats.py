@@ -14,7 +14,9 @@ Experts of a fused mixture-of-experts module (``targets.ExpertSlice``) get their
 one pre-hook on the experts module, which replicates the routing it is given (``top_k_index``):
 expert e's ``gate_up_proj`` sees only the tokens routed to e, and its ``down_proj`` sees
 ``act(gate) * up`` of those tokens, recomputed with the (still dense) weights. Blocks with
-experts never stop early.
+experts never stop early. The report's token sample (``sample_tokens``) is shared out across the
+E experts of a module (ceil(sample_tokens / E) rows each), so a block of many experts holds no
+more sample rows than a dense one.
 """
 
 from __future__ import annotations
@@ -235,8 +237,11 @@ class StatCollector:
 
         return fn
 
-    def _expert_hook(self, slices: dict[tuple[str, int], str]):
+    def _expert_hook(self, slices: dict[tuple[str, int], str], num_experts: int):
         experts = sorted({e for _, e in slices})
+        # the report's token sample is split across experts: a 128-expert block would otherwise
+        # hold 128x the sample of a dense block
+        sample = -(-self.sample_tokens // num_experts) if self.sample_tokens else 0
 
         def fn(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
@@ -253,7 +258,7 @@ class StatCollector:
                         continue
                     acc = self._acc.get(name)
                     if acc is None:
-                        acc = self._acc[name] = _Accumulator(self.needs, self.sample_tokens)
+                        acc = self._acc[name] = _Accumulator(self.needs, sample)
                     acc.update(x if x is not None else _down_input(mod, xe, e))
 
         return fn
@@ -276,7 +281,8 @@ class StatCollector:
             for name, mod in self.modules.items():
                 self._handles.append(mod.register_forward_pre_hook(self._hook(name)))
             for mod, slices in self.experts.values():
-                h = mod.register_forward_pre_hook(self._expert_hook(slices), with_kwargs=True)
+                hook = self._expert_hook(slices, int(mod.gate_up_proj.shape[0]))
+                h = mod.register_forward_pre_hook(hook, with_kwargs=True)
                 self._handles.append(h)
         return self
 
