@@ -192,3 +192,97 @@ def test_cli_recover_writes_folder_with_meta(tiny_llama_dir, calib_txt, tmp_path
         with pytest.raises(SystemExit):
             ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), *bad])
     assert "must be" in capsys.readouterr().err
+
+
+# --- PASER data selection -------------------------------------------------------------------------
+def test_allocate_follows_degradation_and_caps():
+    from prunekit.recovery.paser import allocate
+
+    a = allocate(10, {0: 3.0, 1: 1.0, 2: 1.0}, {0: 100, 1: 100, 2: 100})
+    assert sum(a.values()) == 10 and a[0] == 6 and a[1] + a[2] == 4
+    capped = allocate(10, {0: 9.0, 1: 1.0}, {0: 3, 1: 100})  # a small cluster cannot take its share
+    assert capped == {0: 3, 1: 7}
+    assert sum(allocate(50, {0: 1.0, 1: 2.0}, {0: 4, 1: 5}).values()) == 9  # never more than the pool
+
+
+def _pool() -> list[str]:
+    from pydoc_data.topics import topics
+
+    prose = [topics[k][:400] for k in sorted(topics)[:10]]
+    math_ = [f"Question: Tom has {i} apples and buys {i + 3} more. How many?\nAnswer: {i} + {i + 3} = {2 * i + 3}. "
+             f"#### {2 * i + 3}" for i in range(10)]  # fmt: skip
+    return prose + math_
+
+
+@pytest.mark.parametrize("embedder", ["model", "auto"])
+def test_paser_selects_budget_from_the_most_degraded(tokenizer, embedder):
+    from prunekit.recovery.paser import paser_select
+
+    dense = make_llama()
+    pruned = _pruned("unstructured", 0.5)
+    pool = _pool()
+    dup = 1.0 if embedder == "model" else 0.95  # a random tiny model embeds every text alike
+    sel = paser_select(pool, tokenizer, pruned, dense, 6, n_clusters=2, max_tokens=48, embedder=embedder, dup_cos=dup)
+    assert len(sel.indices) == len(set(sel.indices)) == 6
+    assert sum(sel.allocation.values()) == 6
+    assert all(0 <= i < len(pool) for i in sel.indices)
+    assert all(j > 0 for j in sel.jsd)  # pruning changed every next-token distribution
+    hi = max(sel.cluster_jsd, key=sel.cluster_jsd.get)
+    lo = min(sel.cluster_jsd, key=sel.cluster_jsd.get)
+    assert sel.allocation[hi] >= sel.allocation[lo]
+    lowest = min(range(len(pool)), key=lambda i: sel.jsd[i])
+    assert lowest not in sel.indices  # the least degraded sample is "irrelevant"
+    same = paser_select(pool, tokenizer, dense, dense, 6, n_clusters=2, max_tokens=48, embedder="model")
+    assert max(same.jsd) < 1e-6  # no pruning, no degradation
+
+
+def test_paser_drops_duplicates(tokenizer):
+    from prunekit.recovery.paser import paser_select
+
+    pool = _pool() + _pool()
+    sel = paser_select(pool, tokenizer, _pruned("unstructured", 0.5), make_llama(), 8, n_clusters=2, max_tokens=48,
+                       embedder="model")  # fmt: skip
+    texts = [pool[i] for i in sel.indices]
+    assert len(texts) == len(set(texts)) == 8
+    assert sel.dropped_duplicates > 0
+
+
+def test_paser_bad_budget(tokenizer):
+    from prunekit.recovery.paser import paser_select
+
+    with pytest.raises(ConfigError, match="budget=0 must be an integer >= 1"):
+        paser_select(_pool(), tokenizer, make_llama(), make_llama(), 0)
+
+
+def test_cli_recover_with_paser_selection(tmp_path, tokenizer, calib_ids):
+    import argparse
+
+    from prunekit.recovery.cli import add_recover_parser, cmd_recover
+
+    dense_dir = tmp_path / "dense"
+    make_llama().save_pretrained(dense_dir)
+    tokenizer.save_pretrained(dense_dir)
+    pruned = _pruned("2:4")
+    pk.save_pretrained_atomic(pruned, tokenizer, tmp_path / "pruned", {"source_model": {"kind": "folder", "spec": str(dense_dir), "path": str(dense_dir)}})
+    gsm = tmp_path / "train.jsonl"
+    gsm.write_text("\n".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"})
+                             for i in range(12)))  # fmt: skip
+    txt = tmp_path / "docs.txt"
+    txt.write_text("\n\n".join(_pool()[:10]))
+    ap = argparse.ArgumentParser()
+    add_recover_parser(ap.add_subparsers(dest="cmd"))
+    out = tmp_path / "rec"
+    a = ap.parse_args(["recover", str(tmp_path / "pruned"), "--data", f"gsm8k:{gsm}", "--data", str(txt),
+                       "--select", "paser", "--budget", "5", "--out", str(out), "--tokens", "128", "--seqlen", "32",
+                       "--batch-size", "2", "-q"])  # fmt: skip
+    res = cmd_recover(a)
+    meta = json.loads((out / "prunekit.json").read_text())
+    assert meta["recovery"]["selection"]["selected"] == res["selection"]["selected"] == 5
+    assert meta["recovery"]["selection"]["pool"] == 13  # 12 GSM8K records + 1 text file
+    assert meta["recovery"]["mode"] == "masked"
+    m, _ = pk.load_model(str(out))
+    groups = (dict(m.named_modules())["model.layers.0.mlp.up_proj"].weight != 0).reshape(128, -1, 4).sum(-1)
+    assert int(groups.max()) <= 2
+    with pytest.raises(ConfigError, match="needs --budget"):
+        cmd_recover(ap.parse_args(["recover", str(tmp_path / "pruned"), "--data", str(txt), "--select", "random",
+                                   "--out", str(tmp_path / "x")]))  # fmt: skip

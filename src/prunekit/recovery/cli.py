@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..settings import schema_of
 
 _MAX = 1 << 40
@@ -61,7 +62,8 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     d = {n: s.default for n, s in schema_of(RecoveryConfig).items()}
     p = subparsers.add_parser("recover", help="recover a pruned model with (mask-preserving) LoRA, merged")
     p.add_argument("pruned", help="a pruned model folder (or any MODEL)")
-    p.add_argument("--data", required=True, help="training SOURCE (e.g. ../shared/data/c4-sample/); never the eval text")
+    p.add_argument("--data", required=True, action="append",
+                   help="training SOURCE (e.g. ../shared/data/c4-sample/) or gsm8k:PATH; repeat to mix; never the eval text")
     p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--tokens", type=_int_flag(2), default=d["tokens"], help=f"training tokens (default {d['tokens']})")
@@ -74,6 +76,11 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_flag(0, 2**63 - 1), default=d["seed"], help="data order / LoRA init seed (default 0)")
     p.add_argument("--mask", choices=("auto", "on", "off"), default=d["mask"], help="masked LoRA (default auto: when the model is sparse)")
     p.add_argument("--checkpoint-every", type=_int_flag(1), default=d["checkpoint_every"], help="steps between checkpoints")
+    p.add_argument("--select", choices=("none", "random", "paser"), default="none",
+                   help="train on a subset of the --data documents: random or PASER (needs --budget)")
+    p.add_argument("--budget", type=_int_flag(1), default=None, help="samples to select with --select")
+    p.add_argument("--pool-limit", type=_int_flag(1), default=None, help="at most N documents from each --data (seeded)")
+    p.add_argument("--dense", default=None, help="the dense model for --select paser (default: the source in prunekit.json)")
     p.add_argument("--resume", action="store_true", help="resume from the checkpoint an interrupted run left beside --out")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -96,6 +103,39 @@ def _input_meta(src) -> dict[str, Any] | None:
         return None
 
 
+def _dense_spec(a: argparse.Namespace, in_meta: dict[str, Any] | None) -> str:
+    if a.dense:
+        return a.dense
+    src = (in_meta or {}).get("source_model") or {}
+    spec = src.get("path") if src.get("kind") in ("folder", "gguf") and src.get("spec") not in _aliases() else src.get("spec")
+    if not spec:
+        raise ConfigError("--select paser compares the pruned model with the dense one: pass --dense MODEL")
+    return str(spec)
+
+
+def _aliases() -> tuple[str, ...]:
+    from ..models.loading import ALIASES
+
+    return tuple(ALIASES)
+
+
+def _select(a: argparse.Namespace, docs: list[str], model, tok, dense_spec: str | None):
+    from .paser import paser_select, random_select
+
+    if a.select == "random":
+        return random_select(len(docs), a.budget, a.seed)
+    from ..models import load_model
+
+    if not (a.quiet or a.json):
+        print(f"loading the dense model {dense_spec} for PASER ...", flush=True)
+    dense, _ = load_model(dense_spec)
+    model.eval()
+    try:
+        return paser_select(docs, tok, model, dense, a.budget, seed=a.seed, progress=not a.quiet)
+    finally:
+        del dense
+
+
 def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
     """Run ``prunekit recover``: load, recover, write the folder; returns the JSON summary."""
     from ..data import load_source
@@ -110,8 +150,17 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
         batch_size=a.batch_size, seed=a.seed, mask=a.mask, checkpoint_every=a.checkpoint_every,
     )  # fmt: skip
     _require_peft()
+    if a.select != "none" and a.budget is None:
+        raise ConfigError(f"--select {a.select} needs --budget N (the number of samples to train on)")
     src = resolve_model(a.pruned)
-    data = load_source(a.data, "calib")
+    in_meta = _input_meta(src)
+    dense_spec = _dense_spec(a, in_meta) if a.select == "paser" else None
+    if len(a.data) == 1 and a.select == "none" and not a.data[0].lower().startswith("gsm8k:"):
+        data: Any = load_source(a.data[0], "calib")
+    else:
+        from .paser import pool_documents
+
+        data = pool_documents(a.data, a.pool_limit, a.seed)
     with OutputSlot(a.out, a.overwrite, protect=[src.path] if src.kind != "hub" else [],
                     need_bytes=estimated_load_bytes(src), notify=_note) as slot:  # fmt: skip
         ckpt = checkpoint_dir_for(slot.target)
@@ -123,14 +172,18 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
         if not (a.quiet or a.json):
             print(f"loading {a.pruned} ...", flush=True)
         model, tok = load_model(a.pruned)
+        selection = _select(a, data, model, tok, dense_spec) if a.select != "none" else None
+        if selection is not None:
+            data = [data[i] for i in selection.indices]
         report = recover_(model, tok, data, cfg, progress=not a.quiet, checkpoint_dir=ckpt)
         summary = sparsity_summary(model)
         meta = {
             "prunekit_format": 1,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source_model": source_info(src, model),
-            "pruned": _input_meta(src),
-            "recovery": {**report.to_dict(), "source": a.data},
+            "pruned": in_meta,
+            "recovery": {**report.to_dict(), "source": a.data,
+                         "selection": selection.to_dict() if selection is not None else None},
             "measured": {k: summary[k] for k in ("linear_sparsity", "block_linear_sparsity", "parameters")},
             "versions": versions(),
         }
@@ -141,6 +194,7 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
         "steps": report.steps, "first_loss": report.first_loss, "final_loss": report.final_loss,
         "seconds": report.seconds, "resumed_from_step": report.resumed_from_step,
         "block_linear_sparsity": summary["block_linear_sparsity"],
+        "selection": selection.to_dict() if selection is not None else None,
     }  # fmt: skip
     if not a.json:
         print(recovery_summary(report))

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -242,7 +243,8 @@ def merge_lora(peft_model) -> nn.Module:
 def training_windows(data: Any, tokenizer: Any, config: RecoveryConfig) -> tuple[Tensor, str]:
     """``[steps * batch_size, seqlen]`` token ids in training order, and a description.
 
-    ``data``: a SOURCE string or :class:`~prunekit.data.sources.TextSource` (random windows drawn
+    ``data``: a SOURCE string, a :class:`~prunekit.data.sources.TextSource` or a list of documents
+    (e.g. a PASER selection; random windows drawn
     with ``config.seed``, from documents longer than ``seqlen`` where there are such), or token
     ids (``[n, seqlen]`` rows, or any tensor cut into ``seqlen`` windows), cycled in a seeded
     order when they hold fewer windows than the budget needs.
@@ -251,6 +253,10 @@ def training_windows(data: Any, tokenizer: Any, config: RecoveryConfig) -> tuple
     from ..data.sources import TextSource
 
     need = config.steps * config.batch_size
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, str) for d in data):
+        if tokenizer is None:
+            raise ConfigError("recover: text data needs a tokenizer: pass tokenizer= or token ids")
+        return packed_windows(data, tokenizer, need, config.seqlen, config.seed), f"{len(data)} documents, packed"
     if isinstance(data, (str, TextSource)):
         if tokenizer is None:
             raise ConfigError("recover: text data needs a tokenizer: pass tokenizer= or token ids")
@@ -277,6 +283,27 @@ def training_windows(data: Any, tokenizer: Any, config: RecoveryConfig) -> tuple
     return rows[order[:need]], desc
 
 
+def packed_windows(docs: list[str] | tuple[str, ...], tokenizer: Any, need: int, seqlen: int, seed: int) -> Tensor:
+    """``need`` windows of ``seqlen`` tokens from documents packed end to end (EOS between them),
+    in a seeded order, cycling (reshuffled) when the documents hold fewer tokens than needed: every
+    document is used, however short (unlike random windows from documents longer than seqlen)."""
+    from ..data.sources import _encode
+
+    eos = getattr(tokenizer, "eos_token_id", None)
+    enc = [_encode(tokenizer, d) + ([eos] if eos is not None else []) for d in docs if d.strip()]
+    total = sum(len(e) for e in enc)
+    if total < seqlen:
+        raise DataError(f"recover: the documents hold {total} tokens, fewer than one window of seqlen {seqlen}: give more text or a smaller seqlen")
+    rng = random.Random(seed)
+    stream: list[int] = []
+    while len(stream) < need * seqlen:
+        order = list(range(len(enc)))
+        rng.shuffle(order)
+        for i in order:
+            stream.extend(enc[i])
+    return torch.tensor(stream[: need * seqlen], dtype=torch.long).reshape(need, seqlen)
+
+
 # --- checkpoints ----------------------------------------------------------------------------------
 def _fingerprint(config: RecoveryConfig, windows: Tensor, mode: str, names: list[str]) -> str:
     cfg = {k: v for k, v in config.to_dict().items() if k != "checkpoint_every"}
@@ -300,7 +327,7 @@ def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise DataError(f"recover: checkpoint {path} cannot be read ({type(e).__name__}): delete it to start over") from None
     if state.get("fingerprint") != fingerprint:
@@ -339,7 +366,8 @@ def recover_(
         model: a (pruned) causal LM. Sparse models get masked LoRA (zeros stay zero exactly),
             others plain LoRA; see ``config.mask``.
         tokenizer: tokenizes a SOURCE ``data`` (unused for token ids).
-        data: a SOURCE string (``prunekit.load_source``), a ``TextSource``, or token ids.
+        data: a SOURCE string (``prunekit.load_source``), a ``TextSource``, a list of documents,
+            or token ids.
         config: :class:`RecoveryConfig` (defaults: LLM-Pruner's recipe, 65k tokens).
         progress: a tqdm bar with the loss.
         checkpoint_dir: save the adapter, optimizer and RNG state there every

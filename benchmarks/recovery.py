@@ -1,0 +1,195 @@
+"""Recovery benchmark (issue 14): prune SmolLM2-135M with the routine protocol, recover with LoRA
+on C4 documents (never the evaluation text), and measure WikiText-2 perplexity along the budget.
+
+    OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell flap-20 --tokens 98304
+    OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell sparsegpt-2of4 --tokens 65536
+
+Routine protocol: calibration 32 x 2048 C4 (seed 0) from ../shared/data/c4-sample; evaluation
+WikiText-2 test (rows joined with "\\n\\n"), the first 40 windows of 2048. The curve points use
+the first ``--curve-windows`` windows (a cheaper estimate, measured on the unmerged LoRA model);
+the final number uses all 40 on the merged model. Dense and pruned 40-window perplexities are
+read from ``benchmarks/results/<protocol>/`` when present (same protocol), else measured.
+
+Writes ``benchmarks/results/recovery/<cell>.json`` and ``<cell>.png``; the pruned model is kept
+in ``.bench/recovery/<cell>-pruned`` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PROTOCOL = "smollm2-135m_c4-sample-32x2048-s0_wikitext2-test-40x2048"
+RESULTS = ROOT / "benchmarks" / "results"
+CELLS = {
+    "flap-20": ({"method": "flap", "sparsity": 0.2}, "prunekit__flap__structured-20"),
+    "sparsegpt-2of4": ({"method": "sparsegpt", "pattern": "2:4"}, "prunekit__sparsegpt__2of4"),
+    "wanda-2of4": ({"method": "wanda", "pattern": "2:4"}, "prunekit__wanda__2of4"),
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _known_ppl(key: str) -> float | None:
+    f = RESULTS / PROTOCOL / f"{key}.json"
+    if not f.is_file():
+        return None
+    d = json.loads(f.read_text())
+    return (d.get("eval") or {}).get("perplexity")
+
+
+def _pruned_model(cell: str, calib_src: str):
+    import prunekit as pk
+
+    folder = ROOT / ".bench" / "recovery" / f"{cell}-pruned"
+    if (folder / "config.json").is_file():
+        _log(f"reusing {folder}")
+        return pk.load_model(str(folder)) + (None,)
+    model, tok = pk.load_model("smollm2-135m")
+    cfg_kw, _ = CELLS[cell]
+    cfg = pk.PruneConfig(**cfg_kw)
+    calib = pk.calibration_windows(calib_src, tok, nsamples=32, seqlen=2048, seed=0)
+    t0 = time.perf_counter()
+    report = pk.prune_(model, cfg, calib, tok, progress=False, report_tokens=0)
+    _log(f"pruned {cell} in {time.perf_counter() - t0:.0f}s")
+    pk.save_pretrained_atomic(model, tok, folder, {"report": report.to_dict()}, overwrite=True)
+    return model, tok, time.perf_counter() - t0
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["tokens"] for p in res["curve"]]
+    ax.plot(xs, [p["perplexity"] for p in res["curve"]], "o-", label=f"recovering (first {res['curve_windows']} windows)")
+    if res.get("recovered"):
+        ax.plot([xs[-1]], [res["recovered"]["perplexity"]], "s", color="C2", label="recovered, merged (40 windows)")
+    for key, style, name in (("dense", "--", "dense"), ("pruned", ":", "pruned")):
+        if res.get(key):
+            ax.axhline(res[key], ls=style, color="gray", label=f"{name} {res[key]:.2f} (40 windows)")
+    ax.set_xlabel("recovery tokens (C4)")
+    ax.set_ylabel("WikiText-2 perplexity")
+    ax.set_yscale("log")
+    ax.set_title(f"SmolLM2-135M {res['cell']}: LoRA recovery")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cell", choices=sorted(CELLS), required=True)
+    ap.add_argument("--tokens", type=int, default=98304, help="recovery budget in tokens")
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--r", type=int, default=8)
+    ap.add_argument("--curve-points", type=int, default=3, help="evaluations during training (besides step 0)")
+    ap.add_argument("--curve-windows", type=int, default=5)
+    ap.add_argument("--final-windows", type=int, default=40)
+    ap.add_argument("--max-train-seconds", type=float, default=3300, help="stop training early after this")
+    ap.add_argument("--calib", default=str(SHARED / "c4-sample"))
+    ap.add_argument("--eval", default=f"wikitext2:{SHARED / 'wikitext-2-raw' / 'wiki.test.raw'}")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import prunekit as pk
+    from prunekit.recovery.lora import RecoveryConfig, recover_
+
+    out_dir = RESULTS / "recovery"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _, key = CELLS[a.cell]
+    model, tok, prune_s = _pruned_model(a.cell, a.calib)
+    ids = pk.eval_token_ids(a.eval, tok)
+    cfg = RecoveryConfig(tokens=a.tokens, seqlen=a.seqlen, batch_size=a.batch_size, lr=a.lr, r=a.r,
+                         checkpoint_every=10)  # fmt: skip
+    res: dict = {
+        "cell": a.cell, "protocol_id": PROTOCOL, "recovery_data": a.calib, "eval": a.eval,
+        "dense": _known_ppl("dense"), "pruned": _known_ppl(key), "prune_seconds": prune_s,
+        "curve_windows": a.curve_windows, "final_windows": a.final_windows, "config": cfg.to_dict(),
+        "torch_threads": torch.get_num_threads(), "curve": [], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }  # fmt: skip
+    if res["pruned"] is None:
+        res["pruned"] = pk.perplexity(model, ids, 2048, a.final_windows)["perplexity"]
+    json_path, png_path = out_dir / f"{a.cell}.json", out_dir / f"{a.cell}.png"
+
+    def write() -> None:
+        json_path.write_text(json.dumps(res, indent=2) + "\n")
+        _plot(res, png_path)
+
+    def curve_point(step: int, tokens: int, train_s: float) -> None:
+        was = model.training
+        model.eval()
+        ev = pk.perplexity(model, ids, 2048, a.curve_windows)
+        model.train(was)
+        res["curve"].append({"step": step, "tokens": tokens, "perplexity": ev["perplexity"], "train_seconds": train_s,
+                             "eval_seconds": ev["seconds"]})  # fmt: skip
+        _log(f"step {step}: {tokens} tokens, ppl({a.curve_windows} windows) {ev['perplexity']:.3f}")
+        write()
+
+    curve_point(0, 0, 0.0)
+    steps = cfg.steps
+    at = {max(1, round(steps * (i + 1) / (a.curve_points + 1))) for i in range(a.curve_points)}
+    per_step = cfg.batch_size * cfg.seqlen
+    train = {"s": 0.0, "t": time.perf_counter()}
+
+    class TimeUp(Exception):
+        pass
+
+    def on_step(step: int, loss: float) -> None:
+        now = time.perf_counter()
+        train["s"] += now - train["t"]
+        train["step"] = step
+        if step % 10 == 0:
+            _log(f"step {step}/{steps} loss {loss:.3f} ({train['s']:.0f}s training)")
+        if step in at:
+            curve_point(step, step * per_step, train["s"])
+        if train["s"] > a.max_train_seconds and step < steps:
+            raise TimeUp
+        train["t"] = time.perf_counter()
+
+    ckpt = ROOT / ".bench" / "recovery" / f"{a.cell}-ckpt"
+    try:
+        rep = recover_(model, tok, a.calib, cfg, progress=False, checkpoint_dir=ckpt, on_step=on_step)
+        res["recovery"] = rep.to_dict()
+        res["trained_tokens"] = rep.tokens
+        res["stopped_early"] = False
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
+    except TimeUp:  # recover_ merged what it had; evaluate that
+        done = res["curve"][-1]["step"] if res["curve"] else 0
+        res["stopped_early"] = True
+        res["trained_tokens"] = train.get("step", 0) * per_step
+        _log(f"training stopped after {train['s']:.0f}s (time cap); last curve step {done}")
+    res["train_seconds"] = train["s"]
+    model.eval()
+    ev = pk.perplexity(model, ids, 2048, a.final_windows)
+    res["recovered"] = ev
+    if res["dense"] and res["pruned"]:
+        gap = math.log(res["pruned"]) - math.log(res["dense"])
+        res["gap_closed"] = (math.log(res["pruned"]) - math.log(ev["perplexity"])) / gap
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write()
+    _log(f"recovered ppl {ev['perplexity']:.3f} (pruned {res['pruned']}, dense {res['dense']}); "
+         f"log-gap closed {res.get('gap_closed', float('nan')):.1%}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

