@@ -66,6 +66,12 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {q.name: hashlib.sha256(q.read_bytes()).hexdigest() for q in sorted(folder.iterdir()) if q.is_file()}
+
+
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert set(a) == set(b)
     for k in a:
@@ -77,7 +83,9 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 def test_streaming_equals_in_memory_bit_for_bit(ckpt, calib, tmp_path, method, pattern):
     cfg = pk.PruneConfig(method=method, pattern=pattern, calib=pk.CalibConfig(batch_size=4))
     out = tmp_path / "out"
+    before = _digests(ckpt)
     report = prune_streaming(ckpt, out, cfg, calib=calib, progress=False)
+    assert _digests(ckpt) == before  # the input shards are read, never written
     ref, ref_report = _in_memory(ckpt, cfg, calib)
     loaded = _load(out)  # plain from_pretrained
     _assert_same(dict(loaded.state_dict()), dict(ref.state_dict()))

@@ -297,23 +297,28 @@ def _run_hash(config: PruneConfig, calib: Tensor | None, ckpt: shards.Checkpoint
 
 
 # --- per-block work -----------------------------------------------------------------------------
-def _to(obj: Any, device: torch.device) -> Any:
+def _to(obj: Any, device: torch.device, memo: dict[int, Any]) -> Any:
+    """``obj`` with every tensor moved to ``device``; a tensor shared by several blocks'
+    arguments (rotary tables, masks) is moved once and stays shared."""
     if isinstance(obj, Tensor):
-        return obj.to(device)
+        if id(obj) not in memo:
+            memo[id(obj)] = (obj, obj.to(device))  # keep obj alive so its id is not reused
+        return memo[id(obj)][1]
     if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
+        return tuple(_to(o, device, memo) for o in obj)
     if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
+        return [_to(o, device, memo) for o in obj]
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: _to(v, device, memo) for k, v in obj.items()}
     return obj
 
 
 def _inputs_to(inputs: list[BlockInputs], device: torch.device) -> None:
+    memo: dict[int, Any] = {}
     for inp in inputs:
         inp.hidden = inp.hidden.to(device)
-        inp.kwargs = _to(inp.kwargs, device)
-        inp.block_kwargs = [_to(kw, device) for kw in inp.block_kwargs]
+        inp.kwargs = _to(inp.kwargs, device, memo)
+        inp.block_kwargs = [_to(kw, device, memo) for kw in inp.block_kwargs]
 
 
 def _collect(block: nn.Module, i: int, targets: Mapping[str, nn.Module | ExpertSlice], inputs: list[BlockInputs],

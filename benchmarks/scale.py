@@ -1,0 +1,255 @@
+"""Scale proof: stream-prune a Llama-2-7B-shaped bf16 checkpoint on a small CPU machine.
+
+    OMP_NUM_THREADS=1 python benchmarks/scale.py [--method wanda|sparsegpt] [--keep]
+
+1. Writes a checkpoint with Llama-2-7B's shapes (32 blocks, hidden 4096, intermediate 11008,
+   32 heads, vocab 32000) and random bf16 weights under ``.bench/work/llama2-7b-shape/``, tensor
+   by tensor, one shard per block (never building the model).
+2. Prunes it with ``prunekit.engine.streaming.prune_streaming`` in a child process (Wanda 50% by
+   default, or SparseGPT 2:4) on 2 x 128-token calibration windows, measuring the child's peak
+   RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``) and wall time; the child also records its
+   RSS after every block (flat = memory does not grow with the number of blocks).
+3. Checks the output: every block's Linears have the requested sparsity (``safe_open``, shard by
+   shard) and the index's keys and shapes are exactly those ``from_pretrained`` expects for the
+   config (a full ``from_pretrained`` of 13.5 GB would need that much RAM).
+4. Writes ``benchmarks/results/scale/llama2-7b-shape[-METHOD].json`` with the measurements and a
+   paper extrapolation of peak memory to 13B, 70B and 405B shapes, then deletes the checkpoint
+   and the output (``--keep`` keeps them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".bench" / "work"
+RESULTS = ROOT / "benchmarks" / "results" / "scale"
+
+LLAMA2_7B = dict(
+    vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+    rms_norm_eps=1e-5, tie_word_embeddings=False,
+)  # fmt: skip
+
+# Shapes for the extrapolation (public configs: Llama-2-13B, Llama-2-70B, Llama-3.1-405B).
+SHAPES = {
+    "llama2-7b": dict(hidden=4096, inter=11008, heads=32, kv=32, vocab=32000, layers=32),
+    "llama2-13b": dict(hidden=5120, inter=13824, heads=40, kv=40, vocab=32000, layers=40),
+    "llama2-70b": dict(hidden=8192, inter=28672, heads=64, kv=8, vocab=32000, layers=80),
+    "llama3.1-405b": dict(hidden=16384, inter=53248, heads=128, kv=8, vocab=128256, layers=126),
+}
+
+
+def write_checkpoint(folder: Path, seed: int = 0) -> int:
+    """Random bf16 weights with Llama-2-7B shapes, one safetensors shard per block; returns bytes."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = LlamaConfig(**LLAMA2_7B, dtype="bfloat16")
+    h, i, v, n = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    g = torch.Generator().manual_seed(seed)
+    total = n + 1
+    weight_map: dict[str, str] = {}
+    size = 0
+
+    def rand(*shape: int, std: float = 0.02) -> torch.Tensor:
+        return torch.empty(*shape).normal_(0.0, std, generator=g).to(torch.bfloat16)
+
+    def put(tensors: dict[str, torch.Tensor], k: int) -> None:
+        nonlocal size
+        name = f"model-{k + 1:05d}-of-{total:05d}.safetensors"
+        save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in tensors})
+        size += sum(t.numel() * t.element_size() for t in tensors.values())
+
+    put({"model.embed_tokens.weight": rand(v, h), "model.norm.weight": torch.ones(h, dtype=torch.bfloat16),
+         "lm_head.weight": rand(v, h)}, 0)  # fmt: skip
+    for b in range(n):
+        p = f"model.layers.{b}."
+        t = {p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+             p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16)}  # fmt: skip
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            t[p + f"self_attn.{proj}.weight"] = rand(h, h)
+        t[p + "mlp.gate_proj.weight"] = rand(i, h)
+        t[p + "mlp.up_proj.weight"] = rand(i, h)
+        t[p + "mlp.down_proj.weight"] = rand(h, i)
+        put(t, b + 1)
+        del t
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2)
+    )
+    cfg.save_pretrained(folder)
+    return size
+
+
+CHILD = r"""
+import json, os, resource, sys, time, torch
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+sys.path.insert(0, @SRC@)
+import prunekit as pk
+from prunekit.engine.streaming import prune_streaming
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+per_block = []
+t0 = time.perf_counter()
+def after(i):
+    row = {"block": i, "rss_mb": round(rss_mb(), 1), "t": round(time.perf_counter() - t0, 1),
+           "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}
+    per_block.append(row)
+    print("block %d: rss %.0f MB, max %.0f MB, %.1f s" % (i, row["rss_mb"], row["max_rss_mb"], row["t"]), flush=True)
+
+calib = torch.randint(0, 32000, (2, 128), generator=torch.Generator().manual_seed(0))
+cfg = pk.PruneConfig(method=@METHOD@, pattern=@PATTERN@, calib=pk.CalibConfig(nsamples=2, seqlen=128, batch_size=2))
+rep = prune_streaming(@CKPT@, @OUT@, cfg, calib=calib, progress=False, overwrite=True, after_block=after)
+json.dump({"per_block": per_block, "timings": rep.timings, "sparsity": rep.sparsity,
+           "pattern": rep.pattern, "layers": len(rep.layers)}, open(@RESULT@, "w"))
+"""
+
+
+def prune_child(src: Path, out: Path, method: str, pattern: str, result: Path) -> dict:
+    """Run the prune in a child process; its peak RSS from getrusage(RUSAGE_CHILDREN)."""
+    code = CHILD
+    for key, val in {"SRC": ROOT / "src", "METHOD": method, "PATTERN": pattern, "CKPT": src, "OUT": out,
+                     "RESULT": result}.items():  # fmt: skip
+        code = code.replace(f"@{key}@", repr(str(val)))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"scale: the prune failed (exit {proc.returncode})")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak_kb / 1e6, 3), **json.loads(result.read_text())}
+
+
+def check_output(out: Path, method: str, pattern: str) -> dict:
+    """Per-Linear sparsity from the shards, and the index against the model's expected keys."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    from prunekit.models.shards import empty_model
+
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    cfg = AutoConfig.from_pretrained(out)
+    model = empty_model(cfg, torch.bfloat16)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got: dict[str, tuple[int, ...]] = {}
+    zeros = total = 0
+    worst = 1.0
+    nm_ok = True
+    dtypes = set()
+    for fname in sorted(set(index.values())):
+        with safe_open(str(out / fname), "pt") as f:
+            for k in f.keys():
+                t = f.get_tensor(k)
+                got[k] = tuple(t.shape)
+                dtypes.add(str(t.dtype))
+                if ".layers." in k and k.endswith("proj.weight"):
+                    z = int((t == 0).sum())
+                    zeros, total = zeros + z, total + t.numel()
+                    worst = min(worst, z / t.numel())
+                    if pattern == "2:4":
+                        nm_ok &= bool(((t.reshape(t.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
+    return {
+        "linear_sparsity": zeros / total, "min_linear_sparsity": worst, "dtypes": sorted(dtypes),
+        "keys_and_shapes_match_from_pretrained": got == expected, "nm_2_4_valid": nm_ok if pattern == "2:4" else None,
+    }
+
+
+def extrapolate(r0_gb: float, calib_tokens: int, method: str) -> dict:
+    """Paper estimate of peak RSS (bytes, bf16 b=2) of a streaming prune.
+
+    peak ≈ R0 + max(non-block step, block step), where
+      non-block step = 2 · (2·V·h·b)                      (embeddings + lm_head, read and serialised)
+      block step     = 2 · P_blk·b                        (the block, and its serialised copy)
+                     + 20 · h·i                           (fp32 score + int64 tie cumsum of the largest Linear, Wanda)
+                     + [SparseGPT] 3 · 4 · i²             (down_proj Hessian, its inverse and Cholesky factor, fp32)
+                     + T · (3h + 3i) · b                  (calibration activations: hidden, q/k/v, MLP intermediates)
+      P_blk = 2h² + 2·h·(h·kv/heads) + 3·h·i
+    R0 (Python, torch, transformers) is the measured baseline of this run.
+    """
+    out = {}
+    for name, s in SHAPES.items():
+        h, i, v = s["hidden"], s["inter"], s["vocab"]
+        b = 2
+        p_blk = 2 * h * h + 2 * h * (h * s["kv"] // s["heads"]) + 3 * h * i
+        non_block = 2 * (2 * v * h * b)
+        block = 2 * p_blk * b + 20 * h * i + calib_tokens * (3 * h + 3 * i) * b
+        if method == "sparsegpt":
+            block += 3 * 4 * i * i
+        peak = r0_gb * 1e9 + max(non_block, block)
+        out[name] = {
+            "checkpoint_gb": round((s["layers"] * p_blk + 2 * v * h) * b / 1e9, 1),
+            "block_gb": round(p_blk * b / 1e9, 2), "peak_rss_gb_estimate": round(peak / 1e9, 2),
+        }  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--method", default="wanda", choices=["wanda", "sparsegpt"])
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoint and the output")
+    ap.add_argument("--keep-input", action="store_true", help="keep the checkpoint (for another method)")
+    ap.add_argument("--layers", type=int, default=32, help="blocks (fewer: a quick smoke run)")
+    a = ap.parse_args()
+    LLAMA2_7B["num_hidden_layers"] = a.layers
+    pattern = "unstructured" if a.method == "wanda" else "2:4"
+    tag = "llama2-7b-shape" + ("" if a.layers == 32 else f"-L{a.layers}")
+    src = WORK / tag
+    out = WORK / f"{tag}-{a.method}-out"
+    t0 = time.perf_counter()
+    if not (src / "model.safetensors.index.json").is_file():
+        print(f"writing {src} ...", flush=True)
+        size = write_checkpoint(src)
+    else:
+        size = sum(q.stat().st_size for q in src.glob("*.safetensors"))
+    t_write = time.perf_counter() - t0
+    print(f"checkpoint: {size / 1e9:.2f} GB in {t_write:.0f} s; pruning with {a.method} {pattern} ...", flush=True)
+    res = prune_child(src, out, a.method, pattern, WORK / f"scale-{a.method}-child.json")
+    chk = check_output(out, a.method, pattern)
+    r0 = res["per_block"][0]["rss_mb"] / 1e3 if res["per_block"] else 0.5
+    base = min(r0, 1.0)
+    rss = [p["rss_mb"] for p in res["per_block"]]
+    record = {
+        "what": "stream-prune a Llama-2-7B-shaped bf16 checkpoint with random weights",
+        "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python benchmarks/scale.py --method {a.method}",
+        "machine": {"cpus": os.cpu_count(), "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+                    "python": platform.python_version(), "omp_threads": os.environ.get("OMP_NUM_THREADS")},  # fmt: skip
+        "shape": LLAMA2_7B, "dtype": "bfloat16", "checkpoint_gb": round(size / 1e9, 2),
+        "checkpoint_write_s": round(t_write, 1),
+        "blocks": a.layers, "method": a.method, "pattern": res["pattern"], "calibration": "2 x 128 random token ids",
+        "peak_rss_gb": res["peak_rss_gb"], "wall_s": res["wall_s"],
+        "rss_after_block_mb": {"first": rss[0] if rss else None, "last": rss[-1] if rss else None,
+                               "max": max(rss) if rss else None, "min": min(rss) if rss else None},  # fmt: skip
+        "per_block": res["per_block"], "timings": res["timings"], "report_sparsity": res["sparsity"],
+        "output": chk,
+        "extrapolation": {"formula": extrapolate.__doc__.strip(), "r0_gb": round(base, 2), "calib_tokens": 256,
+                          "shapes": extrapolate(base, 256, a.method)},  # fmt: skip
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"{tag}.json" if a.method == "wanda" else f"{tag}-{a.method}.json"
+    (RESULTS / name).write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("peak_rss_gb", "wall_s", "rss_after_block_mb", "output")}, indent=1))
+    if not a.keep:
+        shutil.rmtree(out, ignore_errors=True)
+        if not a.keep_input:
+            shutil.rmtree(src, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
