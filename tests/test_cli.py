@@ -108,3 +108,28 @@ def test_guide_from_the_cli(capsys):
     assert rc == 0 and all(m in stdout for m in list_methods()) and "speed" in stdout
     rc, _, err = _run(capsys, "recommend", "--goal", "sped")
     assert rc == 2 and err.count("\n") == 1 and "speed" in err
+
+
+def test_eval_tasks_and_prune_eval_tasks(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    piqa = tmp_path / "piqa.jsonl"
+    rows = [{"goal": f"How do I open jar {i}?", "sol1": "Twist the lid.", "sol2": "Paint the jar.", "label": i % 2}
+            for i in range(4)]  # fmt: skip
+    piqa.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rc, stdout, err = _run(capsys, "eval", str(tiny_llama_dir), "--tasks", f"piqa:{piqa}", "--json", "-q")
+    assert rc == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert "perplexity" not in res and res["tasks"]["piqa"]["n"] == 4
+    assert 0 <= res["tasks"]["piqa"]["metrics"]["acc"] <= 1
+    out = tmp_path / "o"
+    rc, stdout, err = _run(capsys, "prune", str(tiny_llama_dir), "-m", "wanda", "--calib", str(calib_txt),
+                           "--nsamples", "2", "--seqlen", "16", "--eval-tasks", f"piqa:{piqa}", "--eval-limit", "2",
+                           "--out", str(out), "-q", "--json")  # fmt: skip
+    assert rc == 0, err
+    t = json.loads(stdout.strip().splitlines()[-1])["tasks"]
+    assert t["dense"]["piqa"]["n"] == 2 and t["pruned"]["piqa"]["n"] == 2
+    assert json.loads((out / "prunekit.json").read_text())["tasks"]["dense"]["piqa"]["n"] == 2
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, _, err = _run(capsys, "prune", str(tiny_llama_dir), "-m", "wanda", "--calib", str(calib_txt),
+                      "--eval-tasks", f"piqa:{tmp_path / 'missing.jsonl'}", "--out", str(tmp_path / "o2"))  # fmt: skip
+    assert rc == 2 and err.count("\n") == 1 and "not found" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

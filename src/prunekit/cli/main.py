@@ -94,6 +94,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--eval", dest="eval_data", default=None, help="also report perplexity on this SOURCE")
     p.add_argument("--eval-windows", type=_int_flag(1), default=None, help="windows for --eval (default all)")
+    p.add_argument("--eval-tasks", default=None, help="also score tasks before and after pruning, e.g. lambada,piqa[:PATH]")
+    p.add_argument("--eval-limit", type=_int_flag(1), default=None, help="examples per task for --eval-tasks (default all)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-layer table")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
@@ -101,9 +103,14 @@ def _add_prune(sub) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="perplexity with the SparseGPT/Wanda protocol")
     p.add_argument("model")
-    p.add_argument("--data", default="builtin", help="evaluation SOURCE (default: builtin eval half)")
+    p.add_argument("--data", default=None, help="perplexity SOURCE (default: builtin eval half, unless --tasks/--lm-eval)")
     p.add_argument("--seqlen", type=_int_flag(2), default=2048, help="tokens per window (>= 2)")
     p.add_argument("--max-windows", type=_int_flag(1), default=None, help="evaluate only the first N windows")
+    p.add_argument("--tasks", default=None, help="zero/few-shot tasks with lm-eval's rules: lambada,piqa,gsm8k (NAME:PATH for a file)")
+    p.add_argument("--limit", type=_int_flag(1), default=None, help="examples per task (default all; gsm8k generates: use a limit on CPU)")
+    p.add_argument("--fewshot", type=_int_flag(0, 64), default=None, help="gsm8k few-shot examples (default 5, from the train file)")
+    p.add_argument("--lm-eval", dest="lm_eval", default=None, help="also run lm-eval-harness tasks on the model (pip install prunekit[lmeval])")
+    p.add_argument("--lm-eval-include", default=None, help="folder of extra lm-eval task YAMLs (local data)")
     p.add_argument("--json", action="store_true", help="last stdout line is a JSON object")
     p.add_argument("--quiet", "-q", action="store_true")
 
@@ -198,6 +205,12 @@ def cmd_prune(a) -> dict[str, Any]:
     from ..models.loading import estimated_load_bytes, source_info
 
     cfg = _config_from_args(a)  # validates method, settings, sparsity, pattern before any heavy work
+    if a.eval_tasks:
+        from ..eval import parse_task_specs
+        from ..eval.tasks import resolve_task_path
+
+        for spec in parse_task_specs(a.eval_tasks):
+            resolve_task_path(spec)  # a missing task file fails now, not after the prune
     src = resolve_model(a.model)
     calib_src = load_source(cfg.calib.source, "calib")  # every method uses calibration tokens
     with OutputSlot(a.out, a.overwrite, protect=[src.path] if src.kind != "hub" else [],
@@ -209,6 +222,11 @@ def cmd_prune(a) -> dict[str, Any]:
         t_load = time.perf_counter() - t0
         slot.check_space(model_bytes(model))  # the output is at most the loaded model's size
         dense_params = parameter_count(model)
+        tasks_before = None
+        if a.eval_tasks:
+            from ..eval import evaluate_tasks
+
+            tasks_before = evaluate_tasks(model, tok, a.eval_tasks, a.eval_limit, progress=not a.quiet)
         calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
         report = api.prune_(model, cfg, calib, tok, progress=not a.quiet)
         report.calib["description"] = calib_src.description
@@ -228,6 +246,9 @@ def cmd_prune(a) -> dict[str, Any]:
             ev = perplexity(model, eval_token_ids(a.eval_data, tok), cfg.calib.seqlen, a.eval_windows, progress=not a.quiet)
             result["perplexity"] = ev["perplexity"]
             result["eval"] = {**ev, "data": a.eval_data}
+        if a.eval_tasks:
+            result["tasks"] = {"dense": tasks_before,
+                               "pruned": evaluate_tasks(model, tok, a.eval_tasks, a.eval_limit, progress=not a.quiet)}  # fmt: skip
         meta = {
             "prunekit_format": 1,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -239,6 +260,7 @@ def cmd_prune(a) -> dict[str, Any]:
             "report": report.to_dict(),
             "measured": {k: summary[k] for k in ("linear_sparsity", "block_linear_sparsity", "parameters")},
             "eval": result.get("eval"),
+            "tasks": result.get("tasks"),
             "versions": versions(),
         }
         out = slot.commit(lambda tmp: write_hf_folder(model, tok, tmp, meta))
@@ -254,6 +276,8 @@ def cmd_prune(a) -> dict[str, Any]:
         )
         if "perplexity" in result:
             print(f"perplexity ({a.eval_data}, {result['eval']['windows']} x {cfg.calib.seqlen}): {result['perplexity']:.3f}")
+        if "tasks" in result:
+            _print_tasks(result["tasks"]["pruned"], result["tasks"]["dense"])
         print(f"saved {out} ({fmt_bytes(result['size_bytes'])})")
     return result
 
@@ -263,23 +287,62 @@ def _nonzero(model) -> int:
     return int(sum(int((p != 0).sum()) for p in seen.values()))
 
 
+def _task_settings(fewshot: int | None) -> dict[str, Any]:
+    return {} if fewshot is None else {"num_fewshot": fewshot}
+
+
+def _print_tasks(res: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]] | None = None) -> None:
+    head = f"{'task':<10} {'metric':<16} {'dense':>10} {'value':>10} {'± stderr':>9} {'n':>6}" if before else \
+        f"{'task':<10} {'metric':<16} {'value':>10} {'± stderr':>9} {'n':>6}"  # fmt: skip
+    print(head)
+    for task, r in res.items():
+        for m, v in r["metrics"].items():
+            se = (r.get("stderr") or {}).get(m)
+            fmt = (lambda x: f"{x:.3f}") if m == "perplexity" else (lambda x: f"{100 * x:.2f}%")
+            cols = [f"{task:<10}", f"{m:<16}"]
+            if before:
+                bv = before.get(task, {}).get("metrics", {}).get(m)
+                cols.append(f"{fmt(bv) if bv is not None else '-':>10}")
+            cols += [f"{fmt(v):>10}", f"{(fmt(se) if se is not None else '-'):>9}", f"{r.get('n', ''):>6}"]
+            print(" ".join(cols))
+
+
 def cmd_eval(a) -> dict[str, Any]:
     from ..data import eval_token_ids, load_source
-    from ..eval import perplexity
+    from ..eval import evaluate_tasks, parse_task_specs, perplexity
     from ..models import load_model, resolve_model
 
     resolve_model(a.model)
-    src = load_source(a.data, "eval")
+    specs = parse_task_specs(a.tasks) if a.tasks else None  # unknown task: fail before loading
+    data = a.data if a.data is not None else (None if (a.tasks or a.lm_eval) else "builtin")
+    src = load_source(data, "eval") if data else None
     model, tok = load_model(a.model)
-    ids = eval_token_ids(src, tok)
-    res = perplexity(model, ids, a.seqlen, a.max_windows, progress=not (a.quiet or a.json))
-    res = {**res, "model": a.model, "data": a.data, "data_description": src.description}
-    if not a.json:
-        print(
-            f"{a.model}: perplexity {res['perplexity']:.4f} on {src.description}; "
-            f"{res['windows']} of {res['available_windows']} windows x {a.seqlen} tokens "
-            f"(non-overlapping), {res['seconds']:.1f}s"
-        )
+    res: dict[str, Any] = {"model": a.model}
+    if src is not None:
+        ids = eval_token_ids(src, tok)
+        ppl = perplexity(model, ids, a.seqlen, a.max_windows, progress=not (a.quiet or a.json))
+        res.update(ppl, data=data, data_description=src.description)
+        if not a.json:
+            print(
+                f"{a.model}: perplexity {ppl['perplexity']:.4f} on {src.description}; "
+                f"{ppl['windows']} of {ppl['available_windows']} windows x {a.seqlen} tokens "
+                f"(non-overlapping), {ppl['seconds']:.1f}s"
+            )
+    if specs:
+        res["tasks"] = evaluate_tasks(model, tok, a.tasks, a.limit, progress=not (a.quiet or a.json),
+                                      **_task_settings(a.fewshot))  # fmt: skip
+        if not a.json:
+            _print_tasks(res["tasks"])
+    if a.lm_eval:
+        from ..eval.lmeval import run_lm_eval
+
+        try:
+            le = run_lm_eval(model, tok, a.lm_eval, a.limit, num_fewshot=a.fewshot, include_path=a.lm_eval_include)
+        except KeyError as e:  # lm-eval's "not a registered task" error
+            raise ConfigError(f"lm-eval: {e.args[0] if e.args else e} (`lm_eval ls tasks` lists the names)") from None
+        res["lm_eval"] = {"tasks": le["tasks"], "n": le.get("n"), "versions": le.get("versions")}
+        if not a.json:
+            _print_tasks({t: {**v, "n": (le.get("n") or {}).get(t, "")} for t, v in le["tasks"].items()})
     return res
 
 

@@ -142,6 +142,11 @@ def _hf_dataset(name: str, purpose: Purpose) -> TextSource:
 def load_source(spec: str, purpose: Purpose = "calib") -> TextSource:
     """Load the documents of a SOURCE (see the module docstring)."""
     s = str(spec).strip()
+    if not s:
+        raise DataError(
+            "data source is empty: use 'builtin', a .txt/.raw/.jsonl file, a folder, "
+            "'wikitext2:PATH', 'wikitext2' or 'c4'"
+        )
     if s == "builtin":
         src = _builtin(purpose)
     elif s.lower().startswith("wikitext2:"):
