@@ -171,7 +171,7 @@ def section(P: dict, png_rel: str | None) -> list[str]:
 
     # -- main table
     L += ["### Perplexity, pruning time and memory", "", pline, "",
-          "| method | pattern | tool | perplexity | prune s | prune CPU s | peak RSS MB | sparsity | params M | size MB | prune / floor |",
+          "| method | pattern | tool | perplexity | prune s | prune CPU s | peak RSS MiB | sparsity | params M | size MiB | prune / floor |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     cores = (pr.get("machine") or {}).get("cores") or 0
     thr = min((pr.get("machine") or {}).get("torch_threads") or 0, cores or 1 << 30)
@@ -237,15 +237,15 @@ def section(P: dict, png_rel: str | None) -> list[str]:
               f"prunekit's pruning time over it (wall; CPU time in brackets). prunekit's statistics "
               f"pass stops once the block's last target Linear has seen its input (the pass's output "
               f"is not needed), so a method can come in under 1.0×. Peak RSS of the floor job: "
-              f"{floor['peak_rss_mb']:.0f} MB.", ""]
+              f"{floor['peak_rss_mb']:.0f} MiB.", ""]
     L += ["How to read it: *perplexity* — lower is better; *prune s* — wall time of the pruning "
           "call alone (model loading and saving excluded), in its own process; *prune CPU s* — "
           "CPU time of that call summed over the process's threads (less sensitive than wall time "
-          "to other jobs sharing the machine); *peak RSS MB* — "
+          "to other jobs sharing the machine); *peak RSS MiB* — "
           "peak resident memory (`ru_maxrss`) of that process, loading and saving included; "
           "*sparsity* — zero fraction of the Linear weights inside the decoder blocks (for "
           "structured rows: the fraction of decoder-block parameters removed); *params M* — "
-          "parameters of the saved model (tied embeddings once); *size MB* — weight files on "
+          "parameters of the saved model (tied embeddings once); *size MiB* — weight files on "
           "disk (MiB). Ratio rows divide prunekit's figure by the peer's: below 1× means prunekit "
           "is lower (better for perplexity, time and memory)."]
     if "magnitude" in notes_used:

@@ -545,7 +545,7 @@ class Harness:
             res = {"status": "ok", **read_json(tmp), "protocol_id": self.p.id,
                    "harness_threads": self.a.threads,
                    "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-            say(f"  floor: {res['floor_s']:.1f} s (peak RSS {res['peak_rss_mb']:.0f} MB)")
+            say(f"  floor: {res['floor_s']:.1f} s (peak RSS {res['peak_rss_mb']:.0f} MiB)")
         else:
             res = {"status": "failed", "tool": "floor", "error": err,
                    "log": rel(self.wdir / "floor" / "floor.log")}
@@ -620,7 +620,7 @@ class Harness:
                 n_runs = self.a.repeats
             say(f"      pruned in {r['prune_wall_s']:.1f} s (CPU {r.get('prune_cpu_s', float('nan')):.0f} s, "
                 f"job {wall:.0f} s, load {load0:.1f}->{load1:.1f}), peak RSS "
-                f"{r['peak_rss_mb']:.0f} MB, sparsity {r.get('achieved_sparsity', float('nan')):.4f}"
+                f"{r['peak_rss_mb']:.0f} MiB, sparsity {r.get('achieved_sparsity', float('nan')):.4f}"
                 + (f"  [run {i + 1}/{n_runs}]" if n_runs > 1 else ""))
             i += 1
         if runs and "stage" not in res:
@@ -652,7 +652,7 @@ class Harness:
         if res["status"] == "ok":
             e = res["eval"]
             say(f"      ppl {e['perplexity']:.3f}, params {e['params'] / 1e6:.1f} M, size "
-                f"{e['size_bytes'] / 2**20:.0f} MB  ({res['cell_wall_s']:.0f} s) -> {rel(out)}")
+                f"{e['size_bytes'] / 2**20:.0f} MiB  ({res['cell_wall_s']:.0f} s) -> {rel(out)}")
             if not self.a.keep_models:
                 import shutil
 
