@@ -74,6 +74,13 @@ GUIDE: dict[str, dict[str, str]] = {
         "paper": "Frantar, Alistarh: SparseGPT: Massive Language Models Can Be Accurately Pruned "
                  "in One-Shot, ICML 2023 (arXiv:2301.00774)",
     },
+    "alps": {
+        **_UNSTRUCTURED, "when": _WHEN,
+        "criterion": "layer reconstruction by ADMM (mask search) + conjugate-gradient least-squares refit",
+        "statistics": "Hessian XXᵀ per Linear input",
+        "paper": "Meng, Behdin, Wang, Mazumder: ALPS: Improved Optimization for Highly Sparse "
+                 "One-Shot Pruning for Large Language Models, NeurIPS 2024 (arXiv:2406.07831)",
+    },
     "flap": {
         **_WIDTH, "when": _WHEN + "; bias compensation instead of retraining",
         "criterion": "fluctuation: input variance x squared column norm, standardised",

@@ -1,5 +1,6 @@
 """Pruning methods, registered explicitly by name."""
 
+from .alps import ALPS
 from .base import METHODS, PruningMethod, ScoreMethod, register_method
 from .magnitude import Magnitude
 from .sparsegpt import SparseGPT
@@ -63,6 +64,7 @@ def list_methods() -> list[str]:
 
 
 __all__ = [
+    "ALPS",
     "METHODS",
     "Magnitude",
     "PruningMethod",

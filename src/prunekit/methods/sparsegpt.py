@@ -21,6 +21,12 @@ Wᵀ so that each step reads and writes contiguous memory (another ~1.3x on CPU)
 Inputs that never fire (H_jj = 0) get H_jj = 1 and their weights are zeroed, as in the
 reference code. If the Cholesky factorisation fails, λ is multiplied by 10 and the attempt
 repeated (reported in the layer's info) — never a silent fallback to another method.
+
+``refit=pcg`` (prunekit's option, not in the paper): with SparseGPT's mask fixed, the kept
+weights are re-solved to the least-squares optimum min ‖X(W − Ŵ)ᵀ‖² by preconditioned conjugate
+gradient started from SparseGPT's weights (the final stage of ALPS, Meng et al. 2024; see
+``methods/alps.py``). CG never increases the quadratic, so the layer error can only go down;
+the report records both losses.
 """
 
 from __future__ import annotations
@@ -87,6 +93,9 @@ class SparseGPT(PruningMethod):
     block_size: int = setting(128, ge=1, help="columns per OBS block (the paper's B)")
     damp: float = setting(0.01, gt=0, le=100, help="dampening λ as a fraction of mean(diag H)")
     group_size: int = setting(32, ge=1, help="columns whose OBS updates are applied one by one (speed only)")
+    refit: str = setting("none", choices=("none", "pcg"),
+                         help="pcg: least-squares refit of the kept weights on SparseGPT's mask (ALPS's last stage)")
+    refit_iters: int = setting(50, ge=1, le=100000, help="conjugate-gradient steps of the refit")
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.HESSIAN})
     summary: ClassVar[str] = "blockwise OBS prune + weight reconstruction (Frantar & Alistarh 2023)"
 
@@ -142,4 +151,17 @@ class SparseGPT(PruningMethod):
             if i2 < cols:  # lazy batch update of the remaining blocks
                 WT[i2:].addmm_(U[i1:i2, i2:].t(), E1, alpha=-1.0)
         info = {"damp": damp_used, "cholesky_retries": retries, "dead_inputs": int(dead.sum())}
-        return WT.t().contiguous().to(weight.dtype), info
+        W_new = WT.t().contiguous()
+        if self.refit == "pcg":
+            from .alps import layer_loss, pcg_refit
+
+            W0 = weight.detach().to(torch.float32)
+            W0 = W0.masked_fill(dead[None, :], 0.0)
+            Hn = stats[Stat.HESSIAN].to(W_new.device, torch.float32).clone()
+            Hn[dead, dead] = 1.0
+            Hn /= torch.diagonal(Hn).mean().clamp_min(1e-30)
+            Hn.diagonal().add_(self.damp)
+            before = layer_loss(W0, W_new, Hn)
+            W_new = pcg_refit(W0, Hn, W_new != 0, W_new, self.refit_iters)
+            info.update(loss_obs=before, loss_refit=layer_loss(W0, W_new, Hn))
+        return W_new.to(weight.dtype), info
