@@ -75,6 +75,11 @@ PEER_ALIASES = {"llm-compressor": "llmcompressor", "llmcompressor": "llmcompress
                 "torch-pruning": "torch-pruning", "torchpruning": "torch-pruning",
                 "torch_pruning": "torch-pruning"}
 
+# named variants of a prunekit method (cell name -> method, settings); "+owl" may follow any of them
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "sparsegpt-refit": ("sparsegpt", {"refit": "pcg"}),
+}
+
 ROUTINE = {"nsamples": 32, "seqlen": 2048, "eval_windows": 40}
 QUICK = {"nsamples": 8, "seqlen": 2048, "eval_windows": 10}
 
@@ -566,6 +571,13 @@ class Harness:
                   "--method", c.tool_method, "--sparsity", f"{c.sparsity:.6g}",
                   "--out", str(out_dir), "--result", str(result), "--threads", str(self.a.threads)]
         if c.peer is None:
+            base, _, alloc = c.tool_method.partition("+")
+            if base in VARIANTS:
+                real, sets = VARIANTS[base]
+                i = common.index("--method")
+                common[i + 1] = real + (f"+{alloc}" if alloc else "")
+                for k, v in sets.items():
+                    common += ["--set", f"{k}={v}"]
             return [self.py, str(CELLS / "prunekit_cell.py"), *common, "--pattern", c.pattern,
                     "--calib-source", p.calib_source, "--seed", str(p.seed),
                     "--batch-size", str(self.a.batch_size),
@@ -739,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
     from prunekit.allocation import ALLOCATORS
 
     pk_methods |= {f"{m}+{a}" for m in pk_methods - pk_structured for a in ALLOCATORS.names() if a != "uniform"}
+    pk_methods |= {v for v, (base, _) in VARIANTS.items() if base in pk_methods}
+    pk_methods |= {f"{v}+{a}" for v, (base, _) in VARIANTS.items() if base in pk_methods
+                   for a in ALLOCATORS.names() if a != "uniform"}  # fmt: skip
     if args.methods:
         methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
         if methods == ["all"]:

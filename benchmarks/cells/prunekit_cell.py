@@ -25,6 +25,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="recorded in the report only")
     ap.add_argument("--method", required=True)
     ap.add_argument("--pattern", default="unstructured")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
     ap.add_argument("--sparsity", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--report-tokens", type=int, default=0,
@@ -52,6 +53,7 @@ def main() -> int:
     cfg = pk.PruneConfig(
         method=method, pattern="unstructured" if structured else args.pattern,
         sparsity=sparsity, allocation=allocation or "uniform",
+        method_args=dict(kv.split("=", 1) for kv in args.set),
         calib=pk.CalibConfig(source=args.calib_source or str(args.calib),
                              nsamples=int(calib.shape[0]), seqlen=int(calib.shape[1]),
                              seed=args.seed, batch_size=args.batch_size),
