@@ -361,3 +361,45 @@ def test_ranks_that_disagree_are_refused(ckpt, calib, tmp_path):
         assert p.returncode == 0, se[-2000:]
         assert "refused:" in so and "disagree" in so
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma3_text", "mixtral", "qwen3_moe"])
+def test_families_stream_bit_for_bit_and_keep_their_checkpoint_keys(family, tmp_path):
+    """GPT-2 (Conv1D, tied lm_head, learned positions), Gemma3 (per-layer-type rotary and
+    masks), Mixtral and Qwen3-MoE (per-expert checkpoint keys that transformers fuses on load,
+    Mixtral's block_sparse_moe renaming): equal to the in-memory prune, and the output keeps
+    the input's tensor names."""
+    from test_families import VOCAB, make
+
+    src = tmp_path / "src"
+    make(family).save_pretrained(src, max_shard_size="200KB")
+    ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
+    cfg = pk.PruneConfig(method="sparsegpt")
+    out = tmp_path / "out"
+    report = prune_streaming(src, out, cfg, calib=ids, progress=False, report_tokens=64)
+    ref = _load(src)
+    ref_report = pk.prune_(ref, cfg, ids, progress=False, report_tokens=64)
+    _assert_same(dict(_load(out).state_dict()), dict(ref.state_dict()))
+    assert [lr.name for lr in report.layers] == [lr.name for lr in ref_report.layers]
+    in_keys = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(_tensors(out)) == set(in_keys)
+
+
+def test_checkpoint_keys_that_do_not_match_are_one_line(tmp_path, calib):
+    from safetensors.torch import save_file
+
+    src = _save(make_llama(layers=2), tmp_path / "src")
+    index = src / "model.safetensors.index.json"
+    body = json.loads(index.read_text())
+    save_file({"model.layers.0.mlp.extra.weight": torch.zeros(2, 2)}, str(src / "extra.safetensors"))
+    body["weight_map"]["model.layers.0.mlp.extra.weight"] = "extra.safetensors"
+    index.write_text(json.dumps(body))
+    with pytest.raises(ModelLoadError, match="'model.layers.0.mlp.extra.weight' .* is not a parameter") as e:
+        prune_streaming(src, tmp_path / "out", pk.PruneConfig(), calib=calib, progress=False)
+    assert "\n" not in str(e.value)
+    del body["weight_map"]["model.layers.0.mlp.extra.weight"]
+    del body["weight_map"]["model.layers.1.mlp.down_proj.weight"]
+    index.write_text(json.dumps(body))
+    with pytest.raises(ModelLoadError, match="no tensor 'model.layers.1.mlp.down_proj.weight'"):
+        prune_streaming(src, tmp_path / "out", pk.PruneConfig(), calib=calib, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -227,6 +227,8 @@ class _ResumableSlot(OutputSlot):
             self.tmp = resume_dir(self.target)
             (self.tmp / STATE_DIR).mkdir(parents=True, exist_ok=True)
             self._lock()
+        except OutputError:
+            raise
         except OSError as e:
             self.tmp = None
             self.discard()
@@ -403,29 +405,32 @@ class _Run:
         self.head = _output_head_name(self.model)
         self.device, self.group, self.report_tokens = device, group, report_tokens
         self.config = config
-        self.block_keys = [shards.tensor_names(b, self.adapter.block_prefix(i)) for i, b in enumerate(self.blocks)]
-        self._check_layout()
-
-    def _check_layout(self) -> None:
-        """Every block tensor the model declares is in the checkpoint under the same key, and
-        the checkpoint has no block tensor the model lacks (e.g. per-expert keys that
-        transformers fuses on load)."""
         have = set(self.ckpt.keys())
-        declared = {k for ks in self.block_keys for k in ks}
-        lacking = sorted(declared - have)
+        self.layouts = []
+        lacking: list[str] = []
+        for i, b in enumerate(self.blocks):
+            lay, miss = shards.layout_of(b, self.adapter.block_prefix(i), have)
+            self.layouts.append(lay)
+            lacking += miss
+        self._check_layout(have, lacking)
+
+    def _check_layout(self, have: set[str], lacking: list[str]) -> None:
+        """Every block tensor the model declares comes from the checkpoint (same key, or the
+        per-expert keys transformers fuses on load), and the checkpoint has no block tensor
+        the model lacks."""
         if lacking:
             raise ModelLoadError(
                 f"{self.folder}: the checkpoint has no tensor {lacking[0]!r} ({len(lacking)} block tensors "
-                "missing): its keys differ from the model's (a layout transformers converts on load); "
-                "prune it in memory (without --stream), or re-save it with save_pretrained"
+                "missing) in a layout prunekit can stream: prune it in memory (without --stream)"
             )
-        extra = sorted(k for k in have - declared if k.startswith(self.blocks_path + "."))
+        used = {k for lay in self.layouts for src in lay.values() for k in src.keys}
+        extra = sorted(k for k in have - used if k.startswith(self.blocks_path + "."))
         if extra:
             raise ModelLoadError(
                 f"{self.folder}: block tensor {extra[0]!r} ({len(extra)} in all) is not a parameter of "
                 f"{type(self.model).__name__}: its keys differ from the model's; prune it in memory (without --stream)"
             )
-        self.other_keys = sorted(have - declared)
+        self.other_keys = sorted(have - used)
 
     def targets(self, i: int) -> dict[str, nn.Module | ExpertSlice]:
         prefix = self.adapter.block_prefix(i)
@@ -652,7 +657,7 @@ def _stream(run: _Run, config: PruneConfig, method: Any, needs: frozenset[Stat],
         if slot is not None:
             t0 = time.perf_counter()
             prefix = run.adapter.block_prefix(i)
-            tensors = shards.state_of(run.blocks[i], prefix)
+            tensors = shards.state_of(run.blocks[i], prefix, run.layouts[i])
             name = shards.shard_name(i + 1, n_out)
             shards.write_shard(tensors, work / name)
             state["weight_map"].update({k: name for k in tensors})
@@ -758,7 +763,7 @@ def _one_block(run: _Run, i: int, inputs: list[BlockInputs], needs: frozenset[St
     """Load block ``i``, collect statistics, prune its targets, and advance ``inputs`` past it."""
     t0 = time.perf_counter()
     block = run.blocks[i]
-    shards.materialize(block, run.adapter.block_prefix(i), run.ckpt, run.device)
+    shards.materialize(block, run.adapter.block_prefix(i), run.ckpt, run.device, layout=run.layouts[i])
     targets = run.targets(i)
     timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()

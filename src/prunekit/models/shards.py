@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -236,21 +237,109 @@ def tensor_names(module: nn.Module, prefix: str) -> list[str]:
     return [p + n for n, *_ in _slots(module)]
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where one model tensor comes from in the checkpoint.
+
+    ``kind="plain"``: the key itself. Fused experts that transformers 5 builds on load from
+    per-expert checkpoint keys (Mixtral's ``experts.{e}.w1/w3/w2``, Qwen-MoE/OLMoE/DeepSeek's
+    ``experts.{e}.gate_proj/up_proj/down_proj``): ``"gate_up"`` stacks ``cat(gate_e, up_e)``
+    into ``[E, 2I, H]`` (``keys`` = the E gate keys then the E up keys), ``"down"`` stacks
+    ``down_e`` into ``[E, H, I]``. Writing splits them back, so the output keeps the input's keys.
+    """
+
+    kind: str
+    keys: tuple[str, ...]
+
+
+_GATE_UP = (("gate_proj", "up_proj"), ("w1", "w3"))
+_DOWN = ("down_proj", "w2")
+_RENAMES = ((".mlp.", ".block_sparse_moe."),)  # transformers' Mixtral renaming, reversed
+
+
+def _expert_bases(key: str, suffix: str) -> list[str]:
+    base = key[: -len(suffix)]
+    return [base] + [base.replace(new, old) for new, old in _RENAMES if new in base]
+
+
+def _expert_source(key: str, num_experts: int, have: set[str]) -> Source | None:
+    if key.endswith(".experts.gate_up_proj"):
+        for base in _expert_bases(key, "gate_up_proj"):
+            for g, u in _GATE_UP:
+                keys = [f"{base}{e}.{g}.weight" for e in range(num_experts)] + [
+                    f"{base}{e}.{u}.weight" for e in range(num_experts)
+                ]
+                if all(k in have for k in keys):
+                    return Source("gate_up", tuple(keys))
+    if key.endswith(".experts.down_proj"):
+        for base in _expert_bases(key, "down_proj"):
+            for d in _DOWN:
+                keys = [f"{base}{e}.{d}.weight" for e in range(num_experts)]
+                if all(k in have for k in keys):
+                    return Source("down", tuple(keys))
+    return None
+
+
+def layout_of(module: nn.Module, prefix: str, have: set[str]) -> tuple[dict[str, Source], list[str]]:
+    """``(source of every tensor of module, names with none)`` against checkpoint keys ``have``."""
+    p = f"{prefix}." if prefix else ""
+    out: dict[str, Source] = {}
+    lacking: list[str] = []
+    for n, mod, attr, is_param in _slots(module):
+        key = p + n
+        t = mod._parameters[attr] if is_param else mod._buffers[attr]
+        src = Source("plain", (key,)) if key in have else None
+        for new, old in _RENAMES if src is None else ():
+            if new in key and key.replace(new, old) in have:
+                src = Source("plain", (key.replace(new, old),))
+        if src is None and t.dim() == 3:
+            src = _expert_source(key, int(t.shape[0]), have)
+        if src is None:
+            lacking.append(key)
+        else:
+            out[key] = src
+    return out, lacking
+
+
+def _assemble(src: Source, loaded: dict[str, Tensor]) -> Tensor:
+    ts = [loaded.pop(k) for k in src.keys]
+    if src.kind == "plain":
+        return ts[0]
+    if src.kind == "down":
+        return torch.stack(ts)
+    e = len(ts) // 2
+    return torch.stack([torch.cat((ts[i], ts[e + i]), dim=0) for i in range(e)])
+
+
+def _split(src: Source, t: Tensor) -> dict[str, Tensor]:
+    if src.kind == "plain":
+        return {src.keys[0]: t}
+    if src.kind == "down":
+        return {k: t[e].contiguous() for e, k in enumerate(src.keys)}
+    e = len(src.keys) // 2
+    inter = t.shape[1] // 2
+    out = {src.keys[i]: t[i, :inter].contiguous() for i in range(e)}
+    out.update({src.keys[e + i]: t[i, inter:].contiguous() for i in range(e)})
+    return out
+
+
 def materialize(module: nn.Module, prefix: str, ckpt: Checkpoint, device: str | torch.device,
-                only_present: bool = False, skip: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
-    """Load ``module``'s tensors from ``ckpt`` (keys ``prefix.name``) onto ``device``, each cast to
-    the dtype the model declares for it; returns the keys loaded. With ``only_present`` tensors
-    the checkpoint lacks (tied weights) stay on ``meta``; names under a ``skip`` prefix (relative
-    to ``module``) are left alone."""
+                only_present: bool = False, skip: tuple[str, ...] = (),
+                layout: Mapping[str, Source] | None = None) -> list[str]:  # fmt: skip
+    """Load ``module``'s tensors from ``ckpt`` (keys ``prefix.name``, or as ``layout`` says) onto
+    ``device``, each cast to the dtype the model declares for it; returns the keys loaded. With
+    ``only_present`` tensors the checkpoint lacks (tied weights) stay on ``meta``; names under a
+    ``skip`` prefix (relative to ``module``) are left alone."""
     p = f"{prefix}." if prefix else ""
     slots = [(p + n, mod, a, isp) for n, mod, a, isp in _slots(module)
              if not any(n == s or n.startswith(s + ".") for s in skip)]  # fmt: skip
     if only_present:
-        slots = [s for s in slots if s[0] in ckpt.files]
-    loaded = ckpt.load([s[0] for s in slots], device)
+        slots = [s for s in slots if s[0] in ckpt.files or (layout and s[0] in layout)]
+    sources = {k: (layout or {}).get(k) or Source("plain", (k,)) for k, *_ in slots}
+    loaded = ckpt.load([k for src in sources.values() for k in src.keys], device)
     for key, mod, attr, is_param in slots:
         old = mod._parameters[attr] if is_param else mod._buffers[attr]
-        t = loaded.pop(key)
+        t = _assemble(sources[key], loaded)
         if tuple(t.shape) != tuple(old.shape):
             raise ModelLoadError(
                 f"{ckpt.folder}: tensor {key!r} has shape {tuple(t.shape)}, config.json implies "
@@ -277,13 +366,15 @@ def release(module: nn.Module, skip: tuple[str, ...] = ()) -> None:
             mod._buffers[attr] = torch.empty_like(mod._buffers[attr], device="meta")
 
 
-def state_of(module: nn.Module, prefix: str) -> dict[str, Tensor]:
-    """``module``'s parameters and persistent buffers by checkpoint key, on the CPU, contiguous."""
+def state_of(module: nn.Module, prefix: str, layout: Mapping[str, Source] | None = None) -> dict[str, Tensor]:
+    """``module``'s parameters and persistent buffers by checkpoint key (split back into the
+    checkpoint's per-expert keys where ``layout`` says so), on the CPU, contiguous."""
     p = f"{prefix}." if prefix else ""
-    out = {}
+    out: dict[str, Tensor] = {}
     for n, mod, attr, is_param in _slots(module):
-        t = mod._parameters[attr] if is_param else mod._buffers[attr]
-        out[p + n] = t.detach().to("cpu").contiguous()
+        t = (mod._parameters[attr] if is_param else mod._buffers[attr]).detach().to("cpu").contiguous()
+        src = (layout or {}).get(p + n) or Source("plain", (p + n,))
+        out.update(_split(src, t))
     return out
 
 
@@ -310,6 +401,6 @@ def write_index(folder: Path, weight_map: Mapping[str, str], total_bytes: int) -
 
 
 __all__ = [
-    "INDEX_NAME", "Checkpoint", "dtype_name", "empty_model", "materialize", "parse_dtype",
-    "release", "shard_name", "state_of", "tensor_names", "write_index", "write_shard",
+    "INDEX_NAME", "Checkpoint", "Source", "dtype_name", "empty_model", "layout_of", "materialize",
+    "parse_dtype", "release", "shard_name", "state_of", "tensor_names", "write_index", "write_shard",
 ]  # fmt: skip
