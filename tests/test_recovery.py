@@ -216,6 +216,7 @@ def _pool() -> list[str]:
 
 @pytest.mark.parametrize("embedder", ["model", "auto"])
 def test_paser_selects_budget_from_the_most_degraded(tokenizer, embedder):
+    pytest.importorskip("sklearn")
     from prunekit.recovery.paser import paser_select
 
     dense = make_llama()
@@ -237,6 +238,7 @@ def test_paser_selects_budget_from_the_most_degraded(tokenizer, embedder):
 
 
 def test_paser_drops_duplicates(tokenizer):
+    pytest.importorskip("sklearn")
     from prunekit.recovery.paser import paser_select
 
     pool = _pool() + _pool()
@@ -255,6 +257,7 @@ def test_paser_bad_budget(tokenizer):
 
 
 def test_cli_recover_with_paser_selection(tmp_path, tokenizer, calib_ids):
+    pytest.importorskip("sklearn")
     import argparse
 
     from prunekit.recovery.cli import add_recover_parser, cmd_recover
