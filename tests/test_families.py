@@ -441,6 +441,24 @@ def test_gpt2_conv1d_is_presented_transposed(ids):
     assert not ((c.weight.reshape(64, 48, 4) == 0).sum(-1) == 2).all()  # not along outputs
 
 
+def test_discovery_prefers_the_text_stack_over_a_bigger_vision_tower(ids):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    torch.manual_seed(0)
+    text = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16)  # fmt: skip
+    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
+                                image_size=28, patch_size=14)  # fmt: skip
+    model = Gemma3ForConditionalGeneration(Gemma3Config(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+        image_token_index=VOCAB - 1, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)).eval()  # fmt: skip
+    params = {n: sum(p.numel() for p in m.parameters()) for n, m in model.named_modules() if n.endswith(".layers")}
+    assert params["model.vision_tower.encoder.layers"] > params["model.language_model.layers"]
+    assert discover_blocks(model).blocks_path == "model.language_model.layers"
+    report = _prune(model, ids % (VOCAB - 4), "wanda", "2:4")
+    assert len(report.layers) == 14 and all(lr.sparsity == 0.5 for lr in report.layers)
+
+
 class _NoBlocks(nn.Module):
     def __init__(self):
         super().__init__()

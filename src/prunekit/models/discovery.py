@@ -3,7 +3,8 @@
 The layer-wise engine needs one thing from a model: the ``nn.ModuleList`` of its repeated decoder
 blocks (``model.layers``, ``transformer.h``, ``gpt_neox.layers``, ``model.decoder.layers``, ...).
 Discovery takes the outermost ``ModuleList`` whose members all have one class and which holds the
-most parameters. Families with an adapter (``adapters.ADAPTERS``) keep using it: structured
+most parameters, preferring lists as long as the text config's ``num_hidden_layers`` and not
+named like a vision/audio tower or an encoder. Families with an adapter (``adapters.ADAPTERS``) keep using it: structured
 pruning needs its projection names, and where discovery is ambiguous an adapter decides.
 """
 
@@ -54,6 +55,23 @@ def _block_lists(model: nn.Module) -> list[tuple[str, int]]:
     return sorted(outer, key=lambda t: -t[1])
 
 
+_NOT_TEXT = ("vision", "visual", "image", "audio", "speech", "encoder.")
+
+
+def _prefer_text_stack(model: nn.Module, lists: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Narrow the candidates to the text decoder: lists as long as the text config's
+    ``num_hidden_layers``, then names not of a vision/audio tower or encoder (a SigLIP tower can
+    hold more parameters than a small text stack)."""
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n = getattr(text, "num_hidden_layers", None)
+    if n is not None:
+        same = [(p, c) for p, c in lists if len(model.get_submodule(p)) == n]
+        lists = same or lists
+    text_named = [(p, c) for p, c in lists if not any(t in p for t in _NOT_TEXT)]
+    return text_named or lists
+
+
 def discover_blocks(model: nn.Module) -> DiscoveredBlocks:
     """The decoder blocks of ``model``, found from its module tree.
 
@@ -61,7 +79,7 @@ def discover_blocks(model: nn.Module) -> DiscoveredBlocks:
         ConfigError: no repeated block list, or two comparable separate ones.
     """
     family = str(getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__)
-    lists = _block_lists(model)
+    lists = _prefer_text_stack(model, _block_lists(model))
     if not lists:
         raise ConfigError(
             f"no decoder blocks found in {type(model).__name__} (family {family!r}): prunekit needs "
