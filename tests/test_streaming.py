@@ -403,3 +403,46 @@ def test_checkpoint_keys_that_do_not_match_are_one_line(tmp_path, calib):
     with pytest.raises(ModelLoadError, match="no tensor 'model.layers.1.mlp.down_proj.weight'"):
         prune_streaming(src, tmp_path / "out", pk.PruneConfig(), calib=calib, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+_DIST_RESUME = """
+import os, signal, sys, torch, torch.distributed as dist
+torch.set_num_threads(1)
+sys.path.insert(0, {src!r})
+import prunekit as pk
+from prunekit.engine.streaming import prune_streaming
+rank, init, out, resume, kill = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+def cb(i):
+    if i == kill:
+        os.kill(os.getpid(), signal.SIGKILL)
+cfg = pk.PruneConfig(method="sparsegpt", calib=pk.CalibConfig(batch_size=2))
+prune_streaming({ckpt!r}, out, cfg, calib=torch.load({calib!r}), progress=False, resume=resume, after_block=cb)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def _launch2(script: str, *args: str) -> list[subprocess.CompletedProcess]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, so, se) for p, (so, se) in zip(procs, outs)]
+
+
+def test_data_parallel_run_killed_and_resumed_is_bit_identical(ckpt, calib, tmp_path):
+    """Both ranks SIGKILLed after block 0; relaunched with resume, each rank continues from its
+    own saved inputs and the output equals an uninterrupted 2-rank run bit for bit."""
+    torch.save(calib, tmp_path / "calib.pt")
+    script = _DIST_RESUME.format(src=str(SRC), ckpt=str(ckpt), calib=str(tmp_path / "calib.pt"))
+    full, out = tmp_path / "full", tmp_path / "out"
+    for r in _launch2(script, f"file://{tmp_path / 'pg1'}", str(full), "0", "-1"):
+        assert r.returncode == 0, r.stderr[-2000:]
+    killed = _launch2(script, f"file://{tmp_path / 'pg2'}", str(out), "0", "0")
+    assert [r.returncode for r in killed] == [-signal.SIGKILL] * 2, killed[0].stderr[-2000:]
+    assert not out.exists() and resume_dir(out.absolute()).is_dir()
+    for r in _launch2(script, f"file://{tmp_path / 'pg3'}", str(out), "1", "-1"):
+        assert r.returncode == 0, r.stderr[-2000:]
+    _assert_same(_tensors(out), _tensors(full))
+    assert json.loads((out / "prunekit.json").read_text())["streaming"]["resumed_from_block"] == 1

@@ -667,6 +667,7 @@ def _stream(run: _Run, config: PruneConfig, method: Any, needs: frozenset[Stat],
             del tensors
             timings["write"] += time.perf_counter() - t0
         shards.release(run.blocks[i])
+        _trim_heap()
         if i + 1 < nblocks and inputs:
             _save_inputs(inputs, _inputs_path(state_dir, i + 1, group.rank))
         group.barrier()
@@ -688,6 +689,25 @@ def _stream(run: _Run, config: PruneConfig, method: Any, needs: frozenset[Stat],
         slot.commit(lambda tmp: _finish(run, tmp, state, meta, n_out))
     group.barrier()
     return report
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``): without it glibc keeps
+    the fragments of each released block and RSS creeps up ~1% of a block per block; with it
+    RSS after every block is flat. A no-op where there is no glibc."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _calib_desc(config: PruneConfig, calib: Tensor | None) -> dict[str, Any]:
