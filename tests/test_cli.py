@@ -133,3 +133,39 @@ def test_eval_tasks_and_prune_eval_tasks(tmp_path, capsys, tiny_llama_dir, calib
                       "--eval-tasks", f"piqa:{tmp_path / 'missing.jsonl'}", "--out", str(tmp_path / "o2"))  # fmt: skip
     assert rc == 2 and err.count("\n") == 1 and "not found" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_on_a_family_without_adapter_and_ls_families(tmp_path, capsys, tokenizer, calib_txt):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    src = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=384, n_embd=32, n_layer=2, n_head=2, n_positions=128, bos_token_id=0, eos_token_id=0)).save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    out = tmp_path / "o"
+    rc, _, err = _run(capsys, "prune", str(src), "-m", "wanda", "--pattern", "2:4", "--calib", str(calib_txt),
+                      "--nsamples", "2", "--seqlen", "16", "-q", "--out", str(out))  # fmt: skip
+    assert rc == 0, err
+    rc, stdout, err = _run(capsys, "info", str(out), "--json")
+    assert rc == 0, err
+    info = json.loads(stdout.strip().splitlines()[-1])
+    assert abs(info["block_linear_sparsity"] - 0.5) < 1e-9 and info["blocks"] == []
+    assert any(x["name"].endswith("mlp.c_fc") for x in info["linears"])  # Conv1D counted, as [out, in]
+    rc, stdout, _ = _run(capsys, "ls", "--json")
+    fams = {f["family"] for f in json.loads(stdout.strip().splitlines()[-1])["families"]}
+    assert {"llama", "gpt2", "mixtral", "gemma2"} <= fams
+
+
+def test_readme_family_table_matches_the_code():
+    from pathlib import Path
+
+    from prunekit.models.discovery import family_support
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("<!-- families -->")[1].split("<!-- /families -->")[0]
+    rows = {ln.split("|")[1].strip().strip("`"): [c.strip() for c in ln.split("|")[2:-1]]
+            for ln in table.strip().splitlines()[2:]}  # fmt: skip
+    want = {f["family"]: [f["blocks"], "yes" if f["unstructured"] else "–", "yes" if f["nm"] else "–",
+                          "yes" if f["moe"] else "–", ", ".join(f["structured"]) or "–"] for f in family_support()}  # fmt: skip
+    assert rows == want

@@ -535,3 +535,27 @@ def test_family_support_lists_every_tested_family():
     assert rows["llama"]["structured"] and rows["gemma3_text"]["structured"] and not rows["gpt2"]["structured"]
     assert all(rows[f]["unstructured"] and rows[f]["nm"] for f in ALL)
     assert {f for f in ALL if rows[f]["moe"]} == set(MOE)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "qwen3", "gemma2"])
+def test_flap_default_compensates_only_where_the_stock_config_can(family, ids, tmp_path):
+    """FLAP (An et al., AAAI 2024) on configs without o_proj/down_proj bias flags: a default run
+    skips the compensation those configs cannot carry, says so, and loads with plain
+    transformers; asking for compensation explicitly is refused."""
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(ConfigError, match="compensate=true, but a stock"):
+        pk.prune_(make(family), pk.PruneConfig(method="flap", sparsity=0.2, method_args={"compensate": True}), ids, progress=False)
+    model = make(family)
+    cfg = pk.PruneConfig(method="flap", sparsity=0.3, method_args={"heads": 2, "kv_heads": 1})
+    report = pk.prune_(model, cfg, ids, progress=False)
+    assert model.config.num_attention_heads == 2  # heads removed: attention compensation has work
+    attn = family in ("qwen3", "gemma2")  # attention_bias exists, mlp_bias does not
+    assert report.settings["compensated"] == {"attention": attn, "mlp": False}
+    assert [n for n in report.notes if n.startswith("flap: no bias compensation in")]
+    assert model.config.intermediate_size < 128
+    assert any(m.bias is not None for n, m in model.named_modules() if n.endswith("o_proj")) == attn
+    model.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids[:2]).logits, model(input_ids=ids[:2]).logits, rtol=0, atol=0)

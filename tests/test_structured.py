@@ -269,7 +269,7 @@ def test_compensation_refused_where_stock_config_has_no_bias():
                                          num_hidden_layers=1, num_attention_heads=4,
                                          num_key_value_heads=2)).eval()  # fmt: skip
     with pytest.raises(ConfigError, match="compensate=false"):
-        _prune(model, "flap", _ids(), sparsity=0.2)
+        _prune(model, "flap", _ids(), sparsity=0.2, compensate=True)  # explicit: refused
     _prune(model, "flap", _ids(), sparsity=0.2, compensate=False)
     assert model.config.intermediate_size < 128
 

@@ -7,6 +7,8 @@ nothing is written unless the whole job succeeded.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -89,6 +91,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting, e.g. block_size=64")
     p.add_argument("--allocation", default=None, help="per-layer sparsity: uniform (default) | owl | blocks")
     p.add_argument("--alloc-set", action="append", default=[], metavar="KEY=VALUE", help="allocation setting, e.g. M=5, lam=0.08")
+    p.add_argument("--idle-experts", choices=("dense", "magnitude"), default="dense",
+                   help="MoE: an expert no calibration token reached is left dense (default) or pruned by magnitude")
     p.add_argument("--recipe", help="YAML recipe (PruneConfig); flags override it")
     p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     ls = sub.add_parser("ls", help="registered methods, patterns, data sources, model families")
     ls.add_argument("--guide", action="store_true", help="also print which method to pick for which goal")
+    ls.add_argument("--json", action="store_true", help="print the listing as one JSON line instead")
     from ..guide import add_recommend_parser
 
     add_recommend_parser(sub)
@@ -228,7 +233,7 @@ def cmd_prune(a) -> dict[str, Any]:
 
             tasks_before = evaluate_tasks(model, tok, a.eval_tasks, a.eval_limit, progress=not a.quiet)
         calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
-        report = api.prune_(model, cfg, calib, tok, progress=not a.quiet)
+        report = api.prune_(model, cfg, calib, tok, progress=not a.quiet, idle_experts=a.idle_experts)
         report.calib["description"] = calib_src.description
         summary = sparsity_summary(model)
         result: dict[str, Any] = {
@@ -371,10 +376,7 @@ def cmd_info(a) -> dict[str, Any]:
 
 
 def cmd_ls(a) -> dict[str, Any]:
-    from ..data import SOURCE_KINDS
     from ..methods import METHODS
-    from ..models import ALIASES, list_families
-
     from ..structured import STRUCTURED_METHODS
 
     methods = {n: getattr(METHODS.get(n), "summary", "") for n in METHODS.names()}
@@ -382,6 +384,18 @@ def cmd_ls(a) -> dict[str, Any]:
                     for n in STRUCTURED_METHODS.names()})  # fmt: skip
     patterns = {"unstructured": "per output row (magnitude: per matrix)", "unstructured:layer": "per matrix",
                 "N:M": "keep N of every M consecutive inputs, e.g. 2:4, 4:8"}  # fmt: skip
+    sink = io.StringIO() if a.json else None
+    with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext():
+        _print_ls(a, methods, patterns)
+    from ..models.discovery import family_support
+
+    return {"methods": list(methods), "patterns": patterns, "families": family_support()}
+
+
+def _print_ls(a, methods: dict, patterns: dict) -> None:
+    from ..data import SOURCE_KINDS
+    from ..models import ALIASES
+
     print("methods:")
     for n, s in methods.items():
         print(f"  {n:<14} {s}")
@@ -391,14 +405,19 @@ def cmd_ls(a) -> dict[str, Any]:
     print("data sources:")
     for n, s in SOURCE_KINDS.items():
         print(f"  {n:<20} {s}")
-    print("model families: " + ", ".join(list_families()))
+    from ..models.discovery import family_support
+
+    fams = family_support()
+    print("model families (tested; any other causal LM with repeated decoder blocks works unstructured/N:M):")
+    for f in fams:
+        what = [k for k in ("unstructured", "nm", "moe") if f.get(k)] + (["structured"] if f.get("structured") else [])
+        print(f"  {f['family']:<14} blocks: {f.get('blocks', '?'):<10} {', '.join(w.replace('nm', 'N:M') for w in what)}")
     print("model aliases: " + ", ".join(ALIASES))
     if getattr(a, "guide", False):
         from ..guide import guide_text
 
         print()
         print(guide_text())
-    return {"methods": list(methods)}
 
 
 def cmd_demo(a) -> dict[str, Any]:

@@ -21,23 +21,45 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def sparsity_summary(model: nn.Module) -> dict[str, Any]:
-    """Per-Linear and overall zero fractions; ``blocks`` covers Linears inside decoder blocks."""
-    from ..models.adapters import ADAPTERS
+    """Per-matrix and overall zero fractions.
 
-    mt = getattr(getattr(model, "config", None), "model_type", None)
-    blocks_path = ADAPTERS[mt].blocks_path + "." if mt in ADAPTERS else None
+    ``linears`` lists every Linear and GPT-2 ``Conv1D`` outside the decoder blocks plus every
+    prunable matrix inside them (MoE experts one by one, as ``…experts.{e}.gate_up_proj``);
+    ``block_linear_sparsity`` covers the matrices inside the decoder blocks.
+    """
+    from ..engine.targets import _is_conv1d, prunable_in, weight_of
+    from ..errors import PrunekitError
+    from ..models.discovery import engine_adapter
+
+    inside: dict[str, Any] = {}
+    prefixes: tuple[str, ...] = ()
+    try:
+        loc = engine_adapter(model)
+        blocks = loc.blocks(model)
+        prefixes = tuple(loc.block_prefix(i) + "." for i in range(len(blocks)))
+        for i, blk in enumerate(blocks):
+            inside.update(prunable_in(blk, loc.block_prefix(i)))
+    except PrunekitError:  # no recognisable blocks, or a quantized layer: count plain Linears
+        inside, prefixes = {}, ()
     layers = []
     tot = zeros = btot = bzeros = 0
+
+    def add(name: str, W, in_block: bool) -> None:
+        nonlocal tot, zeros, btot, bzeros
+        n = W.numel()
+        z = int((W == 0).sum().item())
+        layers.append({"name": name, "shape": list(W.shape), "sparsity": z / n})
+        tot += n
+        zeros += z
+        if in_block:
+            btot += n
+            bzeros += z
+
+    for name, m in inside.items():
+        add(name, weight_of(m), True)
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            n = m.weight.numel()
-            z = int((m.weight == 0).sum().item())
-            layers.append({"name": name, "shape": list(m.weight.shape), "sparsity": z / n})
-            tot += n
-            zeros += z
-            if blocks_path and name.startswith(blocks_path):
-                btot += n
-                bzeros += z
+        if (isinstance(m, nn.Linear) or _is_conv1d(m)) and not (prefixes and name.startswith(prefixes)):
+            add(name, weight_of(m), False)
     return {
         "linears": layers,
         "linear_sparsity": zeros / tot if tot else 0.0,

@@ -65,6 +65,31 @@ def channel_metric(metric: str, W: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     return (W.abs() * (var + mean.pow(2)).sqrt()[None, :]).mean(0)
 
 
+def _compensation(model: nn.Module, adapter, requested: bool, explicit: bool) -> tuple[bool, bool, str]:
+    """Where bias compensation is applied: ``(attention, mlp, note)``.
+
+    A stock config that cannot carry an o_proj / down_proj bias (Qwen2, Mistral; the MLP of
+    Qwen3 and Gemma) gets compensation only where it can, with a one-line note, when
+    compensation was left at its default; asking for it explicitly (``compensate=true``) on such
+    a config is an error."""
+    if not requested:
+        return False, False, ""
+    ok_attn, ok_mlp = C.surgery.can_compensate(model, adapter)
+    if ok_attn and ok_mlp:
+        return True, True, ""
+    missing = " and ".join(p for p, ok in (("attention (o_proj)", ok_attn), ("MLP (down_proj)", ok_mlp)) if not ok)
+    if explicit:
+        raise ConfigError(
+            f"flap: compensate=true, but a stock {adapter.family} config cannot carry the {missing} "
+            "compensation biases; drop the setting (FLAP then compensates where it can) or pass "
+            "--set compensate=false"
+        )
+    return ok_attn, ok_mlp, (
+        f"flap: no bias compensation in {missing}: a stock {adapter.family} config cannot carry "
+        "those biases (the output loads with plain transformers)"
+    )
+
+
 def _check_per_block_loadable(family: str) -> None:
     """Per-block widths load only through prunekit's remote modeling code: refuse up front (not
     after the calibration pass) for a family it does not cover."""
@@ -88,13 +113,8 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
     C.check_feasible(geo, costs, sparsity)
     if args["structure"] == "adaptive":
         _check_per_block_loadable(adapter.family)
-    if args["compensate"]:
-        ok_attn, ok_mlp = C.surgery.can_compensate(model, adapter)
-        if not (ok_attn and ok_mlp):
-            raise ConfigError(
-                f"flap: a stock {adapter.family} config cannot carry the compensation biases; "
-                f"pass --set compensate=false"
-            )
+    comp_attn, comp_mlp, comp_note = _compensation(model, adapter, args["compensate"],
+                                                   explicit="compensate" in config.method_args)  # fmt: skip
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ids = C.get_calib(config, calib, tokenizer)
@@ -138,19 +158,21 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
     else:
         plans = [C.plan_cost(geo, costs, sparsity, head_scores, chan_scores, fixed)] * len(head_scores)
     info = {}
-    comp = args["compensate"]
     for i, block in enumerate(adapter.blocks(model)):
         info[i] = C.apply_block(
             block, adapter, geo, plans[i], head_scores[i], chan_scores[i],
-            attn_mean=attn_means[i] if comp else None, mlp_mean=mlp_means[i] if comp else None,
+            attn_mean=attn_means[i] if comp_attn else None, mlp_mean=mlp_means[i] if comp_mlp else None,
         )  # fmt: skip
     timings["prune"] = time.perf_counter() - t0
     settings = {k: v for k, v in args.items() if v is not None}
+    settings["compensated"] = {"attention": comp_attn, "mlp": comp_mlp}
     if not adaptive:
         plan = plans[0]
         settings["plan"] = {"kv_heads": plan.kk, "heads": plan.heads, "intermediate": plan.channels}
     report = C.new_report("flap", settings, sparsity, ids, config)
     report.timings.update(timings)
+    if comp_note:
+        report.notes.append(comp_note)
     if not geo.attn_prunable:
         report.notes.append(f"{adapter.family}: attention heads kept (stock config derives head_dim)")
     return C.finish(model, adapter, geo, report, shapes, before, t_start, info, per_block=adaptive)
