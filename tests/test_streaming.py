@@ -446,3 +446,46 @@ def test_data_parallel_run_killed_and_resumed_is_bit_identical(ckpt, calib, tmp_
         assert r.returncode == 0, r.stderr[-2000:]
     _assert_same(_tensors(out), _tensors(full))
     assert json.loads((out / "prunekit.json").read_text())["streaming"]["resumed_from_block"] == 1
+
+
+def test_rank0_output_error_reaches_every_rank(ckpt, calib, tmp_path):
+    """Only rank 0 reserves the output; its one-line error is raised on every rank (no hang)."""
+    torch.save(calib, tmp_path / "calib.pt")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "x.txt").write_text("x")
+    script = textwrap.dedent("""
+        import sys, torch, torch.distributed as dist
+        torch.set_num_threads(1)
+        sys.path.insert(0, {src!r})
+        import prunekit as pk
+        from prunekit.engine.streaming import prune_streaming
+        from prunekit.errors import OutputError
+        rank = int(sys.argv[1])
+        dist.init_process_group("gloo", init_method=sys.argv[2], rank=rank, world_size=2)
+        try:
+            prune_streaming({ckpt!r}, {out!r}, pk.PruneConfig(), calib=torch.load({calib!r}), progress=False)
+        except OutputError as e:
+            print("refused:", e)
+    """).format(src=str(SRC), ckpt=str(ckpt), out=str(out), calib=str(tmp_path / "calib.pt"))
+    for r in _launch2(script, f"file://{tmp_path / 'pg'}"):
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "refused:" in r.stdout and "not empty" in r.stdout
+    assert sorted(q.name for q in out.iterdir()) == ["x.txt"]
+
+
+def test_resume_refused_for_disk_space_keeps_the_finished_blocks(ckpt, calib, tmp_path, monkeypatch):
+    import prunekit.export.hf as hf
+
+    out = tmp_path / "out"
+    cfg = pk.PruneConfig(method="wanda")
+    with pytest.raises(_Crash):
+        prune_streaming(ckpt, out, cfg, calib=calib, progress=False, after_block=_crash_after(1))
+    real = hf.shutil.disk_usage
+    monkeypatch.setattr(hf.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(OutputError, match="not enough free space"):
+        prune_streaming(ckpt, out, cfg, calib=calib, progress=False, resume=True)
+    monkeypatch.setattr(hf.shutil, "disk_usage", real)
+    seen: list[int] = []
+    prune_streaming(ckpt, out, cfg, calib=calib, progress=False, resume=True, after_block=seen.append)
+    assert seen == [2]

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import PruneConfig
-from ..errors import ConfigError, ModelLoadError, OutputError
+from ..errors import ConfigError, ModelLoadError, OutputError, PrunekitError
 from ..export.hf import OutputSlot, os_reason, stale_temp_folders, versions
 from ..models import shards
 from ..report import LayerReport, PruneReport
@@ -127,6 +127,18 @@ class _Group:
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+
+def _agree(group: _Group, err: PrunekitError | None) -> None:
+    """Raise on every rank when rank 0 hit a user error in a step only it runs (reserving the
+    output, reading the resume state), so that the other ranks do not wait for it forever."""
+    msgs = group.gather(None if err is None else (type(err).__name__, str(err)))
+    if err is not None:
+        raise err
+    first = next((m for m in msgs if m is not None), None)
+    if first is not None:
+        kinds = {"ConfigError": ConfigError, "OutputError": OutputError, "ModelLoadError": ModelLoadError}
+        raise kinds.get(first[0], ConfigError)(f"rank 0: {first[1]}")
 
 
 def _share(calib: Tensor, group: _Group) -> Tensor:
@@ -586,9 +598,13 @@ def prune_streaming(
             "the same model, config, calibration data, dtype and device type"
         )
     target = Path(out_dir).expanduser().absolute()
-    slot = None
+    slot, err = None, None
     if group.rank == 0:
-        slot = _ResumableSlot(out_dir, overwrite, protect=[str(run.folder)], notify=note)
+        try:
+            slot = _ResumableSlot(out_dir, overwrite, protect=[str(run.folder)], notify=note)
+        except PrunekitError as e:
+            err = e
+    _agree(group, err)
     try:
         report = _stream(run, config, method, needs, calib if forward else None, slot, target, run_hash,
                          resume, progress, note, after_block, timings, t_start)  # fmt: skip
@@ -621,12 +637,8 @@ def _stream(run: _Run, config: PruneConfig, method: Any, needs: frozenset[Stat],
     per_layer = allocator.allocate({n: weight_of(m).numel() for n, m in all_targets.items()}, sparsity, None)
     del all_targets
 
-    state = _start_state(slot, state_dir, run_hash, resume, nblocks, note, group)
+    state = _start_state(slot, state_dir, run, run_hash, resume, note)
     start = int(state["next_block"])
-    if slot is not None:
-        remaining = run.ckpt.tensor_bytes(run.override) * (nblocks - start + 1) / (nblocks + 1)
-        slot.check_space(remaining)
-        slot.keep = start > 0
     n_out = nblocks + 1
     report = PruneReport(
         method=config.method, settings=method.settings(), pattern=str(method.effective_pattern(pattern)),
@@ -656,27 +668,13 @@ def _stream(run: _Run, config: PruneConfig, method: Any, needs: frozenset[Stat],
         _one_block(run, i, inputs, needs, pruner, report, config, stop_ok, timings)
         if slot is not None:
             t0 = time.perf_counter()
-            prefix = run.adapter.block_prefix(i)
-            tensors = shards.state_of(run.blocks[i], prefix, run.layouts[i])
-            name = shards.shard_name(i + 1, n_out)
-            shards.write_shard(tensors, work / name)
-            state["weight_map"].update({k: name for k in tensors})
-            state["bytes"] += sum(t.numel() * t.element_size() for t in tensors.values())
-            state["nonzero"] += sum(int((t != 0).sum()) for t in tensors.values())
-            state["params"] += sum(t.numel() for t in tensors.values())
+            tensors = shards.state_of(run.blocks[i], run.adapter.block_prefix(i), run.layouts[i])
+            _put_shard(tensors, work / shards.shard_name(i + 1, n_out), state)
             del tensors
             timings["write"] += time.perf_counter() - t0
         shards.release(run.blocks[i])
         _trim_heap()
-        if i + 1 < nblocks and inputs:
-            _save_inputs(inputs, _inputs_path(state_dir, i + 1, group.rank))
-        group.barrier()
-        if slot is not None:
-            state.update(next_block=i + 1, layers=[asdict(lr) for lr in report.layers])
-            _atomic_json(state, state_dir / "state.json")
-            slot.keep = True
-            for r in range(group.world):
-                _inputs_path(state_dir, i, r).unlink(missing_ok=True)
+        _checkpoint(slot, state_dir, state, i, inputs, report, group)
         if after_block is not None:
             after_block(i)
     del inputs
@@ -689,6 +687,31 @@ def _stream(run: _Run, config: PruneConfig, method: Any, needs: frozenset[Stat],
         slot.commit(lambda tmp: _finish(run, tmp, state, meta, n_out))
     group.barrier()
     return report
+
+
+def _put_shard(tensors: Mapping[str, Tensor], path: Path, state: dict[str, Any]) -> None:
+    """Write one output shard and account for it in the run state."""
+    shards.write_shard(tensors, path)
+    state["weight_map"].update({k: path.name for k in tensors})
+    state["bytes"] += sum(t.numel() * t.element_size() for t in tensors.values())
+    state["nonzero"] += sum(int((t != 0).sum()) for t in tensors.values())
+    state["params"] += sum(t.numel() for t in tensors.values())
+
+
+def _checkpoint(slot: _ResumableSlot | None, state_dir: Path, state: dict[str, Any], i: int,
+                inputs: list[BlockInputs], report: PruneReport, group: _Group) -> None:  # fmt: skip
+    """Make block ``i`` durable: every rank saves the next block's inputs, then rank 0 records
+    ``next_block = i + 1`` (atomically) and drops block ``i``'s inputs. A kill between any two
+    steps leaves a state that resumes at block ``i`` or ``i + 1``."""
+    if i + 1 < state["nblocks"] and inputs:
+        _save_inputs(inputs, _inputs_path(state_dir, i + 1, group.rank))
+    group.barrier()
+    if slot is not None:
+        state.update(next_block=i + 1, layers=[asdict(lr) for lr in report.layers])
+        _atomic_json(state, state_dir / "state.json")
+        slot.keep = True
+        for r in range(group.world):
+            _inputs_path(state_dir, i, r).unlink(missing_ok=True)
 
 
 def _trim_heap() -> None:
@@ -718,43 +741,59 @@ def _calib_desc(config: PruneConfig, calib: Tensor | None) -> dict[str, Any]:
     return d
 
 
-def _start_state(slot: _ResumableSlot | None, state_dir: Path, run_hash: str, resume: bool, nblocks: int,
-                 note: Callable[[str], None], group: _Group) -> dict[str, Any]:  # fmt: skip
+def _start_state(slot: _ResumableSlot | None, state_dir: Path, run: _Run, run_hash: str, resume: bool,
+                 note: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """The state to continue from: a previous run's (``resume``, same hash) or a fresh one.
 
-    Rank 0 decides and prepares the folder; the other ranks read its decision after a barrier."""
+    Rank 0 decides, prepares the folder and checks the free space; the other ranks read its
+    decision (or its error) after it."""
+    nblocks = len(run.blocks)
     fresh = {"version": STATE_VERSION, "hash": run_hash, "next_block": 0, "nblocks": nblocks, "layers": [],
              "weight_map": {}, "bytes": 0, "nonzero": 0, "params": 0, "resumed_from": None}  # fmt: skip
     path = state_dir / "state.json"
+    err = None
     if slot is not None:
-        old = _read_state(path)
-        if resume and old is not None:
-            if old.get("hash") != run_hash or old.get("nblocks") != nblocks:
-                slot.keep = True  # refusing must not delete the earlier run's work
-                raise ConfigError(
-                    f"--resume: the unfinished run in {slot.tmp} used a different config (run hash "
-                    f"{old.get('hash')}, this one {run_hash}): rerun with its settings, or without --resume to start over"
-                )
-            old["resumed_from"] = old["next_block"]
-            note(f"resuming from block {old['next_block']} of {nblocks} ({slot.tmp})")
-            state = old
-        else:
-            if old is not None:
-                note(f"discarded the unfinished run in {slot.tmp} (pass --resume to continue it instead)")
-            elif resume:
-                note(f"nothing to resume for --out {slot.spec}: starting from block 0")
-            for q in list(slot.tmp.iterdir()):
-                if q.name != STATE_DIR:
-                    shutil.rmtree(q) if q.is_dir() else q.unlink()
-            for q in list(state_dir.iterdir()):
-                if q.name != "lock":
-                    q.unlink()
-            state = fresh
-            _atomic_json(state, path)
-    group.barrier()
+        try:
+            state = _prepare_state(slot, state_dir, fresh, resume, note)
+            start = int(state["next_block"])
+            slot.keep = start > 0  # a failed space check must not delete finished blocks
+            slot.check_space(run.ckpt.tensor_bytes(run.override) * (nblocks - start + 1) / (nblocks + 1))
+        except PrunekitError as e:
+            err = e
+    _agree(run.group, err)
     if slot is None:
         state = _read_state(path) or fresh
     return state
+
+
+def _prepare_state(slot: _ResumableSlot, state_dir: Path, fresh: dict[str, Any], resume: bool,
+                   note: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    path = state_dir / "state.json"
+    old = _read_state(path)
+    if resume and old is not None:
+        if old.get("hash") != fresh["hash"] or old.get("nblocks") != fresh["nblocks"]:
+            slot.keep = True  # refusing must not delete the earlier run's work
+            raise ConfigError(
+                f"--resume: the unfinished run in {slot.tmp} used a different config (run hash "
+                f"{old.get('hash')}, this one {fresh['hash']}): rerun with its settings, or without --resume to start over"
+            )
+        old["resumed_from"] = old["next_block"]
+        note(f"resuming from block {old['next_block']} of {fresh['nblocks']} ({slot.tmp})")
+        for q in slot.tmp.glob("*.partial"):  # a write the kill interrupted
+            q.unlink()
+        return old
+    if old is not None:
+        note(f"discarded the unfinished run in {slot.tmp} (pass --resume to continue it instead)")
+    elif resume:
+        note(f"nothing to resume for --out {slot.spec}: starting from block 0")
+    for q in list(slot.tmp.iterdir()):
+        if q.name != STATE_DIR:
+            shutil.rmtree(q) if q.is_dir() else q.unlink()
+    for q in list(state_dir.iterdir()):
+        if q.name != "lock":
+            q.unlink()
+    _atomic_json(fresh, path)
+    return fresh
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
@@ -770,12 +809,7 @@ def _write_other(run: _Run, path: Path, state: dict[str, Any]) -> None:
     tensors = run.ckpt.load(run.other_keys, "cpu")
     if run.override is not None:
         tensors = {k: (t.to(run.override) if t.is_floating_point() else t) for k, t in tensors.items()}
-    tensors = {k: t.contiguous() for k, t in tensors.items()}
-    shards.write_shard(tensors, path)
-    state["weight_map"].update({k: path.name for k in tensors})
-    state["bytes"] += sum(t.numel() * t.element_size() for t in tensors.values())
-    state["nonzero"] += sum(int((t != 0).sum()) for t in tensors.values())
-    state["params"] += sum(t.numel() for t in tensors.values())
+    _put_shard({k: t.contiguous() for k, t in tensors.items()}, path, state)
 
 
 def _one_block(run: _Run, i: int, inputs: list[BlockInputs], needs: frozenset[Stat], pruner: _Pruner,
