@@ -20,6 +20,7 @@ from prunekit.engine import Stat, capture_block_inputs, run_layerwise, weight_of
 from prunekit.engine.targets import ExpertSlice
 from prunekit.errors import ConfigError
 from prunekit.models.discovery import DiscoveredBlocks, discover_blocks, engine_adapter, family_support
+from prunekit.structured import surgery
 
 VOCAB, SEQ = 384, 32  # SEQ > sliding_window below, so sliding-window masks matter
 _IDS = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
@@ -66,10 +67,18 @@ LINEAR_EXPERTS = [f for f in MOE if f != "gpt_oss"]  # eager experts call F.line
 ALL = list(FAMILIES)
 
 
-def make(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, attn: str | None = None) -> nn.Module:
+def make(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, attn: str | None = None,
+         layers: int | None = None, **over) -> nn.Module:  # fmt: skip
+    """A tiny random model of ``family``; ``layers`` blocks (per-layer lists repeated to fit)."""
     import transformers
 
     cfg_cls, model_cls, kw, _ = FAMILIES[family]
+    kw = dict(kw)
+    if layers is not None:
+        kw["n_layer" if "n_layer" in kw else "num_hidden_layers"] = layers
+        if "layer_types" in kw:
+            kw["layer_types"] = [kw["layer_types"][i % len(kw["layer_types"])] for i in range(layers)]
+    kw.update(over)
     torch.manual_seed(seed)
     cfg = getattr(transformers, cfg_cls)(vocab_size=VOCAB, **kw)
     if attn:
@@ -559,3 +568,78 @@ def test_flap_default_compensates_only_where_the_stock_config_can(family, ids, t
     back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(back(input_ids=ids[:2]).logits, model(input_ids=ids[:2]).logits, rtol=0, atol=0)
+
+
+def _reload_equal(model, ids, path) -> nn.Module:
+    """Save, reload with plain ``from_pretrained`` and check the logits are bit-identical."""
+    from transformers import AutoModelForCausalLM
+
+    model.save_pretrained(path)
+    back = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids[:2]).logits, model(input_ids=ids[:2]).logits, rtol=0, atol=0)
+    return back
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_shortgpt_removes_blocks_on_every_family(family, ids, tmp_path):
+    """ShortGPT (Men et al., 2024) on every family, dense and MoE: two of four blocks go, the
+    lowest block influences are the ones removed, ``layer_idx`` and the config are renumbered,
+    and plain ``from_pretrained`` rebuilds the same blocks (same size, identical logits)."""
+    model = make(family, layers=4)
+    loc = engine_adapter(model)
+    report = pk.prune_(model, pk.PruneConfig(method="shortgpt", method_args={"blocks": 2}), ids, progress=False)
+    bi, drop = report.settings["block_influence"], report.settings["removed"]
+    assert len(drop) == 2 and max(bi[i] for i in drop) <= min(bi[i] for i in report.settings["kept"])
+    blocks = loc.blocks(model)
+    assert len(blocks) == 2 and model.config.get_text_config().num_hidden_layers == 2
+    idx = [m.layer_idx for b in blocks for m in b.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    assert sorted(set(idx)) == [0, 1]
+    assert report.settings["block_params_after"] == _block_params(model)
+    back = _reload_equal(model, ids, tmp_path)
+    assert _block_params(back) == _block_params(model)
+
+
+# per-layer config patterns that block removal must rewrite: (family, overrides, blocks to drop)
+PATTERNS = [
+    ("gemma3_text", {}, [0, 3]),  # layer_types sliding/full
+    ("gpt_oss", {}, [1, 2]),
+    ("gemma2", {}, [0]),
+    ("deepseek_v3", {"first_k_dense_replace": 2}, [1, 3]),  # dense blocks 0, 1 then MoE
+    ("qwen2_moe", {"decoder_sparse_step": 2}, [1]),  # blocks 1 and 3 sparse
+    ("qwen3_moe", {"mlp_only_layers": [0, 2]}, [0, 1]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("family,over,drop", PATTERNS, ids=[p[0] for p in PATTERNS])
+def test_block_removal_rewrites_per_layer_patterns(family, over, drop, ids, tmp_path):
+    """Removing chosen blocks keeps each kept block's kind (sliding/full attention, dense/MoE
+    MLP): the reloaded model has the same block structure and identical logits, and a cached
+    generation matches an uncached one."""
+    model = make(family, layers=4, **over)
+    loc = engine_adapter(model)
+    before = [loc.blocks(model)[i] for i in range(4) if i not in drop]
+    kept = surgery.remove_blocks(model, loc, drop)
+    assert kept == [i for i in range(4) if i not in drop]
+    shapes = lambda m: [sorted((n, tuple(p.shape)) for n, p in b.named_parameters()) for b in loc.blocks(m)]  # noqa: E731
+    assert shapes(model) == [sorted((n, tuple(p.shape)) for n, p in b.named_parameters()) for b in before]
+    back = _reload_equal(model, ids, tmp_path)
+    assert shapes(back) == shapes(model)
+    kinds = lambda bs: [[(getattr(m, "layer_type", None), getattr(m, "sliding_window", None)) for m in b.modules()]  # noqa: E731
+                        for b in bs]  # fmt: skip
+    assert kinds(loc.blocks(back)) == kinds(before)
+    if family in ("gemma3_text", "gpt_oss", "gemma2"):
+        assert any(s for b in kinds(before) for _, s in b) and model.config.layer_types == [
+            FAMILIES[family][2].get("layer_types", ["sliding_attention", "full_attention"])[i % 2] for i in kept]
+    prompt = ids[:1, :20]  # longer than the sliding window
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=4, do_sample=False, use_cache=True)
+        plain = model.generate(prompt, max_new_tokens=4, do_sample=False, use_cache=False)
+    assert torch.equal(cached, plain)
+
+
+def test_block_removal_refused_where_the_config_fixes_scales_by_index(ids):
+    model = make("gpt2", layers=3, scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(ConfigError, match="scale_attn_by_inverse_layer_idx"):
+        surgery.remove_blocks(model, engine_adapter(model), [0])
+    assert surgery.remove_blocks(model, engine_adapter(model), [2]) == [0, 1]  # trailing: fine

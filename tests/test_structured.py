@@ -248,10 +248,12 @@ def test_bad_settings_refused(args, msg):
 def test_family_without_adapter_refused():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64))
-    for method in ("flap", "shortgpt", "magnitude-sp"):
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    for method in ("flap", "magnitude-sp", "wanda-sp", "llm-pruner"):
         with pytest.raises(ConfigError, match="adapter"):
-            _prune(model, method, _ids(), blocks=1) if method == "shortgpt" else _prune(model, method, _ids())
+            _prune(model, method, _ids())
+    _prune(model, "shortgpt", _ids(), blocks=1)  # block removal needs only the discovered blocks
+    assert model.config.n_layer == 1 and len(model.transformer.h) == 1
 
 
 def test_shortgpt_bad_counts_refused():

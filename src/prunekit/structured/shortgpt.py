@@ -4,8 +4,11 @@
 
 measured on calibration data with the dense model. The ``n`` blocks with the lowest BI are
 removed (``blocks=n``, else ``n = round(S x num_blocks)`` since all blocks are the same size).
-Attention ``layer_idx`` values are renumbered and ``num_hidden_layers`` / ``layer_types`` in
-the config updated, so KV caches and a plain ``from_pretrained`` reload work.
+Works on every family whose decoder blocks an adapter or discovery finds (dense and MoE).
+Attention ``layer_idx`` values are renumbered and the config's ``num_hidden_layers``, per-layer
+lists (``layer_types``) and dense/MoE block patterns updated
+(``surgery.remove_blocks``), so KV caches and a plain ``from_pretrained`` reload work. Each
+block runs with the arguments the model passed to it (per-layer sliding/full masks).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ..config import PruneConfig
 from ..engine import capture_block_inputs
 from ..engine.layerwise import _block_output
 from ..errors import ConfigError
-from ..models.adapters import get_adapter
+from ..models.discovery import engine_adapter
 from ..report import PruneReport
 from ..settings import Setting
 from . import STRUCTURED_METHODS
@@ -39,7 +42,7 @@ def block_influence(model: nn.Module, adapter, ids: Tensor, batch_size: int = 8,
     it = range(len(blocks))
     for i in progress(it) if progress else it:
         for inp in inputs:
-            out = _block_output(blocks[i](inp.hidden, **inp.kwargs))
+            out = _block_output(blocks[i](inp.hidden, **inp.kwargs_for(i)))
             cos = torch.nn.functional.cosine_similarity(inp.hidden.float(), out.float(), dim=-1)  # [b, seq]
             sums[i] += cos.sum().item()
             if i == 0:
@@ -53,7 +56,7 @@ def shortgpt(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokeni
              progress: bool = True) -> PruneReport:  # fmt: skip
     t_start = time.perf_counter()
     args = C.parse_args("shortgpt", config.method_args, SPEC)
-    adapter = get_adapter(model)
+    adapter = engine_adapter(model)  # any family whose blocks discovery finds
     n_blocks = len(adapter.blocks(model))
     if args["blocks"] is not None:
         n = args["blocks"]

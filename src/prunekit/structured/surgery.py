@@ -15,12 +15,22 @@ removed inputs by their calibration mean ``m`` gives ``y ≈ W[:, K] x_K + (b + 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.adapters import ModelAdapter
+
+
+class BlockLocator(Protocol):
+    """What block removal needs: an adapter or ``discovery.DiscoveredBlocks``."""
+
+    blocks_path: str
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList: ...
+
 
 # Families whose stock config can carry biases on the attention output / MLP output Linears.
 # llama: ``attention_bias`` (q, k, v and o together) and ``mlp_bias`` (gate, up and down);
@@ -213,10 +223,57 @@ def can_compensate(model: nn.Module, adapter: ModelAdapter) -> tuple[bool, bool]
     return a is not None, m is not None
 
 
+# Config lists with one entry per decoder block (reordered with the kept blocks) and lists of
+# block indices (renumbered): Gemma2/3, GPT-OSS, Qwen2 ``layer_types``; SmolLM3 ``no_rope_layers``;
+# Qwen-MoE ``mlp_only_layers`` (dense blocks among MoE ones).
+PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
+LAYER_INDEX_LISTS = ("mlp_only_layers",)
+
+
+def _renumber_config(cfg, kept: list[int], n: int) -> None:
+    """Rewrite ``cfg`` (the text config) so a model built from it has the kept blocks, in order."""
+    for name in PER_LAYER_LISTS:
+        val = getattr(cfg, name, None)
+        if isinstance(val, (list, tuple)) and len(val) == n:
+            setattr(cfg, name, [val[i] for i in kept])
+    step = getattr(cfg, "decoder_sparse_step", None)
+    if isinstance(step, int) and step > 1 and isinstance(getattr(cfg, "mlp_only_layers", None), list):
+        # Qwen-MoE: block i is sparse iff i not in mlp_only_layers and (i + 1) % step == 0; with
+        # step 1 the dense blocks are exactly mlp_only_layers, which expresses any kept subset
+        dense = set(cfg.mlp_only_layers) | {i for i in range(n) if (i + 1) % step}
+        cfg.mlp_only_layers = sorted(dense)
+        cfg.decoder_sparse_step = 1
+    for name in LAYER_INDEX_LISTS:
+        val = getattr(cfg, name, None)
+        if isinstance(val, (list, tuple)):
+            listed = set(val)
+            setattr(cfg, name, [j for j, i in enumerate(kept) if i in listed])
+    k = getattr(cfg, "first_k_dense_replace", None)  # DeepSeek: blocks < k have a dense MLP
+    if isinstance(k, int):
+        cfg.first_k_dense_replace = sum(1 for i in kept if i < k)
+    cfg.num_hidden_layers = len(kept)  # GPT-2's n_layer through its attribute_map
+
+
+def _check_index_free(cfg, kept: list[int]) -> None:
+    """Refuse a removal whose result a config cannot describe: GPT-2's attention scaled by
+    ``1 / (layer_idx + 1)`` is fixed at build time from the block's position."""
+    moved = any(j != i for j, i in enumerate(kept))
+    if moved and getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+        raise ConfigError(
+            "this config has scale_attn_by_inverse_layer_idx=True: blocks after a removed one would "
+            "change their attention scale on reload; remove only trailing blocks (--set blocks=N "
+            "picks by influence) or use a width method"
+        )
+
+
 @torch.no_grad()
-def remove_blocks(model: nn.Module, adapter: ModelAdapter, drop: Sequence[int]) -> list[int]:
+def remove_blocks(model: nn.Module, adapter: BlockLocator, drop: Sequence[int]) -> list[int]:
     """Delete decoder blocks ``drop``; renumber ``layer_idx`` and update the config.
 
+    Works on any model whose blocks an adapter or discovery finds. Per-layer config lists
+    (``layer_types``: sliding/full attention), dense-vs-MoE block patterns
+    (``mlp_only_layers``, ``decoder_sparse_step``, ``first_k_dense_replace``) and
+    ``num_hidden_layers`` are rewritten so a plain ``from_pretrained`` rebuilds the same blocks.
     Returns the original indices of the kept blocks.
     """
     blocks = adapter.blocks(model)
@@ -227,6 +284,9 @@ def remove_blocks(model: nn.Module, adapter: ModelAdapter, drop: Sequence[int]) 
     if len(drop_set) >= n:
         raise ConfigError(f"cannot remove all {n} blocks")
     kept = [i for i in range(n) if i not in drop_set]
+    cfg = model.config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    _check_index_free(text, kept)
     new = nn.ModuleList([blocks[i] for i in kept])
     parent_path, _, attr = adapter.blocks_path.rpartition(".")
     setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
@@ -234,11 +294,7 @@ def remove_blocks(model: nn.Module, adapter: ModelAdapter, drop: Sequence[int]) 
         for mod in block.modules():
             if hasattr(mod, "layer_idx") and isinstance(mod.layer_idx, int):
                 mod.layer_idx = j
-    cfg = model.config
-    cfg.num_hidden_layers = len(kept)
-    lt = getattr(cfg, "layer_types", None)
-    if lt is not None and len(lt) == n:
-        cfg.layer_types = [lt[i] for i in kept]
+    _renumber_config(text, kept, n)
     return kept
 
 
