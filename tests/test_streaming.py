@@ -288,7 +288,7 @@ sys.path.insert(0, {src!r})
 import prunekit as pk
 from prunekit.engine.streaming import prune_streaming
 rank = int(sys.argv[1])
-dist.init_process_group("gloo", init_method={init!r}, rank=rank, world_size=2)
+dist.init_process_group("gloo", init_method=sys.argv[2], rank=rank, world_size=2)
 calib = torch.load({calib!r})
 cfg = pk.PruneConfig(method={method!r}, pattern={pattern!r}, calib=pk.CalibConfig(batch_size=2))
 rep = prune_streaming({ckpt!r}, {out!r}, cfg, calib=calib, progress=False)
@@ -298,28 +298,58 @@ print("done", rank, rep.sparsity)
 """
 
 
-@pytest.mark.parametrize("method,pattern", [("wanda", "unstructured"), ("sparsegpt", "2:4")])
-def test_data_parallel_statistics_over_gloo_match_one_process(ckpt, calib, tmp_path, method, pattern):
-    """Two gloo ranks, three calibration windows each: the pruned weights equal the single-process
-    result up to float summation order (masks identical on >= 99.9% of the weights; weights
-    within 1e-4 relative where the masks agree)."""
+_TORCHRUN_SCRIPT = """
+import sys, torch, torch.distributed as dist
+torch.set_num_threads(1)
+sys.path.insert(0, {src!r})
+import prunekit as pk
+from prunekit.engine.streaming import init_distributed_from_env, prune_streaming
+assert init_distributed_from_env("cpu") and dist.get_backend() == "gloo"
+cfg = pk.PruneConfig(method={method!r}, pattern={pattern!r}, calib=pk.CalibConfig(batch_size=2))
+rep = prune_streaming({ckpt!r}, {out!r}, cfg, calib=torch.load({calib!r}), progress=False)
+dist.barrier()
+dist.destroy_process_group()
+print("done", dist.is_initialized(), rep.sparsity)
+"""
+
+
+def _run_data_parallel(launcher: str, script: str, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if launcher == "torchrun":
+        torchrun = Path(sys.executable).with_name("torchrun")
+        cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", sys.executable, "-c", script]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("done") == 2
+        return
+    for r in _launch2(script, f"file://{tmp_path / 'pg'}"):
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "done" in r.stdout
+
+
+@pytest.mark.parametrize("method,pattern,launcher", [
+    ("wanda", "unstructured", "torchrun"), ("sparsegpt", "2:4", "file"),
+])  # fmt: skip
+def test_data_parallel_statistics_over_gloo_match_one_process(ckpt, calib, tmp_path, method, pattern, launcher):
+    """Two gloo ranks (launched by torchrun, or joined through a file:// rendezvous), three
+    calibration windows each: the pruned weights equal the single-process result up to float
+    summation order (masks identical on >= 99.9% of the weights; weights within 1e-4 relative
+    where the masks agree)."""
     torch.save(calib, tmp_path / "calib.pt")
     out = tmp_path / "dp"
-    script = _DIST_SCRIPT.format(src=str(SRC), init=f"file://{tmp_path / 'pg'}", calib=str(tmp_path / "calib.pt"),
-                                 method=method, pattern=pattern, ckpt=str(ckpt), out=str(out))  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]  # fmt: skip
-    results = [p.communicate(timeout=600) for p in procs]
-    for p, (so, se) in zip(procs, results):
-        assert p.returncode == 0, se[-3000:]
-        assert "done" in so
+    if launcher == "torchrun":
+        script = _TORCHRUN_SCRIPT.format(src=str(SRC), calib=str(tmp_path / "calib.pt"), method=method,
+                                         pattern=pattern, ckpt=str(ckpt), out=str(out))  # fmt: skip
+    else:
+        script = _DIST_SCRIPT.format(src=str(SRC), calib=str(tmp_path / "calib.pt"), method=method,
+                                     pattern=pattern, ckpt=str(ckpt), out=str(out))  # fmt: skip
+    _run_data_parallel(launcher, script, tmp_path)
     cfg = pk.PruneConfig(method=method, pattern=pattern, calib=pk.CalibConfig(batch_size=2))
     single = tmp_path / "single"
     prune_streaming(ckpt, single, cfg, calib=calib, progress=False)
     a, b = _tensors(out), _tensors(single)
     assert set(a) == set(b)
-    dense = _tensors_from(ckpt)
+    dense = _tensors(ckpt)
     for k in a:
         if torch.equal(dense[k], b[k]):  # not pruned: copied unchanged
             assert torch.equal(a[k], b[k]), k
@@ -328,11 +358,7 @@ def test_data_parallel_statistics_over_gloo_match_one_process(ckpt, calib, tmp_p
         assert agree >= 0.999, (k, agree)
         both = (a[k] != 0) & (b[k] != 0)
         torch.testing.assert_close(a[k][both], b[k][both], rtol=1e-4, atol=1e-5)
-    assert not (tmp_path / "dp").joinpath(".resume").exists()
-
-
-def _tensors_from(folder: Path) -> dict[str, torch.Tensor]:
-    return _tensors(folder)
+    assert not resume_dir(out.absolute()).exists()
 
 
 def test_ranks_that_disagree_are_refused(ckpt, calib, tmp_path):
@@ -489,3 +515,18 @@ def test_resume_refused_for_disk_space_keeps_the_finished_blocks(ckpt, calib, tm
     seen: list[int] = []
     prune_streaming(ckpt, out, cfg, calib=calib, progress=False, resume=True, after_block=seen.append)
     assert seen == [2]
+
+
+def test_device_and_dtype_arguments_are_checked():
+    from prunekit.engine.streaming import resolve_device
+    from prunekit.models.shards import parse_dtype
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu0", "tpu"):
+        with pytest.raises(ConfigError, match=bad):
+            resolve_device(bad)
+    assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("float16") is torch.float16
+    assert parse_dtype(None) is None
+    with pytest.raises(ConfigError, match="'int8' is not one of"):
+        parse_dtype("int8")

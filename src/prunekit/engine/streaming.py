@@ -129,6 +129,22 @@ class _Group:
         return out
 
 
+def init_distributed_from_env(device: str | torch.device | None = "cpu") -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE``/``RANK``/``MASTER_ADDR`` in the
+    environment): NCCL for a CUDA device, gloo otherwise. Returns whether this process is part of
+    a group of more than one rank; a no-op without ``torchrun`` or when a group already exists."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        cuda = resolve_device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    return dist.get_world_size() > 1
+
+
 def _agree(group: _Group, err: PrunekitError | None) -> None:
     """Raise on every rank when rank 0 hit a user error in a step only it runs (reserving the
     output, reading the resume state), so that the other ranks do not wait for it forever."""
@@ -909,4 +925,4 @@ def _finish(run: _Run, tmp: Path, state: dict[str, Any], meta: dict[str, Any], n
     shutil.rmtree(tmp / STATE_DIR, ignore_errors=True)
 
 
-__all__ = ["prune_streaming", "resolve_device", "resume_dir"]
+__all__ = ["init_distributed_from_env", "prune_streaming", "resolve_device", "resume_dir"]

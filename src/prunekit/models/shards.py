@@ -132,10 +132,6 @@ class Checkpoint:
     def keys(self) -> list[str]:
         return list(self.files)
 
-    def nbytes(self) -> int:
-        """Bytes of all weight files (what the output will about take in the same dtype)."""
-        return sum((self.folder / f).stat().st_size for f in set(self.files.values()))
-
     def tensor_bytes(self, dtype: torch.dtype | None = None) -> int:
         """Bytes of all tensors, as stored or cast to ``dtype`` (floating tensors only)."""
         total = 0
