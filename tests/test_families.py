@@ -541,7 +541,11 @@ def test_flap_adaptive_refused_up_front_where_no_per_block_code_exists(ids):
 def test_family_support_lists_every_tested_family():
     rows = {r["family"]: r for r in family_support()}
     assert set(rows) == set(ALL) | {"*"}
-    assert rows["llama"]["structured"] and rows["gemma3_text"]["structured"] and not rows["gpt2"]["structured"]
+    width = {"flap", "wanda-sp", "magnitude-sp", "llm-pruner"}
+    for fam in ("llama", "gemma3_text", "phi3", "gpt_neox", "opt"):
+        assert width | {"shortgpt"} <= set(rows[fam]["structured"]), fam
+    for fam in ("gpt2", "falcon", "mixtral", "deepseek_v3", "*"):  # no adapter: block removal only
+        assert rows[fam]["structured"] == ["shortgpt"], fam
     assert all(rows[f]["unstructured"] and rows[f]["nm"] for f in ALL)
     assert {f for f in ALL if rows[f]["moe"]} == set(MOE)
 
@@ -643,3 +647,99 @@ def test_block_removal_refused_where_the_config_fixes_scales_by_index(ids):
     with pytest.raises(ConfigError, match="scale_attn_by_inverse_layer_idx"):
         surgery.remove_blocks(model, engine_adapter(model), [0])
     assert surgery.remove_blocks(model, engine_adapter(model), [2]) == [0, 1]  # trailing: fine
+
+
+# --- structured widths on fused projections (Phi-3 [q|k|v], [gate|up]; GPT-NeoX per-head q,k,v)
+FUSED = ["phi3", "gpt_neox"]
+
+
+@pytest.mark.parametrize("family,keep_q,keep_kv", [("phi3", [0, 3], [0, 1]), ("phi3", [3, 2], [1]),
+                                                   ("gpt_neox", [3, 1], [3, 1])])  # fmt: skip
+def test_fused_shrink_equals_the_masked_block(family, keep_q, keep_kv, ids):
+    """Splitting a fused projection, keeping some heads / MLP channels and re-fusing gives the
+    block whose removed heads and channels are masked (zero output-projection columns)."""
+    import copy
+
+    model = make(family, layers=1)
+    adapter = pk.models.get_adapter(model)
+    block = adapter.blocks(model)[0]
+    ref = copy.deepcopy(block)
+    (inp,) = capture_block_inputs(model, adapter, ids[:4], batch_size=4)
+    hd, inter = 16, 128
+    keep_ch = torch.arange(1, inter, 3)
+    surgery.shrink_attention(block, adapter, hd, keep_q, keep_kv)
+    surgery.shrink_mlp(block, adapter, keep_ch)
+    with torch.no_grad():
+        o_ref = adapter.attention(ref).get_submodule(adapter.o)
+        d_ref = adapter.mlp_module(ref).get_submodule(adapter.mlp_out)
+        for lin, keep in ((o_ref, surgery.head_channels(torch.tensor(keep_q), hd)), (d_ref, keep_ch)):
+            gone = torch.ones(lin.in_features, dtype=torch.bool)
+            gone[keep] = False
+            lin.weight[:, gone] = 0
+        out = block(inp.hidden, **inp.kwargs_for(0))
+        want = ref(inp.hidden, **inp.kwargs_for(0))
+    out, want = (o[0] if isinstance(o, tuple) else o for o in (out, want))
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    assert surgery.attention_widths(block, adapter, hd) == (len(keep_q), len(keep_kv))
+    assert surgery.mlp_width(block, adapter) == len(keep_ch)
+    fused_in = adapter.mlp_module(block).get_submodule(adapter.mlp_in[0])
+    assert fused_in.out_features == len(keep_ch) * (2 if adapter.mlp_in_fused else 1)
+
+
+FUSED_RUNS = [("flap", {}), ("flap", {"heads": 2, "kv_heads": 1}), ("wanda-sp", {}), ("magnitude-sp", {}),
+              ("llm-pruner", {}), ("llm-pruner", {"heads": 2})]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FUSED)
+@pytest.mark.parametrize("method,args", FUSED_RUNS, ids=[f"{m}-{len(a)}" for m, a in FUSED_RUNS])
+def test_width_methods_on_fused_families_reload_stock_with_the_planned_size(family, method, args, ids, tmp_path):
+    """Every width method on Phi-3 and GPT-NeoX: the config states the kept widths, the block
+    parameter count is the plan's (removed heads and channels priced by ``common.costs``), and
+    plain ``from_pretrained`` gives the in-memory logits. GPT-NeoX's stock attention derives
+    head_size from hidden/heads, so only MLP channels go there (asking for heads is refused)."""
+    from prunekit.structured import common as C
+
+    model = make(family)
+    adapter = pk.models.get_adapter(model)
+    geo = C.geometry(model, adapter)
+    costs = C.costs(model, adapter, geo)
+    cfg = pk.PruneConfig(method=method, sparsity=0.3, method_args=args)
+    if family == "gpt_neox" and "heads" in args:
+        with pytest.raises(ConfigError, match="cannot express fewer attention heads"):
+            pk.prune_(model, cfg, ids, progress=False)
+        return
+    report = pk.prune_(model, cfg, ids, progress=False)
+    plan = report.settings["plan"]
+    if "heads" in args:
+        assert plan["heads"] == args["heads"] and plan["heads"] < geo.heads
+    removed = C.attn_removed(geo, costs, plan["kv_heads"], plan["heads"] // plan["kv_heads"])
+    removed += (geo.intermediate - plan["intermediate"]) * costs.channel
+    assert _block_params(model) == 2 * (costs.block - removed) == report.settings["block_params_after"]
+    mc = model.config
+    heads = plan["heads"] if family == "phi3" else geo.heads
+    assert (mc.num_attention_heads, mc.intermediate_size) == (heads, plan["intermediate"])
+    if family == "phi3":
+        assert mc.num_key_value_heads == plan["kv_heads"] and mc.head_dim == 16
+        assert all(b.self_attn.config is mc for b in model.model.layers)  # private copies dropped
+    back = _reload_equal(model, ids, tmp_path)
+    assert _block_params(back) == _block_params(model)
+
+
+def test_flap_on_gpt_neox_folds_the_compensation_into_the_existing_mlp_bias(ids):
+    """FLAP's bias compensation (An et al., AAAI 2024) is exact on GPT-NeoX: dense_4h_to_h always
+    has a bias, so a default run compensates, adds no parameters, and lands closer to the dense
+    logits than the same run without compensation."""
+    dense = make("gpt_neox")
+    with torch.no_grad():
+        ref = dense(input_ids=ids).logits
+    errs, sizes = {}, {}
+    for comp in (True, False):
+        model = make("gpt_neox")
+        rep = pk.prune_(model, pk.PruneConfig(method="flap", sparsity=0.3, method_args={} if comp else {"compensate": False}),
+                        ids, progress=False)  # fmt: skip
+        assert rep.settings["compensated"]["mlp"] is comp
+        assert not [n for n in rep.notes if "no bias compensation" in n]
+        sizes[comp] = _block_params(model)
+        with torch.no_grad():
+            errs[comp] = (model(input_ids=ids).logits - ref).pow(2).mean().item()
+    assert sizes[True] == sizes[False] and errs[True] < errs[False]

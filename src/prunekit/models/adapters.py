@@ -29,6 +29,11 @@ class ModelAdapter:
     mlp_out: str  # Linear writing the MLP output (down_proj / fc2)
     gated: bool  # True for SwiGLU MLPs (gate * up)
     norm_path: str = ""  # final norm (for block-influence style methods)
+    # Fused projections. "separate": q, k, v are three Linears. "concat": q == k == v names one
+    # Linear whose rows are [q | k | v] (Phi-3 ``qkv_proj``). "interleaved": one Linear whose rows
+    # are [q_0 | k_0 | v_0 | q_1 | ...], head after head (GPT-NeoX ``query_key_value``, MHA).
+    qkv_layout: str = "separate"
+    mlp_in_fused: bool = False  # mlp_in is one Linear with rows [gate | up] (Phi-3 ``gate_up_proj``)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks_path)
@@ -75,6 +80,20 @@ ADAPTERS: dict[str, ModelAdapter] = {
         family="opt", blocks_path="model.decoder.layers", attn="self_attn", q="q_proj",
         k="k_proj", v="v_proj", o="out_proj", mlp="", mlp_in=("fc1",), mlp_out="fc2",
         gated=False, norm_path="model.decoder.final_layer_norm",
+    ),  # fmt: skip
+    # Phi-3: Llama-like GQA and SwiGLU, with q/k/v fused in qkv_proj and gate/up in gate_up_proj.
+    "phi3": ModelAdapter(
+        family="phi3", blocks_path="model.layers", attn="self_attn", q="qkv_proj", k="qkv_proj",
+        v="qkv_proj", o="o_proj", mlp="mlp", mlp_in=("gate_up_proj",), mlp_out="down_proj",
+        gated=True, norm_path="model.norm", qkv_layout="concat", mlp_in_fused=True,
+    ),  # fmt: skip
+    # GPT-NeoX (Pythia): MHA with q/k/v interleaved per head in query_key_value, GELU MLP with
+    # biases, parallel residual (attention and MLP read the same block input).
+    "gpt_neox": ModelAdapter(
+        family="gpt_neox", blocks_path="gpt_neox.layers", attn="attention", q="query_key_value",
+        k="query_key_value", v="query_key_value", o="dense", mlp="mlp", mlp_in=("dense_h_to_4h",),
+        mlp_out="dense_4h_to_h", gated=False, norm_path="gpt_neox.final_layer_norm",
+        qkv_layout="interleaved",
     ),  # fmt: skip
 }
 

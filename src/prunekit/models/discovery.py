@@ -117,19 +117,21 @@ def family_support() -> list[dict]:
 
     Each row: ``family``, ``blocks`` ("adapter" or "discovered"), ``unstructured`` and ``nm``
     (always True: the engine prunes any discovered block), ``moe`` (per-expert statistics),
-    ``structured`` (structured methods, which need an adapter's projection names). A last row
+    ``structured``: block removal (shortgpt, which needs only the blocks) everywhere,
+    width methods (heads, MLP channels) where an adapter names the projections. A last row
     ``family="*"`` stands for any other causal LM whose blocks discovery finds.
     """
     from ..structured import STRUCTURED_METHODS  # local: structured imports the engine
 
     structured = STRUCTURED_METHODS.names()
+    anywhere = [m for m in structured if m == "shortgpt"]  # block removal: any discovered blocks
     rows = []
     for fam in TESTED_FAMILIES:
         has = fam in ADAPTERS
         rows.append({
             "family": fam, "blocks": "adapter" if has else "discovered", "unstructured": True,
-            "nm": True, "moe": fam in MOE_FAMILIES, "structured": structured if has else [],
+            "nm": True, "moe": fam in MOE_FAMILIES, "structured": structured if has else anywhere,
         })  # fmt: skip
     rows.append({"family": "*", "blocks": "discovered", "unstructured": True, "nm": True,
-                 "moe": True, "structured": []})  # fmt: skip
+                 "moe": True, "structured": anywhere})  # fmt: skip
     return rows

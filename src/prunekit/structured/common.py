@@ -117,7 +117,8 @@ def costs(model: nn.Module, adapter: ModelAdapter, geo: Geometry) -> Costs:
     hd = geo.head_dim
     q = hd * (_rowsize(attn.get_submodule(adapter.q)) + attn.get_submodule(adapter.o).out_features)
     kv = hd * (_rowsize(attn.get_submodule(adapter.k)) + _rowsize(attn.get_submodule(adapter.v)))
-    ch = sum(_rowsize(mlp.get_submodule(n)) for n in adapter.mlp_in) + mlp.get_submodule(adapter.mlp_out).out_features
+    ch = (sum(_rowsize(lin) for lin, _ in surgery.mlp_in_parts(mlp, adapter))  # gate and up rows (fused or not)
+          + mlp.get_submodule(adapter.mlp_out).out_features)  # fmt: skip
     return Costs(q, kv, ch, sum(p.numel() for p in block.parameters()))
 
 

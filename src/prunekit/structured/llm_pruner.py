@@ -11,6 +11,9 @@ its members:
 * MLP channel ``c``: row ``c`` of ``gate_proj`` and ``up_proj`` (or ``fc1``), column ``c`` of
   ``down_proj`` (``fc2``).
 
+Fused projections (Phi-3 ``qkv_proj`` / ``gate_up_proj``, GPT-NeoX ``query_key_value``) are
+scored part by part: the rows of each part form the member (``surgery.qkv_parts``).
+
 Every block gets the same GQA-valid plan, so the output is a stock config. The split between
 heads and MLP channels (``structure``): ``cost`` (default) picks the head count whose uniform
 plan removes the least total Taylor importance over all blocks — the importances are estimated
@@ -35,6 +38,7 @@ from ..report import PruneReport
 from ..settings import Setting
 from . import STRUCTURED_METHODS
 from . import common as C
+from . import surgery
 
 SPEC = {
     "structure": Setting(str, "cost", choices=("cost", "ratio")),
@@ -47,6 +51,11 @@ SPEC = {
 
 def _taylor(lin: nn.Linear) -> Tensor:
     return (lin.weight.detach().float() * lin.weight.grad.float()).abs()  # [out, in]
+
+
+def _taylor_rows(lin: nn.Linear, rows: surgery.Rows) -> Tensor:
+    """Taylor importance of some rows of ``lin`` (one part of a fused projection)."""
+    return _taylor(lin)[rows]
 
 
 @STRUCTURED_METHODS.register("llm-pruner")
@@ -92,14 +101,15 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
             for block in blocks:
                 attn, mlp = adapter.attention(block), adapter.mlp_module(block)
                 hd = geo.head_dim
-                q = _taylor(attn.get_submodule(adapter.q)).sum(1)  # [heads*hd]
+                parts = surgery.qkv_parts(attn, adapter, hd)  # fused q/k/v: their rows
+                q = _taylor_rows(*parts["q"]).sum(1)  # [heads*hd]
                 o = _taylor(attn.get_submodule(adapter.o)).sum(0)  # [heads*hd]
                 head = (q + o).reshape(geo.heads, hd).sum(1)
-                kv = (_taylor(attn.get_submodule(adapter.k)).sum(1) + _taylor(attn.get_submodule(adapter.v)).sum(1))
+                kv = _taylor_rows(*parts["k"]).sum(1) + _taylor_rows(*parts["v"]).sum(1)
                 kv = kv.reshape(geo.kv_heads, hd).sum(1)
                 ch = _taylor(mlp.get_submodule(adapter.mlp_out)).sum(0)
-                for n in adapter.mlp_in:
-                    ch = ch + _taylor(mlp.get_submodule(n)).sum(1)
+                for lin, rows in surgery.mlp_in_parts(mlp, adapter):  # gate, up (fused or not)
+                    ch = ch + _taylor_rows(lin, rows).sum(1)
                 scores.append((head, kv, ch))
             for lin in lins:
                 lin.weight.grad = None

@@ -8,12 +8,17 @@ head; ``repeat_kv`` expands KV heads with ``repeat_interleave`` semantics). A sh
 keeps ``kk`` KV heads and exactly ``qq`` query heads from each kept KV group, laid out group after
 group, so the stock ``h // qq`` mapping stays valid.
 
+Fused projections are split, shrunk and re-fused in place: Phi-3's ``qkv_proj`` rows are
+``[q | k | v]`` and ``gate_up_proj`` rows ``[gate | up]``; GPT-NeoX's ``query_key_value`` rows
+are ``[q_h | k_h | v_h]`` head after head (``ModelAdapter.qkv_layout`` / ``mlp_in_fused``).
+
 Bias compensation (FLAP): removing input columns ``R`` of ``y = W x + b`` and replacing the
 removed inputs by their calibration mean ``m`` gives ``y ≈ W[:, K] x_K + (b + W[:, R] m_R)``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -36,6 +41,7 @@ class BlockLocator(Protocol):
 # llama: ``attention_bias`` (q, k, v and o together) and ``mlp_bias`` (gate, up and down);
 # qwen3: ``attention_bias`` only; opt: ``enable_bias`` (every Linear, on by default);
 # mistral and qwen2 hard-code bias=False on o_proj / down_proj.
+ALWAYS = "<always>"  # the Linear always has a bias (no config flag)
 _BIAS_FLAGS: dict[str, tuple[str | None, str | None]] = {
     "llama": ("attention_bias", "mlp_bias"),
     "qwen3": ("attention_bias", None),
@@ -45,11 +51,13 @@ _BIAS_FLAGS: dict[str, tuple[str | None, str | None]] = {
     "gemma2": ("attention_bias", None),
     "gemma3_text": ("attention_bias", None),
     "opt": ("enable_bias", "enable_bias"),
+    "phi3": (None, None),  # qkv_proj, o_proj, gate_up_proj, down_proj: bias=False hard-coded
+    "gpt_neox": ("attention_bias", ALWAYS),  # dense_h_to_4h / dense_4h_to_h always have biases
 }
 
 # Families whose stock attention derives head_dim from hidden_size / num_heads: heads cannot be
 # removed there without custom modeling code.
-HEAD_DIM_FROM_HIDDEN = {"opt"}
+HEAD_DIM_FROM_HIDDEN = {"opt", "gpt_neox"}
 
 
 def _as_index(keep: Tensor | Sequence[int], size: int) -> Tensor:
@@ -139,16 +147,83 @@ def check_gqa_keep(keep_q: Tensor, keep_kv: Tensor, heads: int, kv_heads: int) -
     return qq
 
 
+# Rows of a Linear that belong to one projection: all of them (a separate Linear), a range
+# (Phi-3's [q | k | v] and [gate | up]) or an index (GPT-NeoX's per-head interleaving).
+Rows = slice | Tensor
+
+
+def row_index(lin: nn.Linear, rows: Rows) -> Tensor:
+    """``rows`` of ``lin`` as an index tensor."""
+    if isinstance(rows, slice):
+        return torch.arange(lin.out_features)[rows]
+    return rows
+
+
+def _count(lin: nn.Linear, rows: Rows) -> int:
+    return len(range(lin.out_features)[rows]) if isinstance(rows, slice) else int(rows.numel())
+
+
+def qkv_parts(attn: nn.Module, adapter: ModelAdapter, head_dim: int) -> dict[str, tuple[nn.Linear, Rows]]:
+    """Where the q, k and v projections of an attention module are: ``{part: (Linear, rows)}``.
+
+    Fused layouts are read from the current shapes: Phi-3's ``qkv_proj`` holds as many query
+    rows as ``o_proj`` has input columns, then k and v in equal halves of the rest; GPT-NeoX's
+    ``query_key_value`` holds ``3 * head_dim`` rows per head (q, k, v of head 0, then head 1...).
+    """
+    layout = adapter.qkv_layout
+    if layout == "separate":
+        return {p: (attn.get_submodule(getattr(adapter, p)), slice(None)) for p in ("q", "k", "v")}
+    lin = attn.get_submodule(adapter.q)
+    if layout == "concat":
+        nq = attn.get_submodule(adapter.o).in_features
+        nkv = (lin.out_features - nq) // 2
+        return {"q": (lin, slice(0, nq)), "k": (lin, slice(nq, nq + nkv)), "v": (lin, slice(nq + nkv, nq + 2 * nkv))}
+    if layout == "interleaved":
+        heads = lin.out_features // (3 * head_dim)
+        base = (torch.arange(heads)[:, None] * 3 * head_dim + torch.arange(head_dim)[None, :]).flatten()
+        return {"q": (lin, base), "k": (lin, base + head_dim), "v": (lin, base + 2 * head_dim)}
+    raise ValueError(f"unknown qkv_layout {layout!r}")
+
+
+def mlp_in_parts(mlp: nn.Module, adapter: ModelAdapter) -> list[tuple[nn.Linear, Rows]]:
+    """The MLP input projections as ``(Linear, rows)``: gate then up (or fc1 alone)."""
+    if not adapter.mlp_in_fused:
+        return [(mlp.get_submodule(n), slice(None)) for n in adapter.mlp_in]
+    lin = mlp.get_submodule(adapter.mlp_in[0])
+    half = lin.out_features // 2
+    return [(lin, slice(0, half)), (lin, slice(half, 2 * half))]
+
+
 def attention_widths(block: nn.Module, adapter: ModelAdapter, head_dim: int) -> tuple[int, int]:
     """(query heads, KV heads) currently held by a block's attention."""
-    attn = adapter.attention(block)
-    q = attn.get_submodule(adapter.q).out_features // head_dim
-    kv = attn.get_submodule(adapter.k).out_features // head_dim
+    parts = qkv_parts(adapter.attention(block), adapter, head_dim)
+    q = _count(*parts["q"]) // head_dim
+    kv = _count(*parts["k"]) // head_dim
     return q, kv
 
 
 def mlp_width(block: nn.Module, adapter: ModelAdapter) -> int:
-    return adapter.mlp_module(block).get_submodule(adapter.mlp_in[0]).out_features
+    return _count(*mlp_in_parts(adapter.mlp_module(block), adapter)[0])
+
+
+def _prune_parts_out(parts: list[tuple[nn.Linear, Rows, Tensor]], interleave: int = 0) -> None:
+    """Keep, in each Linear, the rows ``rows[keep]`` of each of its parts, part after part
+    (re-fusing [q | k | v] / [gate | up]); ``interleave=d`` lays the parts out in chunks of
+    ``d`` rows instead (GPT-NeoX: q, k, v of one head, then the next head)."""
+    by_lin: dict[int, tuple[nn.Linear, list[Tensor]]] = {}
+    for lin, rows, keep in parts:
+        if isinstance(rows, slice) and rows == slice(None):
+            idx = keep
+        else:
+            idx = row_index(lin, rows)[keep]
+        by_lin.setdefault(id(lin), (lin, []))[1].append(idx)
+    for lin, idxs in by_lin.values():
+        if len(idxs) == 1:
+            prune_linear_out(lin, idxs[0])
+        elif interleave:
+            prune_linear_out(lin, torch.stack([i.reshape(-1, interleave) for i in idxs], 1).flatten())
+        else:
+            prune_linear_out(lin, torch.cat(idxs))
 
 
 @torch.no_grad()
@@ -175,16 +250,37 @@ def shrink_attention(
     qq = check_gqa_keep(keep_q, keep_kv, heads, kv_heads)
     q_ch = head_channels(keep_q, head_dim)
     kv_ch = head_channels(keep_kv, head_dim)
-    prune_linear_out(attn.get_submodule(adapter.q), q_ch)
-    prune_linear_out(attn.get_submodule(adapter.k), kv_ch)
-    prune_linear_out(attn.get_submodule(adapter.v), kv_ch)
+    if adapter.qkv_layout == "separate":
+        prune_linear_out(attn.get_submodule(adapter.q), q_ch)
+        prune_linear_out(attn.get_submodule(adapter.k), kv_ch)
+        prune_linear_out(attn.get_submodule(adapter.v), kv_ch)
+    else:
+        if adapter.qkv_layout == "interleaved" and not torch.equal(keep_q, keep_kv):
+            raise ValueError("an interleaved q/k/v projection (MHA) keeps the same query and KV heads")
+        parts = qkv_parts(attn, adapter, head_dim)
+        _prune_parts_out([(*parts["q"], q_ch), (*parts["k"], kv_ch), (*parts["v"], kv_ch)],
+                         interleave=head_dim if adapter.qkv_layout == "interleaved" else 0)  # fmt: skip
     prune_linear_in(attn.get_submodule(adapter.o), q_ch, input_mean=input_mean)
     kk = int(keep_kv.numel())
+    _private_head_config(attn, adapter, kk * qq, kk)
     # attributes some attention implementations read (set only when present)
     for name, val in (("num_heads", kk * qq), ("num_attention_heads", kk * qq),
                       ("num_key_value_heads", kk), ("num_key_value_groups", qq)):  # fmt: skip
         if hasattr(attn, name):
             setattr(attn, name, val)
+
+
+def _private_head_config(attn: nn.Module, adapter: ModelAdapter, heads: int, kv_heads: int) -> None:
+    """Phi-3's attention splits ``qkv_proj`` at ``config.num_attention_heads * head_dim`` in its
+    forward: give a shrunk attention its own config copy with its head counts (the model config
+    still describes the blocks not yet pruned); ``sync_config`` points it back at the model
+    config once that describes every block."""
+    cfg = getattr(attn, "config", None)
+    if adapter.qkv_layout != "concat" or cfg is None or not hasattr(cfg, "num_attention_heads"):
+        return
+    attn.config = copy.copy(cfg)
+    attn.config.num_attention_heads = heads
+    attn.config.num_key_value_heads = kv_heads
 
 
 @torch.no_grad()
@@ -201,8 +297,11 @@ def shrink_mlp(
     idx = _as_index(keep, width)
     if idx.numel() == 0:
         raise ConfigError("cannot remove every MLP channel of a block")
-    for name in adapter.mlp_in:
-        prune_linear_out(mlp.get_submodule(name), idx)
+    if adapter.mlp_in_fused:
+        _prune_parts_out([(lin, rows, idx) for lin, rows in mlp_in_parts(mlp, adapter)])
+    else:
+        for name in adapter.mlp_in:
+            prune_linear_out(mlp.get_submodule(name), idx)
     prune_linear_in(mlp.get_submodule(adapter.mlp_out), idx, input_mean=input_mean)
     if adapter.mlp and hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = int(idx.numel())
@@ -211,6 +310,10 @@ def shrink_mlp(
 def bias_flags(adapter: ModelAdapter) -> tuple[str | None, str | None]:
     """Config flags that switch on attention / MLP biases for this family (None: impossible)."""
     return _BIAS_FLAGS.get(adapter.family, (None, None))
+
+
+def _flag_on(cfg, flag: str | None) -> bool:
+    return flag == ALWAYS or bool(flag and getattr(cfg, flag, False))
 
 
 def can_compensate(model: nn.Module, adapter: ModelAdapter) -> tuple[bool, bool]:
@@ -326,7 +429,7 @@ def sync_config(
     heads, kv, inter = max(shapes)
     blocks = adapter.blocks(model)
     attn_flag, mlp_flag = bias_flags(adapter)
-    attn_names = (adapter.q, adapter.k, adapter.v, adapter.o)
+    attn_names = dict.fromkeys((adapter.q, adapter.k, adapter.v, adapter.o))  # fused: one Linear
     attn_lins = [adapter.attention(b).get_submodule(n) for b in blocks for n in attn_names]
     mlp_names = (*adapter.mlp_in, adapter.mlp_out)
     mlp_lins = [adapter.mlp_module(b).get_submodule(n) for b in blocks for n in mlp_names]
@@ -336,18 +439,18 @@ def sync_config(
     else:
         o_lins = [adapter.attention(b).get_submodule(adapter.o) for b in blocks]
         d_lins = [adapter.mlp_module(b).get_submodule(adapter.mlp_out) for b in blocks]
-        if any(l.bias is not None for l in o_lins) and not getattr(cfg, attn_flag or "", False):
+        if any(l.bias is not None for l in o_lins) and not _flag_on(cfg, attn_flag):
             if attn_flag is None:
                 raise ConfigError(f"{adapter.family}: the stock config cannot hold an o_proj bias (use compensate=false)")
             setattr(cfg, attn_flag, True)
-        if any(l.bias is not None for l in d_lins) and not getattr(cfg, mlp_flag or "", False):
+        if any(l.bias is not None for l in d_lins) and not _flag_on(cfg, mlp_flag):
             if mlp_flag is None:
                 raise ConfigError(f"{adapter.family}: the stock config cannot hold a down_proj bias (use compensate=false)")
             setattr(cfg, mlp_flag, True)
-        if attn_flag and getattr(cfg, attn_flag, False):
+        if _flag_on(cfg, attn_flag):
             for l in attn_lins:
                 ensure_bias(l)
-        if mlp_flag and getattr(cfg, mlp_flag, False):
+        if _flag_on(cfg, mlp_flag):
             for l in mlp_lins:
                 ensure_bias(l)
     if len(shapes) != 1:
@@ -357,8 +460,14 @@ def sync_config(
         return {"per_block": True, "head_dim": head_dim}
     if getattr(cfg, "prunekit_block_widths", None) is not None:
         cfg.prunekit_block_widths = None
+    for b in blocks:  # Phi-3: shrunk attentions read the (now matching) model config again
+        attn = adapter.attention(b)
+        if adapter.qkv_layout == "concat" and getattr(attn, "config", cfg) is not cfg:
+            attn.config = cfg
     if adapter.family == "opt":
         cfg.ffn_dim = inter
+    elif adapter.family in HEAD_DIM_FROM_HIDDEN:  # heads fixed: only the MLP width changes
+        cfg.intermediate_size = inter
     else:
         cfg.num_attention_heads = heads
         cfg.num_key_value_heads = kv
