@@ -743,3 +743,18 @@ def test_flap_on_gpt_neox_folds_the_compensation_into_the_existing_mlp_bias(ids)
         with torch.no_grad():
             errs[comp] = (model(input_ids=ids).logits - ref).pow(2).mean().item()
     assert sizes[True] == sizes[False] and errs[True] < errs[False]
+
+
+def test_phi3_longrope_keeps_heads_and_prunes_mlp_channels(ids, tmp_path):
+    """Phi-3's LongRoPE factors must have (hidden_size / heads) / 2 entries, so fewer heads would
+    not save: width methods keep the heads there (and say so), asking for fewer is refused."""
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+            "original_max_position_embeddings": 256, "partial_rotary_factor": 1.0}  # fmt: skip
+    with pytest.raises(ConfigError, match="cannot express fewer attention heads"):
+        pk.prune_(make("phi3", rope_parameters=rope), pk.PruneConfig(method="flap", method_args={"heads": 2}), ids, progress=False)
+    model = make("phi3", rope_parameters=rope)
+    report = pk.prune_(model, pk.PruneConfig(method="flap", sparsity=0.3), ids, progress=False)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
+    assert model.config.intermediate_size == report.settings["plan"]["intermediate"] < 128
+    assert any("attention heads kept (its LongRoPE factors" in n for n in report.notes)
+    _reload_equal(model, ids, tmp_path)

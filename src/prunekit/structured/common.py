@@ -76,7 +76,7 @@ class Geometry:
     head_dim: int
     hidden: int
     intermediate: int
-    attn_prunable: bool  # False where the stock config cannot express fewer heads (OPT)
+    attn_prunable: bool  # False where the stock config cannot express fewer heads (OPT, GPT-NeoX)
 
     @property
     def group(self) -> int:
@@ -93,7 +93,7 @@ def geometry(model: nn.Module, adapter: ModelAdapter) -> Geometry:
     if heads % kv:
         raise ConfigError(f"{heads} query heads are not a multiple of {kv} KV heads")
     return Geometry(heads, kv, g["head_dim"], g["hidden"], inter,
-                    adapter.family not in surgery.HEAD_DIM_FROM_HIDDEN)  # fmt: skip
+                    surgery.heads_fixed(model, adapter) is None)  # fmt: skip
 
 
 def _rowsize(lin: nn.Linear) -> int:

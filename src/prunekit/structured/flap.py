@@ -174,7 +174,7 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
     if comp_note:
         report.notes.append(comp_note)
     if not geo.attn_prunable:
-        report.notes.append(f"{adapter.family}: attention heads kept (stock config derives head_dim)")
+        report.notes.append(f"{adapter.family}: attention heads kept ({C.surgery.heads_fixed(model, adapter)})")
     return C.finish(model, adapter, geo, report, shapes, before, t_start, info, per_block=adaptive)
 
 

@@ -60,6 +60,16 @@ _BIAS_FLAGS: dict[str, tuple[str | None, str | None]] = {
 HEAD_DIM_FROM_HIDDEN = {"opt", "gpt_neox"}
 
 
+def heads_fixed(model: nn.Module, adapter: ModelAdapter) -> str | None:
+    """Why a stock config of this model cannot express fewer attention heads (None: it can)."""
+    if adapter.family in HEAD_DIM_FROM_HIDDEN:
+        return "stock config derives head_dim"
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    if adapter.family == "phi3" and (rope.get("short_factor") or rope.get("long_factor")):
+        return "its LongRoPE factors are sized by hidden_size / heads"
+    return None
+
+
 def _as_index(keep: Tensor | Sequence[int], size: int) -> Tensor:
     keep = torch.as_tensor(keep)
     if keep.dtype == torch.bool:
@@ -478,6 +488,7 @@ def sync_config(
 
 __all__ = [
     "HEAD_DIM_FROM_HIDDEN",
+    "heads_fixed",
     "attention_widths",
     "block_widths",
     "can_compensate",
