@@ -758,3 +758,31 @@ def test_phi3_longrope_keeps_heads_and_prunes_mlp_channels(ids, tmp_path):
     assert model.config.intermediate_size == report.settings["plan"]["intermediate"] < 128
     assert any("attention heads kept (its LongRoPE factors" in n for n in report.notes)
     _reload_equal(model, ids, tmp_path)
+
+
+@pytest.mark.parametrize("family,method", [("phi3", "wanda-sp"), ("gpt_neox", "flap"), ("gpt2", "shortgpt"),
+                                           ("qwen3_moe", "shortgpt")])  # fmt: skip
+def test_cli_structured_on_new_families_writes_a_stock_folder(family, method, tmp_path, capsys, tokenizer, calib_txt):
+    """``prunekit prune -m <structured>`` on a saved checkpoint of each newly covered family: the
+    output folder loads with plain ``from_pretrained`` and ``info`` reports the kept widths."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.cli.main import main
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    make(family, layers=3).save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    rc = main(["prune", str(src), "-m", method, "--sparsity", "0.3", "--calib", str(calib_txt), "--nsamples", "2",
+               "--seqlen", "16", "-q", "--out", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    back = AutoModelForCausalLM.from_pretrained(out)
+    assert _block_params(back) < _block_params(make(family, layers=3))
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    if family in ("phi3", "gpt_neox"):
+        assert [b["intermediate"] for b in info["blocks"]] == [back.config.intermediate_size] * 3 != [128] * 3
+    else:
+        assert back.config.get_text_config().num_hidden_layers == 2  # round(0.3 x 3) blocks removed
