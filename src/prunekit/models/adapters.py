@@ -106,7 +106,8 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
     mt = getattr(getattr(model, "config", None), "model_type", None)
     if mt not in ADAPTERS:
         raise ConfigError(
-            f"model family {mt!r} has no prunekit adapter yet; supported: "
-            f"{', '.join(list_families())} (add one in prunekit/models/adapters.py)"
+            f"model family {mt!r} has no prunekit adapter yet, so heads/channels cannot be pruned "
+            f"(supported: {', '.join(list_families())}); shortgpt removes whole blocks on any "
+            "family, or add an adapter in prunekit/models/adapters.py"
         )
     return ADAPTERS[mt]
