@@ -250,7 +250,7 @@ def main() -> None:
     rss = [p["rss_mb"] for p in res["per_block"]]
     record = {
         "what": "stream-prune a Llama-2-7B-shaped bf16 checkpoint with random weights",
-        "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python benchmarks/scale.py --method {a.method}",
+        "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python benchmarks/scale.py --method {a.method}" + (f" --layers {a.layers}" if a.layers != 32 else ""),
         "machine": {"cpus": os.cpu_count(), "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
                     "python": platform.python_version(), "omp_threads": os.environ.get("OMP_NUM_THREADS")},  # fmt: skip
         "shape": LLAMA2_7B, "dtype": "bfloat16", "checkpoint_gb": round(size / 1e9, 2),
