@@ -169,3 +169,34 @@ def test_readme_family_table_matches_the_code():
     want = {f["family"]: [f["blocks"], "yes" if f["unstructured"] else "–", "yes" if f["nm"] else "–",
                           "yes" if f["moe"] else "–", ", ".join(f["structured"]) or "–"] for f in family_support()}  # fmt: skip
     assert rows == want
+
+
+def test_prune_stream_equals_in_memory_and_bad_flags(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    from safetensors.torch import load_file
+
+    base = ["prune", str(tiny_llama_dir), "-m", "sparsegpt", "--pattern", "2:4", "--calib", str(calib_txt),
+            "--nsamples", "4", "--seqlen", "32", "-q"]  # fmt: skip
+    rc, _, err = _run(capsys, *base, "--out", str(tmp_path / "mem"))
+    assert rc == 0, err
+    rc, _, err = _run(capsys, *base, "--stream", "--out", str(tmp_path / "stream"))
+    assert rc == 0, err
+    mem = load_file(tmp_path / "mem" / "model.safetensors")
+    streamed = {}
+    for f in sorted((tmp_path / "stream").glob("*.safetensors")):
+        streamed.update(load_file(f))
+    assert mem.keys() == streamed.keys() and all(torch_equal(mem[k], streamed[k]) for k in mem)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    import torch
+
+    cases = [(["--resume"], "add --stream"), (["--stream", "--eval", str(calib_txt)], "does not evaluate"),
+             (["--dtype", "int8"], "invalid choice")] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")])
+    for extra, msg in cases:
+        rc, _, err = _run(capsys, *base, *extra, "--out", str(tmp_path / "bad"))
+        assert rc == 2 and err.count("\n") == 1 and msg in err, (extra, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

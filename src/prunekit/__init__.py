@@ -26,6 +26,8 @@ _LAZY = {
     "load_model": "models", "resolve_model": "models",
     "NM": "patterns", "Unstructured": "patterns", "parse_pattern": "patterns",
     "PruneReport": "report",
+    "prune_streaming": "engine.streaming",
+    "evaluate_tasks": "eval",
 }  # fmt: skip
 
 
@@ -75,7 +77,9 @@ __all__ = [
     "parameter_count",
     "parse_pattern",
     "perplexity",
+    "evaluate_tasks",
     "prune_",
+    "prune_streaming",
     "resolve_model",
     "save_pretrained_atomic",
     "sparsity_summary",

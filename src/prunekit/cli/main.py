@@ -91,6 +91,12 @@ def _add_prune(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting, e.g. block_size=64")
     p.add_argument("--allocation", default=None, help="per-layer sparsity: uniform (default) | owl | blocks")
     p.add_argument("--alloc-set", action="append", default=[], metavar="KEY=VALUE", help="allocation setting, e.g. M=5, lam=0.08")
+    p.add_argument("--stream", action="store_true",
+                   help="stream a safetensors folder block by block from disk (models larger than memory)")
+    p.add_argument("--resume", action="store_true", help="with --stream: continue an interrupted run from its last finished block")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (with --stream: where each block runs; default cpu)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"), default=None,
+                   help="compute and output dtype (default: as stored; GGUF loads as fp32)")
     p.add_argument("--idle-experts", choices=("dense", "magnitude"), default="dense",
                    help="MoE: an expert no calibration token reached is left dense (default) or pruned by magnitude")
     p.add_argument("--recipe", help="YAML recipe (PruneConfig); flags override it")
@@ -210,6 +216,16 @@ def cmd_prune(a) -> dict[str, Any]:
     from ..models.loading import estimated_load_bytes, source_info
 
     cfg = _config_from_args(a)  # validates method, settings, sparsity, pattern before any heavy work
+    if a.stream:
+        return _prune_streaming(a, cfg)
+    if a.resume:
+        raise ConfigError("--resume continues a --stream run: add --stream (an in-memory prune restarts from scratch)")
+    dtype = _dtype_arg(a.dtype)
+    device = None
+    if a.device:
+        from ..engine.streaming import resolve_device
+
+        device = str(resolve_device(a.device))
     if a.eval_tasks:
         from ..eval import parse_task_specs
         from ..eval.tasks import resolve_task_path
@@ -223,7 +239,7 @@ def cmd_prune(a) -> dict[str, Any]:
         t0 = time.perf_counter()
         if not (a.quiet or a.json):
             print(f"loading {a.model} ...", flush=True)
-        model, tok = load_model(a.model)
+        model, tok = load_model(a.model, dtype=dtype, device=device)
         t_load = time.perf_counter() - t0
         slot.check_space(model_bytes(model))  # the output is at most the loaded model's size
         dense_params = parameter_count(model)
@@ -284,6 +300,47 @@ def cmd_prune(a) -> dict[str, Any]:
         if "tasks" in result:
             _print_tasks(result["tasks"]["pruned"], result["tasks"]["dense"])
         print(f"saved {out} ({fmt_bytes(result['size_bytes'])})")
+    return result
+
+
+def _dtype_arg(name: str | None) -> str:
+    """--dtype → a torch dtype name for load_model ("auto": as stored)."""
+    return {None: "auto", "auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(name, name)
+
+
+def _prune_streaming(a, cfg) -> dict[str, Any]:
+    """``prune DIR --stream``: one block in memory at a time, read from and written to shards."""
+    from transformers import AutoTokenizer
+
+    from ..data import calibration_windows, load_source
+    from ..engine.streaming import init_distributed_from_env, prune_streaming, resolve_device
+    from ..models import resolve_model
+
+    src = resolve_model(a.model)
+    if src.kind != "folder":
+        raise ConfigError(f"--stream reads a safetensors Hugging Face folder; {a.model} is a {src.kind}: drop --stream")
+    if a.eval_data or a.eval_tasks:
+        raise ConfigError("--stream does not evaluate in the same run (the model is never whole in memory): "
+                          "run `prunekit eval OUT ...` afterwards")  # fmt: skip
+    device = str(resolve_device(a.device or "cpu"))
+    dtype = None if _dtype_arg(a.dtype) == "auto" else _dtype_arg(a.dtype)
+    calib_src = load_source(cfg.calib.source, "calib")
+    init_distributed_from_env(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise ConfigError(f"--stream needs the folder's tokenizer for calibration: {' '.join(str(e).split())[:300]}") from None
+    calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
+    t0 = time.perf_counter()
+    report = prune_streaming(src.path, a.out, cfg, calib=calib, tokenizer=tok, device=device, dtype=dtype,
+                             resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, notify=_note)  # fmt: skip
+    result = {"model": a.model, "method": cfg.method, "pattern": report.pattern, "target_sparsity": report.target_sparsity,
+              "sparsity": report.sparsity, "prune_seconds": time.perf_counter() - t0, "out": str(a.out),
+              "device": device, "streamed": True}  # fmt: skip
+    if not a.quiet:
+        print(report.table(max_rows=40))
+        print(f"calibration: {calib_src.description}; {calib.shape[0]} x {calib.shape[1]} tokens, seed {cfg.calib.seed}")
+        print(f"streamed {len(report.layers)} matrices block by block on {device}; saved {a.out}")
     return result
 
 
