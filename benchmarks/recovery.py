@@ -77,8 +77,10 @@ def _plot(res: dict, path: Path) -> None:
     xs = [p["tokens"] for p in res["curve"]]
     ax.plot(xs, [p["perplexity"] for p in res["curve"]], "o-", label=f"recovering (first {res['curve_windows']} windows)")
     if res.get("recovered"):
-        ax.plot([xs[-1]], [res["recovered"]["perplexity"]], "s", color="C2", label="recovered, merged (40 windows)")
-    for key, style, name in (("dense", "--", "dense"), ("pruned", ":", "pruned")):
+        x_end = res.get("trained_tokens") or xs[-1]
+        ax.plot([0, x_end], [res["pruned"], res["recovered"]["perplexity"]], "s--", color="C2",
+                label=f"pruned -> recovered, merged ({res['final_windows']} windows)")  # fmt: skip
+    for key, style, name in (("dense", "--", "dense"),):
         if res.get(key):
             ax.axhline(res[key], ls=style, color="gray", label=f"{name} {res[key]:.2f} (40 windows)")
     ax.set_xlabel("recovery tokens (C4)")
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-windows", type=int, default=5)
     ap.add_argument("--final-windows", type=int, default=40)
     ap.add_argument("--max-train-seconds", type=float, default=3300, help="stop training early after this")
+    ap.add_argument("--save", action="store_true", help="keep the recovered model in .bench/recovery/<cell>-recovered")
     ap.add_argument("--calib", default=str(SHARED / "c4-sample"))
     ap.add_argument("--eval", default=f"wikitext2:{SHARED / 'wikitext-2-raw' / 'wiki.test.raw'}")
     a = ap.parse_args(argv)
@@ -186,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         res["gap_closed"] = (math.log(res["pruned"]) - math.log(ev["perplexity"])) / gap
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write()
+    if a.save:
+        pk.save_pretrained_atomic(model, tok, ROOT / ".bench" / "recovery" / f"{a.cell}-recovered",
+                                  {"recovery": res}, overwrite=True)  # fmt: skip
     _log(f"recovered ppl {ev['perplexity']:.3f} (pruned {res['pruned']}, dense {res['dense']}); "
          f"log-gap closed {res.get('gap_closed', float('nan')):.1%}")  # fmt: skip
     return 0
