@@ -597,12 +597,14 @@ def recovery_section(d: Path) -> list[str]:
     for f in files:
         r = _read(f) or {}
         curve = r.get("curve") or []
-        last = r.get("recovered") or (curve[-1]["perplexity"] if curve else None)
+        rec = r.get("recovered")
+        last = rec.get("perplexity") if isinstance(rec, dict) else rec
+        last = last or (curve[-1]["perplexity"] if curve else None)
         dense, pruned = r.get("dense"), r.get("pruned")
         closed = "–"
         if last and dense and pruned and pruned > dense:
             closed = f"{(math.log(pruned) - math.log(last)) / (math.log(pruned) - math.log(dense)) * 100:.0f}%"
-        toks = r.get("recovered_tokens") or (curve[-1]["tokens"] if curve else None)
+        toks = r.get("trained_tokens") or r.get("recovered_tokens") or (curve[-1]["tokens"] if curve else None)
         L.append(f"| {r.get('cell')} | {f_ppl(dense) if dense else '–'} | {f_ppl(pruned) if pruned else '–'} | "
                  f"{f_ppl(last) if last else '–'} | {toks:,} | {closed} | ≥ 50% |" if toks else
                  f"| {r.get('cell')} | – | – | – | – | – | ≥ 50% |")
