@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .patterns import NM, check_sparsity, parse_pattern
-from .settings import Setting, schema_of, setting
+from .settings import Setting, did_you_mean, schema_of, setting
 
 RECIPE_VERSION = 1
 MAX_NSAMPLES = 1 << 20  # far beyond any calibration set; guards against typos like 1e9
@@ -236,10 +236,7 @@ def _build(cls: type, d: Mapping[str, Any], where: str, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in d if k not in fields)
     if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
-        hint = f" (did you mean {path + close[0]!r}?)" if close else ""
+        hint = did_you_mean(unknown[0], fields, path)
         raise ConfigError(
             f"{where}: unknown key {path}{unknown[0]}{hint}; known keys{' under ' + path[:-1] if path else ''}: "
             f"{', '.join(sorted(fields))}"

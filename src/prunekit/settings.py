@@ -154,16 +154,21 @@ def _as_setting(s: Any) -> Setting:
     return Setting(typ, default)
 
 
+def did_you_mean(name: str, known, prefix: str = "") -> str:
+    """``" (did you mean 'x'?)"`` for the closest known name, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
 def validate_settings(owner: str, schema: Mapping[str, Setting], args: Mapping[str, Any]) -> dict[str, Any]:
     """Check ``args`` against ``schema``; return every setting (defaults filled in)."""
     if not isinstance(args, Mapping):
         raise ConfigError(f"{owner}: settings must be a mapping of NAME: VALUE, got {type(args).__name__}")
     bad = sorted(str(k) for k in set(args) - set(schema))
     if bad:
-        import difflib
-
-        close = difflib.get_close_matches(bad[0], list(schema), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(bad[0], schema)
         raise ConfigError(
             f"method {owner!r} has no setting {', '.join(bad)}{hint}; its settings are "
             f"{', '.join(sorted(schema)) or '(none)'}"

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ..config import PruneConfig
 from ..errors import ConfigError, ModelLoadError, OutputError, PrunekitError
-from ..export.hf import OutputSlot, os_reason, stale_temp_folders, versions
+from ..export.hf import OutputSlot, pid_alive, versions
 from ..models import shards
 from ..report import LayerReport, PruneReport
 from .layerwise import BlockInputs, _block_output, capture_block_inputs
@@ -224,16 +224,6 @@ def resume_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.tmp-prunekit-{RESUME_TAG}{h}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 class _ResumableSlot(OutputSlot):
     """An :class:`OutputSlot` whose temp folder is :func:`resume_dir` and survives a failure once it
     holds finished blocks (``keep``), so that ``resume=True`` can continue from it."""
@@ -242,25 +232,15 @@ class _ResumableSlot(OutputSlot):
         self.keep = False
         super().__init__(out, overwrite, protect=protect, notify=notify)
 
-    def _reserve(self) -> None:
-        parent = self.target.parent
-        missing = [a for a in [parent, *parent.parents] if not a.exists()]
+    def _make_tmp(self) -> None:
+        """The deterministic resume folder (finished blocks of an earlier run are never removed here)."""
+        self.tmp = resume_dir(self.target)
         try:
-            for a in reversed(missing):
-                a.mkdir()
-                self._created.append(a)
-            for q in stale_temp_folders(self.target):
-                shutil.rmtree(q, ignore_errors=True)
-                self.notify(f"removed {q}, a temporary folder left by an interrupted prunekit run")
-            self.tmp = resume_dir(self.target)
             (self.tmp / STATE_DIR).mkdir(parents=True, exist_ok=True)
             self._lock()
-        except OutputError:
+        except OSError:
+            self.tmp = None  # may hold an earlier run's finished blocks: not ours to remove
             raise
-        except OSError as e:
-            self.tmp = None
-            self.discard()
-            raise OutputError(f"cannot write --out {self.spec}: {e.filename or parent}: {os_reason(e)}") from None
 
     def _lock(self) -> None:
         lock = self.tmp / STATE_DIR / "lock"
@@ -268,7 +248,7 @@ class _ResumableSlot(OutputSlot):
             pid = int(lock.read_text().strip() or 0)
         except (OSError, ValueError):
             pid = 0
-        if pid and pid != os.getpid() and _pid_alive(pid):
+        if pid and pid != os.getpid() and pid_alive(pid):
             self.tmp = None  # not ours to remove
             raise OutputError(f"--out {self.spec} is being written by another prunekit run (pid {pid}): wait for it or choose another folder")
         lock.write_text(str(os.getpid()))

@@ -86,7 +86,8 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False, protect: l
     return p
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -107,7 +108,7 @@ def stale_temp_folders(target: Path) -> list[Path]:
     for prefix in (f".{target.name}{TMP_TAG}", f".{target.name}.old-prunekit-"):
         for q in parent.glob(prefix + "*"):
             pid = q.name[len(prefix) :].split("-", 1)[0]
-            if q.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            if q.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
                 out.append(q)
     legacy = f".{target.name}.tmp-"  # prunekit <= 0.1.0: mkdtemp's 8 random characters, no pid
     for q in parent.glob(legacy + "*"):
@@ -171,13 +172,19 @@ class OutputSlot:
             for q in stale_temp_folders(self.target):
                 shutil.rmtree(q, ignore_errors=True)
                 self.notify(f"removed {q}, a temporary folder left by an interrupted prunekit run")
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}{TMP_TAG}{os.getpid()}-", dir=parent))
-            (self.tmp / ".write-probe").write_bytes(b"ok")
-            (self.tmp / ".write-probe").unlink()
+            self._make_tmp()
+        except OutputError:
+            raise
         except OSError as e:
             self.discard()
             where = e.filename or parent
             raise OutputError(f"cannot write --out {self.spec}: {where}: {os_reason(e)}") from None
+
+    def _make_tmp(self) -> None:
+        """Create the temp folder beside the target and prove it is writable (subclasses: resume)."""
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}{TMP_TAG}{os.getpid()}-", dir=self.target.parent))
+        (self.tmp / ".write-probe").write_bytes(b"ok")
+        (self.tmp / ".write-probe").unlink()
 
     def check_space(self, need_bytes: float) -> None:
         """Refuse (one line) when the output file system has less free space than needed."""
