@@ -121,6 +121,7 @@ def _base_argv(cmd: str, d: Path, model: Path, calib: Path) -> list:
         "info": ["info", model],
         "ls": ["ls"],
         "recommend": ["recommend", "--goal", "speed"],
+        "recover": ["recover", model, "--data", calib, "--tokens", "64", "--seqlen", "16", "-q", "--out", d / "out"],
         "demo": ["demo", "--model", model, "--calib", calib, "--data", calib, "--nsamples", "2",
                  "--seqlen", "16", "--eval-windows", "1", "--out", d / "demo-out"],
     }[cmd]  # fmt: skip

@@ -17,12 +17,13 @@ import time
 from typing import Any
 
 from ..errors import ConfigError, PrunekitError
+from .flags import int_flag
+from .flags import note as _note
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 EXIT_INTERNAL = 1
-MAX_COUNT = 1 << 20  # nsamples / seqlen / windows: far beyond any real value, catches typos
 
 
 class UsageError(PrunekitError):
@@ -38,20 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def _int_flag(lo: int, hi: int = MAX_COUNT) -> Any:
-    def parse(text: str) -> int:
-        try:
-            v = int(text.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{v} is out of range: it must be an integer from {lo} to {hi}")
-        return v
-
-    parse.__name__ = "integer"
-    return parse
 
 
 def _fraction_flag(text: str) -> float:
@@ -82,10 +69,10 @@ def _add_prune(sub) -> None:
     p.add_argument("--sparsity", "-s", type=_fraction_flag, default=None, help="fraction in [0, 1); default 0.5 (N:M implies it)")
     p.add_argument("--pattern", "-p", default=None, help="unstructured | unstructured:layer | N:M (e.g. 2:4)")
     p.add_argument("--calib", default=None, help="calibration SOURCE (default: builtin)")
-    p.add_argument("--nsamples", type=_int_flag(1), default=None, help="calibration windows (default 128)")
-    p.add_argument("--seqlen", type=_int_flag(2), default=None, help="tokens per calibration window (default 2048)")
-    p.add_argument("--seed", type=_int_flag(0, 2**63 - 1), default=None, help="calibration sampling seed (default 0)")
-    p.add_argument("--batch-size", type=_int_flag(1), default=None, help="calibration windows per forward (default 8)")
+    p.add_argument("--nsamples", type=int_flag(1), default=None, help="calibration windows (default 128)")
+    p.add_argument("--seqlen", type=int_flag(2), default=None, help="tokens per calibration window (default 2048)")
+    p.add_argument("--seed", type=int_flag(0, 2**63 - 1), default=None, help="calibration sampling seed (default 0)")
+    p.add_argument("--batch-size", type=int_flag(1), default=None, help="calibration windows per forward (default 8)")
     p.add_argument("--include", action="append", default=[], help="only Linears matching (substring or re:REGEX)")
     p.add_argument("--exclude", action="append", default=[], help="skip Linears matching (substring or re:REGEX)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting, e.g. block_size=64")
@@ -103,9 +90,9 @@ def _add_prune(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--eval", dest="eval_data", default=None, help="also report perplexity on this SOURCE")
-    p.add_argument("--eval-windows", type=_int_flag(1), default=None, help="windows for --eval (default all)")
+    p.add_argument("--eval-windows", type=int_flag(1), default=None, help="windows for --eval (default all)")
     p.add_argument("--eval-tasks", default=None, help="also score tasks before and after pruning, e.g. lambada,piqa[:PATH]")
-    p.add_argument("--eval-limit", type=_int_flag(1), default=None, help="examples per task for --eval-tasks (default all)")
+    p.add_argument("--eval-limit", type=int_flag(1), default=None, help="examples per task for --eval-tasks (default all)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-layer table")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
@@ -114,11 +101,11 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="perplexity with the SparseGPT/Wanda protocol")
     p.add_argument("model")
     p.add_argument("--data", default=None, help="perplexity SOURCE (default: builtin eval half, unless --tasks/--lm-eval)")
-    p.add_argument("--seqlen", type=_int_flag(2), default=2048, help="tokens per window (>= 2)")
-    p.add_argument("--max-windows", type=_int_flag(1), default=None, help="evaluate only the first N windows")
+    p.add_argument("--seqlen", type=int_flag(2), default=2048, help="tokens per window (>= 2)")
+    p.add_argument("--max-windows", type=int_flag(1), default=None, help="evaluate only the first N windows")
     p.add_argument("--tasks", default=None, help="zero/few-shot tasks with lm-eval's rules: lambada,piqa,gsm8k (NAME:PATH for a file)")
-    p.add_argument("--limit", type=_int_flag(1), default=None, help="examples per task (default all; gsm8k generates: use a limit on CPU)")
-    p.add_argument("--fewshot", type=_int_flag(0, 64), default=None, help="gsm8k few-shot examples (default 5, from the train file)")
+    p.add_argument("--limit", type=int_flag(1), default=None, help="examples per task (default all; gsm8k generates: use a limit on CPU)")
+    p.add_argument("--fewshot", type=int_flag(0, 64), default=None, help="gsm8k few-shot examples (default 5, from the train file)")
     p.add_argument("--lm-eval", dest="lm_eval", default=None, help="also run lm-eval-harness tasks on the model (pip install prunekit[lmeval])")
     p.add_argument("--lm-eval-include", default=None, help="folder of extra lm-eval task YAMLs (local data)")
     p.add_argument("--json", action="store_true", help="last stdout line is a JSON object")
@@ -142,16 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--guide", action="store_true", help="also print which method to pick for which goal")
     ls.add_argument("--json", action="store_true", help="print the listing as one JSON line instead")
     from ..guide import add_recommend_parser
+    from ..recovery.cli import add_recover_parser
 
     add_recommend_parser(sub)
+    add_recover_parser(sub)
     d = sub.add_parser("demo", help="prune the embedded default model and print before/after")
     d.add_argument("--model", default="smollm2-135m")
     d.add_argument("--method", default="sparsegpt")
     d.add_argument("--pattern", default="unstructured")
     d.add_argument("--sparsity", type=_fraction_flag, default=None)
-    d.add_argument("--nsamples", type=_int_flag(1), default=8)
-    d.add_argument("--seqlen", type=_int_flag(2), default=2048)
-    d.add_argument("--eval-windows", type=_int_flag(1), default=8)
+    d.add_argument("--nsamples", type=int_flag(1), default=8)
+    d.add_argument("--seqlen", type=int_flag(2), default=2048)
+    d.add_argument("--eval-windows", type=int_flag(1), default=8)
     d.add_argument("--calib", default="builtin")
     d.add_argument("--data", default="builtin")
     d.add_argument("--out", default="demo-out")
@@ -201,10 +190,6 @@ def _config_from_args(a) -> Any:
         calib=calib,
         propagate=base.propagate,
     ).validate()
-
-
-def _note(msg: str) -> None:
-    print(f"prunekit: note: {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_prune(a) -> dict[str, Any]:
@@ -488,6 +473,7 @@ def _quiet_transformers() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*(Converting|gguf|GGUF).*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|torch)\b.*")
     try:
         from transformers.utils import logging as hf_logging
 
@@ -502,9 +488,10 @@ def _quiet_transformers() -> None:
 
 def _run(a) -> dict[str, Any]:
     from ..guide import cmd_recommend
+    from ..recovery.cli import cmd_recover
 
     handlers = {"prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "ls": cmd_ls, "demo": cmd_demo,
-                "recommend": cmd_recommend}  # fmt: skip
+                "recommend": cmd_recommend, "recover": cmd_recover}  # fmt: skip
     return handlers[a.cmd](a)
 
 

@@ -8,52 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ..cli.flags import float_flag, int_flag
+from ..cli.flags import note as _note
 from ..errors import ConfigError
 from ..settings import schema_of
-
-_MAX = 1 << 40
-
-
-def _note(msg: str) -> None:
-    print(f"prunekit: note: {msg}", file=sys.stderr, flush=True)
-
-
-def _int_flag(lo: int, hi: int = _MAX) -> Any:
-    def parse(text: str) -> int:
-        try:
-            v = int(text.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{v} is out of range: it must be an integer from {lo} to {hi}")
-        return v
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _float_flag(lo: float, hi: float, *, lo_open: bool = True) -> Any:
-    def parse(text: str) -> float:
-        try:
-            v = float(text.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
-        if not ok:
-            side = ">" if lo_open else ">="
-            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a number {side} {lo:g} and <= {hi:g}")
-        return v
-
-    parse.__name__ = "number"
-    return parse
-
 
 def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``prunekit recover PRUNED --data SOURCE --out DIR [...]`` to the CLI's subparsers."""
@@ -66,20 +29,20 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="training SOURCE (e.g. ../shared/data/c4-sample/) or gsm8k:PATH; repeat to mix; never the eval text")
     p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--tokens", type=_int_flag(2), default=d["tokens"], help=f"training tokens (default {d['tokens']})")
-    p.add_argument("--seqlen", type=_int_flag(2, 1 << 20), default=d["seqlen"], help=f"tokens per window (default {d['seqlen']})")
-    p.add_argument("--batch-size", type=_int_flag(1, 1 << 16), default=d["batch_size"], help=f"windows per step (default {d['batch_size']})")
-    p.add_argument("--r", type=_int_flag(1, 4096), default=d["r"], help=f"LoRA rank (default {d['r']})")
-    p.add_argument("--alpha", type=_float_flag(0, 1e6), default=d["alpha"], help=f"LoRA alpha (default {d['alpha']:g})")
-    p.add_argument("--dropout", type=_float_flag(0, 0.99, lo_open=False), default=d["dropout"], help=f"LoRA dropout (default {d['dropout']:g})")
-    p.add_argument("--lr", type=_float_flag(0, 1), default=d["lr"], help=f"learning rate (default {d['lr']:g})")
-    p.add_argument("--seed", type=_int_flag(0, 2**63 - 1), default=d["seed"], help="data order / LoRA init seed (default 0)")
+    p.add_argument("--tokens", type=int_flag(2, 1 << 40), default=d["tokens"], help=f"training tokens (default {d['tokens']})")
+    p.add_argument("--seqlen", type=int_flag(2, 1 << 20), default=d["seqlen"], help=f"tokens per window (default {d['seqlen']})")
+    p.add_argument("--batch-size", type=int_flag(1, 1 << 16), default=d["batch_size"], help=f"windows per step (default {d['batch_size']})")
+    p.add_argument("--r", type=int_flag(1, 4096), default=d["r"], help=f"LoRA rank (default {d['r']})")
+    p.add_argument("--alpha", type=float_flag(0, 1e6), default=d["alpha"], help=f"LoRA alpha (default {d['alpha']:g})")
+    p.add_argument("--dropout", type=float_flag(0, 0.99, lo_open=False), default=d["dropout"], help=f"LoRA dropout (default {d['dropout']:g})")
+    p.add_argument("--lr", type=float_flag(0, 1), default=d["lr"], help=f"learning rate (default {d['lr']:g})")
+    p.add_argument("--seed", type=int_flag(0, 2**63 - 1), default=d["seed"], help="data order / LoRA init seed (default 0)")
     p.add_argument("--mask", choices=("auto", "on", "off"), default=d["mask"], help="masked LoRA (default auto: when the model is sparse)")
-    p.add_argument("--checkpoint-every", type=_int_flag(1), default=d["checkpoint_every"], help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=int_flag(1, 1 << 40), default=d["checkpoint_every"], help="steps between checkpoints")
     p.add_argument("--select", choices=("none", "random", "paser"), default="none",
                    help="train on a subset of the --data documents: random or PASER (needs --budget)")
-    p.add_argument("--budget", type=_int_flag(1), default=None, help="samples to select with --select")
-    p.add_argument("--pool-limit", type=_int_flag(1), default=None, help="at most N documents from each --data (seeded)")
+    p.add_argument("--budget", type=int_flag(1, 1 << 40), default=None, help="samples to select with --select")
+    p.add_argument("--pool-limit", type=int_flag(1, 1 << 40), default=None, help="at most N documents from each --data (seeded)")
     p.add_argument("--dense", default=None, help="the dense model for --select paser (default: the source in prunekit.json)")
     p.add_argument("--resume", action="store_true", help="resume from the checkpoint an interrupted run left beside --out")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
