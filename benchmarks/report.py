@@ -608,11 +608,12 @@ def recovery_section(d: Path) -> list[str]:
         L.append(f"| {r.get('cell')} | {f_ppl(dense) if dense else '–'} | {f_ppl(pruned) if pruned else '–'} | "
                  f"{f_ppl(last) if last else '–'} | {toks:,} | {closed} | ≥ 50% |" if toks else
                  f"| {r.get('cell')} | – | – | – | – | – | ≥ 50% |")
+    L.append("")
+    for f in files:
         png = f.with_suffix(".png")
         if png.is_file():
-            L.append(f"")
-            L.append(f"![{r.get('cell')} recovery curve]({_relto(png, REPO)})")
-    L += ["", "Curve points in the JSON files next to the plots (perplexity vs recovery tokens; the curve "
+            L += [f"![{f.stem} recovery curve]({_relto(png, REPO)})", ""]
+    L += ["Curve points in the JSON files next to the plots (perplexity vs recovery tokens; the curve "
           "uses fewer windows than the final figure when the JSON says so).", ""]
     return L
 
