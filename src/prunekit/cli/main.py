@@ -495,8 +495,44 @@ def _run(a) -> dict[str, Any]:
     return handlers[a.cmd](a)
 
 
+_SIGNALLED: list[int] = []  # signals received during this run (a library may turn the exception into its own)
+
+
 def _on_sigterm(signum, frame) -> None:
+    _SIGNALLED.append(signum)
     raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt()
+
+
+def _raise_if_signalled() -> None:
+    """A signal whose exception a library swallowed (a ``__del__``, an import hook) still stops the run."""
+    import signal
+
+    if _SIGNALLED:
+        raise Terminated() if _SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _unraisable(hook):
+    def quiet(u) -> None:  # our own signal exceptions raised inside a __del__: no traceback
+        if _SIGNALLED and isinstance(u.exc_value, KeyboardInterrupt):
+            return
+        hook(u)
+
+    return quiet
+
+
+def _signal_exit() -> int | None:
+    import signal
+
+    if not _SIGNALLED:
+        return None
+    if _SIGNALLED[0] == signal.SIGTERM:
+        return _fail("terminated (SIGTERM); nothing was written", EXIT_SIGTERM)
+    return _fail("interrupted (SIGINT); nothing was written", EXIT_SIGINT)
 
 
 def _fail(msg: str, code: int) -> int:
@@ -514,20 +550,29 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=os.environ.get("PRUNEKIT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     debug = bool(os.environ.get("PRUNEKIT_DEBUG"))
-    old_term = None
+    from ..export.hf import OutputSlot
+
+    old_term = old_int = None
+    _SIGNALLED.clear()
+    old_hook, old_check = sys.unraisablehook, OutputSlot.pre_commit
+    sys.unraisablehook = _unraisable(old_hook)
+    OutputSlot.pre_commit = staticmethod(_raise_if_signalled)
     try:
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread: leave SIGTERM alone
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            old_int = signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread: leave the handlers alone
         pass
     try:
         a = build_parser().parse_args(argv)
         _quiet_transformers()
         res = _run(a)
+        _raise_if_signalled()
         if getattr(a, "json", False):
             print(json.dumps(res, default=str))
         return 0
-    except PrunekitError as e:
-        return _fail(f"error: {_one_line(e)}", EXIT_USAGE)
+    except PrunekitError as e:  # (a signal that a library turned into a load error is still a signal)
+        return _signal_exit() or _fail(f"error: {_one_line(e)}", EXIT_USAGE)
     except Terminated:
         return _fail("terminated (SIGTERM); nothing was written", EXIT_SIGTERM)
     except KeyboardInterrupt:
@@ -538,8 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..export.hf import os_reason
 
         where = f"{e.filename}: " if e.filename else ""
-        return _fail(f"error: {where}{os_reason(e)}", EXIT_USAGE)
+        return _signal_exit() or _fail(f"error: {where}{os_reason(e)}", EXIT_USAGE)
     except Exception as e:
+        if _SIGNALLED:
+            return _signal_exit()
         if debug:
             raise
         return _fail(
@@ -548,8 +595,11 @@ def main(argv: list[str] | None = None) -> int:
             EXIT_INTERNAL,
         )
     finally:
+        sys.unraisablehook, OutputSlot.pre_commit = old_hook, old_check
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
 
 
 def entry() -> None:

@@ -135,6 +135,10 @@ def _fix_permissions(root: Path) -> None:
             os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
 
 
+def _no_check() -> None:
+    return None
+
+
 class OutputSlot:
     """A reserved output location: validated, temp folder created, free space checked.
 
@@ -146,6 +150,10 @@ class OutputSlot:
         ...     ...  # load, prune
         ...     slot.commit(lambda tmp: model.save_pretrained(tmp))
     """
+
+    #: Called before and after the folder is written; the CLI raises here when a signal arrived
+    #: while a library swallowed its exception (e.g. inside a ``__del__``), so nothing is kept.
+    pre_commit: Callable[[], None] = staticmethod(_no_check)
 
     def __init__(
         self, out: str | os.PathLike, overwrite: bool = False, *, protect: list[str] | None = None,
@@ -203,8 +211,10 @@ class OutputSlot:
         if self.tmp is None:
             raise OutputError(f"--out {self.spec}: this output slot was already used or discarded")
         try:
+            type(self).pre_commit()
             write(self.tmp)
             _fix_permissions(self.tmp)
+            type(self).pre_commit()
         except OutputError:
             self.discard()
             raise
