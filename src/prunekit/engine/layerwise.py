@@ -219,6 +219,33 @@ def linears_in(block: nn.Module, prefix: str) -> dict[str, nn.Linear]:
     }
 
 
+def collect_block_stats(block: nn.Module, i: int, targets: Mapping[str, Any], inputs: list[BlockInputs],
+                        needs: frozenset[Stat], sample_tokens: int, keep_out: bool, stop_ok: dict, kind: tuple
+                        ) -> tuple[dict[str, LayerStats], list[Tensor]]:  # fmt: skip
+    """One statistics pass of block ``i`` over the calibration inputs; returns ``(stats, outputs)``
+    (outputs only when ``keep_out``).
+
+    A pass whose output is thrown away stops each forward once the last target saw its input;
+    with nothing to collect (magnitude) it is skipped altogether. The first batch of a new
+    ``kind`` of block runs in full and decides (in ``stop_ok``) whether the rest may stop early.
+    """
+    dense_out: list[Tensor] = []
+    collect = bool(needs) or sample_tokens > 0
+    stop = not keep_out and stop_ok.get(kind, False)
+    with StatCollector(targets, needs, sample_tokens, stop_when_complete=stop) as col:
+        for inp in inputs if keep_out or collect else ():
+            try:
+                out = _block_output(block(inp.hidden, **inp.kwargs_for(i)))
+            except StatsComplete:
+                out = None
+            if not keep_out and kind not in stop_ok:
+                stop_ok[kind] = col.stop_when_complete = col.each_target_ran_once()
+            col.end_batch()
+            if keep_out:  # never stopped early: stop_when_complete is off
+                dense_out.append(out)
+    return col.results(), dense_out
+
+
 @torch.no_grad()
 def run_layerwise(
     model: nn.Module,
@@ -266,27 +293,11 @@ def run_layerwise(
             n: m for n, m in prunable_in(block, adapter.block_prefix(i)).items() if select(n, m)
         }
         t0 = time.perf_counter()
-        dense_out: list[Tensor] = []
         keep_out = propagate == "dense" or not targets
-        collect = bool(needs) or sample_tokens > 0
-        # A statistics pass whose output is thrown away stops each forward once the last target
-        # saw its input; with nothing to collect (magnitude) it is skipped altogether.
-        # The first batch of a new kind of block runs in full and decides for the rest.
         prefix = adapter.block_prefix(i)
         kind = (type(block), tuple(n[len(prefix) :] for n in targets))
-        stop = not keep_out and stop_ok.get(kind, False)
-        with StatCollector(targets, needs, sample_tokens, stop_when_complete=stop) as col:
-            for inp in inputs if keep_out or collect else ():
-                try:
-                    out = _block_output(block(inp.hidden, **inp.kwargs_for(i)))
-                except StatsComplete:
-                    out = None
-                if not keep_out and kind not in stop_ok:
-                    stop_ok[kind] = col.stop_when_complete = col.each_target_ran_once()
-                col.end_batch()
-                if keep_out:  # never stopped early: stop_when_complete is off
-                    dense_out.append(out)
-        stats = col.results()
+        stats, dense_out = collect_block_stats(block, i, targets, inputs, frozenset(needs), sample_tokens,
+                                               keep_out, stop_ok, kind)  # fmt: skip
         t["stats_forward"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         if targets:

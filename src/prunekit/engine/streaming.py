@@ -55,8 +55,8 @@ from ..errors import ConfigError, ModelLoadError, OutputError, PrunekitError
 from ..export.hf import OutputSlot, pid_alive, versions
 from ..models import shards
 from ..report import LayerReport, PruneReport
-from .layerwise import BlockInputs, _block_output, capture_block_inputs
-from .stats import LayerStats, Stat, StatCollector, StatsComplete
+from .layerwise import BlockInputs, _block_output, capture_block_inputs, collect_block_stats
+from .stats import LayerStats, Stat
 from .targets import ExpertSlice, prunable_in, unsupported_experts, weight_of, write_weight
 
 log = logging.getLogger(__name__)
@@ -334,23 +334,8 @@ def _inputs_to(inputs: list[BlockInputs], device: torch.device) -> None:
 def _collect(block: nn.Module, i: int, targets: Mapping[str, nn.Module | ExpertSlice], inputs: list[BlockInputs],
              needs: frozenset[Stat], sample_tokens: int, keep_out: bool, stop_ok: dict, kind: tuple
              ) -> tuple[dict[str, LayerStats], list[Tensor]]:  # fmt: skip
-    """One statistics pass over the block (as ``layerwise.run_layerwise``): stops each forward
-    once the last target saw its input when the output is not kept and that is known safe."""
-    dense_out: list[Tensor] = []
-    collect = bool(needs) or sample_tokens > 0
-    stop = not keep_out and stop_ok.get(kind, False)
-    with StatCollector(targets, needs, sample_tokens, stop_when_complete=stop) as col:
-        for inp in inputs if keep_out or collect else ():
-            try:
-                out = _block_output(block(inp.hidden, **inp.kwargs_for(i)))
-            except StatsComplete:
-                out = None
-            if not keep_out and kind not in stop_ok:
-                stop_ok[kind] = col.stop_when_complete = col.each_target_ran_once()
-            col.end_batch()
-            if keep_out:
-                dense_out.append(out)
-    return col.results(), dense_out
+    """One statistics pass over the block: the in-memory engine's own (``collect_block_stats``)."""
+    return collect_block_stats(block, i, targets, inputs, needs, sample_tokens, keep_out, stop_ok, kind)
 
 
 def _relative_error(W: Tensor, W_new: Tensor, X: Tensor) -> float:
