@@ -371,7 +371,7 @@ def test_cut_off_message_is_complete(tmp_path, capsys, calib_txt):
 def test_signals_exit_cleanly_and_leave_no_temp(tmp_path, tiny_llama_dir, calib_txt, sig, code, delay):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prunekit", "prune", str(tiny_llama_dir), "-m", "sparsegpt", "--calib",
-           str(calib_txt), "--nsamples", "64", "--seqlen", "64", "--batch-size", "1", "-q", "--out", str(out)]  # fmt: skip
+           str(calib_txt), "--nsamples", "1024", "--seqlen", "64", "--batch-size", "1", "-q", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     time.sleep(delay)
