@@ -59,6 +59,30 @@ def _is_expert(name: str, target: object) -> bool:
     return isinstance(target, ExpertSlice) or ".experts." in name
 
 
+def prune_target(name: str, lin: nn.Module | ExpertSlice, stats, method, pattern, sparsity: float,
+                 needs: frozenset[Stat], idle: str = "dense") -> LayerReport:  # fmt: skip
+    """Prune one target in place with ``method`` and return its :class:`LayerReport` (shared by the
+    in-memory and the streaming engine). A target no calibration token reached (an idle expert)
+    is left dense or pruned by magnitude (``idle``) and marked ``info["idle"]``."""
+    t0 = time.perf_counter()
+    W = weight_of(lin)  # [out, in] (a transposed view for Conv1D)
+    err = None
+    if stats.num_tokens == 0 and needs:  # an expert (or any layer) no token reached
+        info: dict[str, Any] = {"tokens": 0, "idle": idle}
+        if idle == "magnitude":
+            W_new, _ = get_method("magnitude", per_row=True).prune(W, stats, pattern, sparsity)
+            write_weight(lin, W_new)
+    else:
+        W_new, info = method.prune(W, stats, pattern, sparsity)
+        if _is_expert(name, lin):
+            info = {**info, "tokens": stats.num_tokens}
+        if Stat.SAMPLE in stats:
+            err = relative_error(W, W_new, stats[Stat.SAMPLE].to(W.device))
+        write_weight(lin, W_new)
+    zeros = (W == 0).sum().item()
+    return LayerReport(name, tuple(W.shape), sparsity, zeros / W.numel(), err, time.perf_counter() - t0, info)
+
+
 def relative_error(W: Tensor, W_new: Tensor, X: Tensor) -> float:
     """‖WX − ŴX‖² / ‖WX‖² for token rows X [n, in]."""
     Wf = W.float()
@@ -153,28 +177,10 @@ def prune_(
     idle_names: list[str] = []
 
     def prune_linear(name: str, lin: nn.Module | ExpertSlice, stats) -> None:
-        t0 = time.perf_counter()
-        W = weight_of(lin)  # [out, in] (a transposed view for Conv1D)
-        expert = _is_expert(name, lin)
-        err = None
-        if stats.num_tokens == 0 and needs:  # an expert (or any layer) no token reached
+        lr = prune_target(name, lin, stats, method, pattern, per_layer[name], needs, idle)
+        if lr.info.get("idle"):
             idle_names.append(name)
-            info: dict[str, Any] = {"tokens": 0, "idle": idle}
-            if idle == "magnitude":
-                W_new, _ = get_method("magnitude", per_row=True).prune(W, stats, pattern, per_layer[name])
-                write_weight(lin, W_new)
-        else:
-            W_new, info = method.prune(W, stats, pattern, per_layer[name])
-            if expert:
-                info = {**info, "tokens": stats.num_tokens}
-            if Stat.SAMPLE in stats:
-                err = relative_error(W, W_new, stats[Stat.SAMPLE].to(W.device))
-            write_weight(lin, W_new)
-        zeros = (W == 0).sum().item()
-        report.layers.append(
-            LayerReport(name, tuple(W.shape), per_layer[name], zeros / W.numel(), err,
-                        time.perf_counter() - t0, info)
-        )  # fmt: skip
+        report.layers.append(lr)
 
     def on_block(i: int, block_targets: Mapping[str, nn.Linear], stats) -> None:
         for name, lin in block_targets.items():

@@ -246,6 +246,17 @@ def collect_block_stats(block: nn.Module, i: int, targets: Mapping[str, Any], in
     return col.results(), dense_out
 
 
+def propagate_block(block: nn.Module, i: int, inputs: list[BlockInputs], dense_out: list[Tensor]) -> None:
+    """The next block's inputs: the dense outputs kept by the statistics pass, else a forward of
+    the (now pruned) block."""
+    if dense_out:
+        for inp, out in zip(inputs, dense_out):
+            inp.hidden = out
+    else:
+        for inp in inputs:
+            inp.hidden = _block_output(block(inp.hidden, **inp.kwargs_for(i)))
+
+
 @torch.no_grad()
 def run_layerwise(
     model: nn.Module,
@@ -305,11 +316,6 @@ def run_layerwise(
         del stats
         t["prune"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        if dense_out:
-            for inp, out in zip(inputs, dense_out):
-                inp.hidden = out
-        else:
-            for inp in inputs:
-                inp.hidden = _block_output(block(inp.hidden, **inp.kwargs_for(i)))
+        propagate_block(block, i, inputs, dense_out)
         t["propagate_forward"] += time.perf_counter() - t0
     del inputs

@@ -55,9 +55,9 @@ from ..errors import ConfigError, ModelLoadError, OutputError, PrunekitError
 from ..export.hf import OutputSlot, pid_alive, versions
 from ..models import shards
 from ..report import LayerReport, PruneReport
-from .layerwise import BlockInputs, _block_output, capture_block_inputs, collect_block_stats
+from .layerwise import BlockInputs, capture_block_inputs, collect_block_stats, propagate_block
 from .stats import LayerStats, Stat
-from .targets import ExpertSlice, prunable_in, unsupported_experts, weight_of, write_weight
+from .targets import ExpertSlice, prunable_in, unsupported_experts, weight_of
 
 log = logging.getLogger(__name__)
 
@@ -338,12 +338,6 @@ def _collect(block: nn.Module, i: int, targets: Mapping[str, nn.Module | ExpertS
     return collect_block_stats(block, i, targets, inputs, needs, sample_tokens, keep_out, stop_ok, kind)
 
 
-def _relative_error(W: Tensor, W_new: Tensor, X: Tensor) -> float:
-    from ..api import relative_error
-
-    return relative_error(W, W_new, X)
-
-
 class _Pruner:
     """Prunes one target exactly as :func:`prunekit.api.prune_` does and records its LayerReport."""
 
@@ -352,23 +346,12 @@ class _Pruner:
         self.idle: list[str] = []
 
     def __call__(self, name: str, lin: nn.Module | ExpertSlice, stats: LayerStats) -> LayerReport:
-        t0 = time.perf_counter()
-        W = weight_of(lin)
-        expert = isinstance(lin, ExpertSlice)
-        err = None
-        if expert and stats.num_tokens == 0 and self.needs:
+        from ..api import prune_target
+
+        lr = prune_target(name, lin, stats, self.method, self.pattern, self.per_layer[name], self.needs, "dense")
+        if lr.info.get("idle"):
             self.idle.append(name)
-            info: dict[str, Any] = {"tokens": 0, "idle": "dense"}
-        else:
-            W_new, info = self.method.prune(W, stats, self.pattern, self.per_layer[name])
-            if expert:
-                info = {**info, "tokens": stats.num_tokens}
-            if Stat.SAMPLE in stats:
-                err = _relative_error(W, W_new, stats[Stat.SAMPLE].to(W.device))
-            write_weight(lin, W_new)
-        zeros = (W == 0).sum().item()
-        return LayerReport(name, tuple(W.shape), self.per_layer[name], zeros / W.numel(), err,
-                           time.perf_counter() - t0, info)  # fmt: skip
+        return lr
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -817,12 +800,7 @@ def _one_block(run: _Run, i: int, inputs: list[BlockInputs], needs: frozenset[St
     del stats
     timings["prune"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    if dense_out:
-        for inp, out in zip(inputs, dense_out):
-            inp.hidden = out
-    else:
-        for inp in inputs:
-            inp.hidden = _block_output(block(inp.hidden, **inp.kwargs_for(i)))
+    propagate_block(block, i, inputs, dense_out)
     timings["propagate_forward"] += time.perf_counter() - t0
     odd = unsupported_experts(block, prefix)
     if odd:
