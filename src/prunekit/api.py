@@ -76,9 +76,12 @@ def prune_target(name: str, lin: nn.Module | ExpertSlice, stats, method, pattern
         W_new, info = method.prune(W, stats, pattern, sparsity)
         if _is_expert(name, lin):
             info = {**info, "tokens": stats.num_tokens}
-        if Stat.SAMPLE in stats:
+        install = getattr(method, "install", None)  # a method whose result is more than a weight
+        if Stat.SAMPLE in stats and install is None:
             err = relative_error(W, W_new, stats[Stat.SAMPLE].to(W.device))
         write_weight(lin, W_new)
+        if install is not None:  # e.g. ARMOR: wrappers around the pruned core; may rewrite info
+            info = install(name, lin, info) or info
     zeros = (W == 0).sum().item()
     return LayerReport(name, tuple(W.shape), sparsity, zeros / W.numel(), err, time.perf_counter() - t0, info)
 

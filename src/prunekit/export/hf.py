@@ -16,6 +16,7 @@ the path and the reason.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import logging
 import os
@@ -266,13 +267,29 @@ class OutputSlot:
             self.discard()
 
 
+# Extensions whose saved folders need remote code (each a no-op for configs that are not its kind):
+# "module:function", called as fn(config, folder). See prunekit.models.loading.FOLDER_LOADERS.
+REMOTE_CODE_WRITERS: tuple[str, ...] = (
+    "prunekit.structured.per_block:write_remote_code",  # per-block widths
+    "prunekit.methods.armor:write_remote_code",  # ARMOR wrappers
+    "prunekit.structured.experts:write_remote_code",  # per-layer expert counts
+)
+
+
 def write_hf_folder(model, tokenizer, tmp: Path, meta: dict[str, Any] | None = None,
                     extra_files: dict[str, str] | None = None) -> None:  # fmt: skip
     """Everything an output folder holds: weights, config, remote code if needed, tokenizer, meta."""
     model.save_pretrained(tmp, safe_serialization=True)
-    from ..structured.per_block import write_remote_code
-
-    write_remote_code(getattr(model, "config", None), tmp)  # per-block widths: the trust_remote_code loader
+    config = getattr(model, "config", None)
+    for target in REMOTE_CODE_WRITERS:  # each writes its trust_remote_code loader where the config needs it
+        mod, fn = target.split(":")
+        try:
+            writer = getattr(importlib.import_module(mod), fn)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue  # an extension not built (yet): nothing of its kind can be in this model
+        writer(config, tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if meta is not None:

@@ -7,6 +7,21 @@ from .sparsegpt import SparseGPT
 from .wanda import Wanda
 
 
+def _load_builtin() -> None:
+    """Import the further built-in methods (explicit list; each registers itself)."""
+    import importlib
+
+    for mod in ("armor", "gblm", "dpruner", "dsnot"):
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{mod}":
+                raise
+
+
+_load_builtin()
+
+
 def get_method(name: str, **kwargs) -> PruningMethod:
     """Instantiate a registered method with its hyperparameters."""
     from ..structured import STRUCTURED_METHODS

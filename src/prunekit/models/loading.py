@@ -93,6 +93,33 @@ def _strip_gguf_quantization(model) -> None:
             pass
 
 
+# Folders saved by a prunekit extension need its loader (the stock class plus what the extension
+# changed); a config key marks each kind. key -> "module:function", called as fn(path, dtype)
+# with dtype None for "as stored". Modules are imported only when such a folder is loaded.
+FOLDER_LOADERS: dict[str, str] = {
+    "prunekit_block_widths": "prunekit.structured.per_block:load_pretrained",  # per-block widths
+    "prunekit_armor": "prunekit.methods.armor:load_pretrained",  # ARMOR wrappers around 2:4 cores
+    "prunekit_experts": "prunekit.structured.experts:load_pretrained",  # per-layer expert counts
+}
+
+
+def _folder_loader(path: str):
+    """The extension loader a saved folder needs (see :data:`FOLDER_LOADERS`), or None."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    for key, target in FOLDER_LOADERS.items():
+        if cfg.get(key):
+            mod, fn = target.split(":")
+            return getattr(importlib.import_module(mod), fn)
+    return None
+
+
 def _is_per_block_folder(path: str) -> bool:
     """A folder saved with per-block widths (FLAP adaptive): needs prunekit's loader."""
     import json
@@ -134,10 +161,9 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
             _strip_gguf_quantization(model)
         else:
             tok = AutoTokenizer.from_pretrained(src.path)
-            if src.kind == "folder" and _is_per_block_folder(src.path):
-                from ..structured.per_block import load_pretrained
-
-                model = load_pretrained(src.path, None if dtype == "auto" else torch_dtype)
+            loader = _folder_loader(src.path) if src.kind == "folder" else None
+            if loader is not None:
+                model = loader(src.path, None if dtype == "auto" else torch_dtype)
             else:
                 model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype)
     except ModelLoadError:

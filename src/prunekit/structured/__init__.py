@@ -16,7 +16,7 @@ def _load_builtin() -> None:
     """Import the built-in structured methods (explicit list; each registers itself)."""
     import importlib
 
-    for mod in ("flap", "width", "shortgpt", "llm_pruner"):
+    for mod in ("flap", "width", "shortgpt", "llm_pruner", "tyr", "cfsp", "adapt_pruner", "experts"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:
