@@ -458,6 +458,7 @@ def write_report(results: Path = RESULTS, out_md: Path = REPO / "BENCHMARKS.md")
     L += scale_section(results / "scale")
     L += tasks_section(results / "tasks")
     L += recovery_section(results / "recovery")
+    L += extra_sections(results / "sections")
     L += ["## Reproduce", "",
           "```sh",
           "make setup-dev                        # project venv (torch 2.13.0 CPU first)",
@@ -615,6 +616,17 @@ def recovery_section(d: Path) -> list[str]:
             L += [f"![{f.stem} recovery curve]({_relto(png, REPO)})", ""]
     L += ["Curve points in the JSON files next to the plots (perplexity vs recovery tokens; the curve "
           "uses fewer windows than the final figure when the JSON says so).", ""]
+    return L
+
+
+def extra_sections(d: Path) -> list[str]:
+    """Sections that topic benchmark scripts write themselves (``results/sections/NN-topic.md``,
+    each starting with its ``## `` heading), included in file-name order."""
+    L: list[str] = []
+    for f in sorted(d.glob("*.md")) if d.is_dir() else []:
+        text = f.read_text().strip()
+        if text:
+            L += [text, ""]
     return L
 
 
