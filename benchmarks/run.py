@@ -679,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="prunekit vs peer pruning tools: one protocol, one run (see module doc).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:K=V,K=V",
+                    help="a named prunekit variant (cells prunekit__NAME__...): METHOD with these "
+                         "settings, e.g. armor-it50=armor:iters=50 (repeatable)")
     ap.add_argument("--quick", action="store_true",
                     help="8 samples x 2048, 10 eval windows, Wanda 50%% only per tool, no floor or speed runs (<15 min on 2 cores)")
     ap.add_argument("--model", default="smollm2-135m", help="prunekit MODEL spec (alias, .gguf, HF folder)")
@@ -745,8 +748,16 @@ def main(argv: list[str] | None = None) -> int:
             os.execv(str(venv_py), [str(venv_py), str(Path(__file__).resolve()), *(argv or sys.argv[1:])])
         raise SystemExit("prunekit is not importable: run `make setup-dev` (or pip install -e .[bench])")
 
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        base, _, sets = rest.partition(":")
+        if not name or not base:
+            raise SystemExit(f"--variant {spec!r}: write NAME=METHOD:K=V,K=V (e.g. armor-it50=armor:iters=50)")
+        kv = dict(x.split("=", 1) for x in sets.split(",") if "=" in x)
+        VARIANTS[name.strip().lower()] = (base.strip().lower(), kv)
     pk_methods = set(list_methods())
     pk_structured = {m for m in pk_methods if is_structured(m)}
+    pk_structured |= {v for v, (base, _) in VARIANTS.items() if base in pk_structured}
     # METHOD+ALLOCATION (e.g. sparsegpt+owl): an unstructured method with a non-uniform allocation
     from prunekit.allocation import ALLOCATORS
 
