@@ -200,3 +200,27 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+def test_prune_with_recover_keeps_the_pattern_and_records_recovery(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    """`prune --recover`: LLM-Pruner's prune + LoRA pipeline in one run; the 2:4 mask survives."""
+    import prunekit as pk
+    out = tmp_path / "rec"
+    rc, stdout, err = _run(capsys, "prune", str(tiny_llama_dir), "--method", "wanda", "--pattern", "2:4",
+                           "--calib", str(calib_txt), "--nsamples", "2", "--seqlen", "32", "--out", str(out),
+                           "--recover", "--recover-tokens", "256", "--recover-set", "seqlen=32",
+                           "--recover-set", "batch_size=2", "-q", "--json")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert res["recovery"]["steps"] == 4 and res["recovery"]["mode"] == "masked"
+    meta = json.loads((out / "prunekit.json").read_text())
+    assert meta["recovery"]["tokens"] == 256 and meta["recovery"]["source"] == str(calib_txt)
+    m, _ = pk.load_model(str(out))
+    mlp = m.model.layers[0].mlp.down_proj.weight
+    assert ((mlp.reshape(-1, 4) != 0).sum(1) <= 2).all()  # still valid 2:4 after the merged LoRA
+    for bad, msg in ((["--recover-set", "lr=2"], "lr"), (["--recover-tokens", "9"], "need --recover"),
+                     (["--recover", "--recover-set", "rr=3"], "rr")):  # fmt: skip
+        rc, _, err = _run(capsys, "prune", str(tiny_llama_dir), "--method", "wanda", "--out", str(tmp_path / "x"),
+                          *(["--recover"] if bad[0] == "--recover-set" and bad[1] == "lr=2" else []), *bad)  # fmt: skip
+        assert rc != 0 and msg in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()

@@ -86,6 +86,15 @@ def _add_prune(sub) -> None:
                    help="compute and output dtype (default: as stored; GGUF loads as fp32)")
     p.add_argument("--idle-experts", choices=("dense", "magnitude"), default="dense",
                    help="MoE: an expert no calibration token reached is left dense (default) or pruned by magnitude")
+    p.add_argument("--experts", type=_expert_flag, default=None,
+                   help="stun/reap: experts removed per MoE layer (fraction in (0, 1) or a count >= 1)")
+    p.add_argument("--then", default=None, help="stun: the unstructured method run after expert pruning (default sparsegpt)")
+    p.add_argument("--recover", action="store_true",
+                   help="after pruning, recover with (mask-preserving) LoRA before saving (LLM-Pruner's pipeline)")
+    p.add_argument("--recover-data", default=None, help="recovery training SOURCE (default: the calibration source; never the eval text)")
+    p.add_argument("--recover-tokens", type=int_flag(2, 1 << 40), default=None, help="recovery training tokens (default 65536)")
+    p.add_argument("--recover-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="recovery setting (as `prunekit recover`), e.g. lr=2e-4, seqlen=256, r=16")
     p.add_argument("--recipe", help="YAML recipe (PruneConfig); flags override it")
     p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -175,6 +184,14 @@ def _config_from_args(a) -> Any:
 
     method = a.method or base.method
     given = {**base.method_args, **_parse_set(a.set)}
+    for flag, key in (("experts", "experts"), ("then", "then")):  # expert-pruning flags are method settings
+        v = getattr(a, flag, None)
+        if v is not None:
+            from ..methods import settings_schema
+
+            if key not in settings_schema(method):
+                raise ConfigError(f"--{flag} applies to expert-pruning methods (stun, reap); {method!r} has no {key!r} setting")
+            given[key] = int(v) if flag == "experts" and v >= 1 else v
     typed = check_settings(method, given)  # one validator for --set, recipes and the API
     allocation = a.allocation or base.allocation
     alloc_given = {**(base.allocation_args if allocation == base.allocation else {}), **_parse_set(a.alloc_set)}
@@ -201,7 +218,10 @@ def cmd_prune(a) -> dict[str, Any]:
     from ..models.loading import estimated_load_bytes, source_info
 
     cfg = _config_from_args(a)  # validates method, settings, sparsity, pattern before any heavy work
+    rec_cfg = _recovery_from_args(a, cfg)
     if a.stream:
+        if rec_cfg is not None:
+            raise ConfigError("--recover trains the whole model in memory: drop --stream, or run `prunekit recover OUT` afterwards")
         return _prune_streaming(a, cfg)
     if a.resume:
         raise ConfigError("--resume continues a --stream run: add --stream (an in-memory prune restarts from scratch)")
@@ -236,6 +256,13 @@ def cmd_prune(a) -> dict[str, Any]:
         calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
         report = api.prune_(model, cfg, calib, tok, progress=not a.quiet, idle_experts=a.idle_experts)
         report.calib["description"] = calib_src.description
+        recovery = None
+        if rec_cfg is not None:
+            from ..recovery.lora import recover_
+
+            rec_data = a.recover_data or cfg.calib.source
+            rec = recover_(model, tok, load_source(rec_data, "calib"), rec_cfg, progress=not a.quiet)
+            recovery = {**rec.to_dict(), "source": rec_data}
         summary = sparsity_summary(model)
         result: dict[str, Any] = {
             "model": a.model,
@@ -267,8 +294,11 @@ def cmd_prune(a) -> dict[str, Any]:
             "measured": {k: summary[k] for k in ("linear_sparsity", "block_linear_sparsity", "parameters")},
             "eval": result.get("eval"),
             "tasks": result.get("tasks"),
+            "recovery": recovery,
             "versions": versions(),
         }
+        if recovery is not None:
+            result["recovery"] = {k: recovery.get(k) for k in ("tokens", "steps", "mode", "seconds", "source")}
         out = slot.commit(lambda tmp: write_hf_folder(model, tok, tmp, meta))
     result["out"] = str(out)
     result["size_bytes"] = model_size_bytes(out)
@@ -286,6 +316,36 @@ def cmd_prune(a) -> dict[str, Any]:
             _print_tasks(result["tasks"]["pruned"], result["tasks"]["dense"])
         print(f"saved {out} ({fmt_bytes(result['size_bytes'])})")
     return result
+
+
+def _expert_flag(text: str) -> float:
+    """--experts: a fraction in (0, 1) or a whole count >= 1 of experts removed per layer."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a fraction in (0, 1) (e.g. 0.25) or a count (e.g. 2)") from None
+    if not (0 < v < 1 or (1 <= v < 1e9 and v == int(v))):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a fraction in (0, 1) nor a whole count >= 1")
+    return v
+
+
+def _recovery_from_args(a, cfg):
+    """``--recover`` → a validated RecoveryConfig (before any heavy work), else None."""
+    if not a.recover:
+        if a.recover_data or a.recover_tokens or a.recover_set:
+            raise ConfigError("--recover-data/--recover-tokens/--recover-set need --recover")
+        return None
+    from ..recovery.lora import RecoveryConfig, _require_peft
+
+    rec_data = a.recover_data or cfg.calib.source
+    if a.eval_data and rec_data == a.eval_data:
+        raise ConfigError(f"--recover would train on the evaluation text {a.eval_data!r}: pass --recover-data SOURCE (e.g. C4)")
+    given = _parse_set(a.recover_set)
+    if a.recover_tokens:
+        given["tokens"] = a.recover_tokens
+    rec = RecoveryConfig.from_dict(given)  # one-line errors for unknown keys / bad values
+    _require_peft()
+    return rec
 
 
 def _dtype_arg(name: str | None) -> str:
