@@ -29,9 +29,12 @@ from ..config import PruneConfig
 from ..errors import ConfigError
 from ..models.adapters import ModelAdapter, get_adapter
 from ..report import LayerReport, PruneReport
+from ..settings import Setting
 from . import surgery
 
 DEFAULT_SPARSITY = 0.2
+DEFAULT_ALIGN = 64  # kept MLP channels a multiple of this on models large enough
+ALIGN_MIN_INTERMEDIATE = 1024  # "large enough": at least this many MLP channels
 
 
 # --- arguments ---------------------------------------------------------------------------------
@@ -66,6 +69,71 @@ def progress_wrap(enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return lambda it: tqdm(it, desc=desc, unit="block", dynamic_ncols=True)
+
+
+# --- hardware-aligned widths ---------------------------------------------------------------
+ALIGN_SETTING = Setting(int, None, ge=1, help=(
+    f"kept MLP channels a multiple of N (default {DEFAULT_ALIGN} when the MLP has >= "
+    f"{ALIGN_MIN_INTERMEDIATE} channels, else 1 = off)"))
+
+
+def resolve_align(args: Mapping[str, Any], total: int, method: str = "") -> int:
+    """The channel alignment for an MLP of ``total`` channels: ``args["align"]`` or the default.
+
+    An explicit ``align`` larger than the MLP is a one-line ConfigError."""
+    a = args.get("align")
+    if a is None:
+        return DEFAULT_ALIGN if total >= ALIGN_MIN_INTERMEDIATE else 1
+    a = int(a)
+    if a > total:
+        who = f"{method}: " if method else ""
+        raise ConfigError(f"{who}align={a} exceeds the MLP width ({total} channels): use align <= {total} or align=1 (off)")
+    return a
+
+
+def align_width(n: float, align: int, total: int) -> int:
+    """Round a kept width ``n`` to the nearest multiple of ``align`` within ``[align, total]``.
+
+    ``n >= total`` keeps everything (``total``, aligned or not: nothing is pruned); ``align <= 1``
+    just rounds. Raises ConfigError when ``align > total`` (no multiple fits)."""
+    if n >= total:
+        return total
+    if align <= 1:
+        return max(1, int(round(n)))
+    if align > total:
+        raise ConfigError(f"align={align} exceeds the width ({total}): use align <= {total} or align=1 (off)")
+    k = int(round(n / align))
+    return min(max(k, 1), total // align) * align
+
+
+def align_widths(targets: list[float], align: int, totals: list[int], keep_total: float) -> list[int]:
+    """Per-block kept widths with a sum as close as alignment allows to ``keep_total``.
+
+    A block whose target reaches its full width keeps it (nothing pruned there, aligned or not);
+    every other block keeps a multiple of ``align`` in ``[align, total]``. Largest-remainder
+    rounding in units of ``align``: each block starts at the floor of its (clipped) target and the
+    units still missing go to the largest remainders, so the sum is within ``align / 2`` of
+    ``keep_total`` whenever the bounds allow."""
+    a = max(1, int(align))
+    if any(a > t for t in totals):
+        raise ConfigError(f"align={a} exceeds a block's width ({min(totals)}): use align <= {min(totals)} or align=1 (off)")
+    full = [x >= t for x, t in zip(targets, totals)]
+    hi = [(t // a) * a for t in totals]
+    tgt = [min(max(float(x), a), h) for x, h in zip(targets, hi)]
+    out = [t if f else int(x // a) * a for x, t, f in zip(tgt, totals, full)]
+    free = sorted((i for i in range(len(out)) if not full[i]), key=lambda i: out[i] - tgt[i])  # largest remainder first
+    missing = int(round((keep_total - sum(out)) / a))
+    while missing and free:
+        step = 1 if missing > 0 else -1
+        moved = False
+        for i in free if step > 0 else reversed(free):
+            if missing and a <= out[i] + step * a <= hi[i]:
+                out[i] += step * a
+                missing -= step
+                moved = True
+        if not moved:
+            break
+    return out
 
 
 # --- geometry and parameter counts -------------------------------------------------------------
@@ -166,11 +234,11 @@ class Plan:
         return self.kk * self.qq
 
 
-def _channels_for(geo: Geometry, c: Costs, budget: float, removed_attn: int) -> int | None:
+def _channels_for(geo: Geometry, c: Costs, budget: float, removed_attn: int, align: int = 1) -> int | None:
     n_rm = round((budget - removed_attn) / c.channel)
     if n_rm < 0 or n_rm >= geo.intermediate:
         return None
-    return geo.intermediate - n_rm
+    return align_width(geo.intermediate - n_rm, align, geo.intermediate)
 
 
 def check_feasible(geo: Geometry, c: Costs, sparsity: float) -> None:
@@ -185,7 +253,8 @@ def check_feasible(geo: Geometry, c: Costs, sparsity: float) -> None:
         )
 
 
-def plan_ratio(geo: Geometry, c: Costs, sparsity: float, fixed: tuple[int, int] | None = None) -> Plan:
+def plan_ratio(geo: Geometry, c: Costs, sparsity: float, fixed: tuple[int, int] | None = None,
+               align: int = 1) -> Plan:  # fmt: skip
     check_feasible(geo, c, sparsity)
     budget = sparsity * c.block
     attn_total = geo.heads * c.q_head + geo.kv_heads * c.kv_head
@@ -193,7 +262,7 @@ def plan_ratio(geo: Geometry, c: Costs, sparsity: float, fixed: tuple[int, int] 
     best = None
     for kk, qq in opts:
         rm = attn_removed(geo, c, kk, qq)
-        ch = _channels_for(geo, c, budget, rm)
+        ch = _channels_for(geo, c, budget, rm, align)
         if ch is None:
             continue
         key = (abs(rm / attn_total - sparsity), rm)
@@ -206,7 +275,7 @@ def plan_ratio(geo: Geometry, c: Costs, sparsity: float, fixed: tuple[int, int] 
 
 def plan_cost(
     geo: Geometry, c: Costs, sparsity: float, head_scores: list[Tensor], chan_scores: list[Tensor],
-    fixed: tuple[int, int] | None = None,
+    fixed: tuple[int, int] | None = None, align: int = 1,
 ) -> Plan:  # fmt: skip
     """Uniform plan minimising total (score x parameters) of the removed units over all blocks."""
     check_feasible(geo, c, sparsity)
@@ -216,7 +285,7 @@ def plan_cost(
     best = None
     for kk, qq in [fixed] if fixed else attention_options(geo):
         rm = attn_removed(geo, c, kk, qq)
-        ch = _channels_for(geo, c, budget, rm)
+        ch = _channels_for(geo, c, budget, rm, align)
         if ch is None:
             continue
         total = 0.0
@@ -239,13 +308,16 @@ def plan_cost(
 
 def plan_adaptive(
     geo: Geometry, c: Costs, sparsity: float, head_scores: list[Tensor], chan_scores: list[Tensor],
+    align: int = 1,
 ) -> list[Plan]:  # fmt: skip
     """Per-block plans from one global threshold ``t`` on comparable (standardised) scores.
 
     For a given ``t``, every block removes its MLP channels scoring below ``t`` and takes the
     GQA-valid head option minimising ``sum over removed units of (score - t) x parameters``;
     ``t`` is found by bisection so that the removed parameters meet the global budget. This is
-    FLAP's adaptive structure (AL-AM) restricted to GQA-valid head sets.
+    FLAP's adaptive structure (AL-AM) restricted to GQA-valid head sets. With ``align > 1``
+    each block's kept channels are rounded to a multiple of ``align`` inside the search, so the
+    bisection meets the budget with aligned widths.
     """
     check_feasible(geo, c, sparsity)
     n = len(head_scores)
@@ -271,8 +343,9 @@ def plan_adaptive(
         for rows, sc in zip(pre, sorted_ch):
             a, rm, kk, qq = min(rows, key=lambda r: (r[0] - t * r[1], r[1]))
             n_rm = min(int(torch.searchsorted(sc, torch.tensor(t)).item()), geo.intermediate - 1)
-            out.append(Plan(kk, qq, geo.intermediate - n_rm))
-            total += rm + n_rm * c.channel
+            ch = align_width(geo.intermediate - n_rm, align, geo.intermediate)
+            out.append(Plan(kk, qq, ch))
+            total += rm + (geo.intermediate - ch) * c.channel
         return out, total
 
     allv = torch.cat([torch.cat([h.float() for h in head_scores]), torch.cat(sorted_ch)])

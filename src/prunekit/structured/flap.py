@@ -20,6 +20,9 @@ Structure:
     each block keeps its own widths; the output has per-block widths (``prunekit.load`` or
     ``from_pretrained(..., trust_remote_code=True)``; see ``structured/per_block.py``).
 
+Hardware-aligned widths: ``align=N`` keeps a multiple of N MLP channels per block (default 64
+from 1024 channels up, see ``common.resolve_align``); head counts are GQA-valid as before.
+
 Deviations from the reference: query heads are removed only in GQA-valid patterns (``qq`` per
 kept KV head), KV heads only with their whole group.
 """
@@ -45,6 +48,7 @@ SPEC = {
     "compensate": Setting(bool, True),
     "heads": Setting(int, None, ge=1, help="query heads kept per block"),
     "kv_heads": Setting(int, None, ge=1, help="KV heads kept per block"),
+    "align": C.ALIGN_SETTING,
 }
 
 
@@ -110,6 +114,7 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
     args = C.parse_args("flap", config.method_args, SPEC)
     adapter, geo, costs, sparsity = C.start(model, config)
     fixed = C.fixed_heads(args, geo)
+    align = C.resolve_align(args, geo.intermediate, "flap")
     C.check_feasible(geo, costs, sparsity)
     if args["structure"] == "adaptive":
         _check_per_block_loadable(adapter.family)
@@ -152,11 +157,11 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
     if adaptive:
         if fixed:
             raise ConfigError("flap: heads/kv_heads fix a uniform head count; drop them or use structure=uniform")
-        plans = C.plan_adaptive(geo, costs, sparsity, head_scores, chan_scores)
+        plans = C.plan_adaptive(geo, costs, sparsity, head_scores, chan_scores, align=align)
     elif args["structure"] == "ratio":
-        plans = [C.plan_ratio(geo, costs, sparsity, fixed)] * len(head_scores)
+        plans = [C.plan_ratio(geo, costs, sparsity, fixed, align=align)] * len(head_scores)
     else:
-        plans = [C.plan_cost(geo, costs, sparsity, head_scores, chan_scores, fixed)] * len(head_scores)
+        plans = [C.plan_cost(geo, costs, sparsity, head_scores, chan_scores, fixed, align=align)] * len(head_scores)
     info = {}
     for i, block in enumerate(adapter.blocks(model)):
         info[i] = C.apply_block(
@@ -165,6 +170,7 @@ def flap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
         )  # fmt: skip
     timings["prune"] = time.perf_counter() - t0
     settings = {k: v for k, v in args.items() if v is not None}
+    settings["align"] = align
     settings["compensated"] = {"attention": comp_attn, "mlp": comp_mlp}
     if not adaptive:
         plan = plans[0]

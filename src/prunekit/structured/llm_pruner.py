@@ -20,7 +20,8 @@ plan removes the least total Taylor importance over all blocks — the importanc
 loss changes, so heads and channels are directly comparable; ``ratio`` removes the same fraction
 of attention and MLP parameters (``common.plan_ratio``). Settings: ``windows`` (calibration
 windows used for gradients, default 8) and ``seqlen`` (tokens per window, default 512),
-``heads`` / ``kv_heads`` to fix the head count.
+``heads`` / ``kv_heads`` to fix the head count, ``align`` (kept MLP channels a multiple of N;
+default 64 from 1024 channels up, ``common.resolve_align``).
 Deviation: the paper keeps the first and last few blocks dense; here all blocks are pruned
 uniformly (per-block widths would need a non-stock config).
 """
@@ -46,6 +47,7 @@ SPEC = {
     "seqlen": Setting(int, 512, ge=2, help="tokens per gradient window"),
     "heads": Setting(int, None, ge=1, help="query heads kept per block"),
     "kv_heads": Setting(int, None, ge=1, help="KV heads kept per block"),
+    "align": C.ALIGN_SETTING,
 }
 
 
@@ -65,6 +67,7 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
     args = C.parse_args("llm-pruner", config.method_args, SPEC)
     adapter, geo, costs, sparsity = C.start(model, config)
     fixed = C.fixed_heads(args, geo)
+    align = C.resolve_align(args, geo.intermediate, "llm-pruner")
     C.check_feasible(geo, costs, sparsity)
     ids = C.get_calib(config, calib, tokenizer)
     ids = ids[: args["windows"], : args["seqlen"]]
@@ -115,10 +118,10 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
                 lin.weight.grad = None
                 lin.weight.requires_grad_(False)
             if args["structure"] == "ratio":
-                plan = C.plan_ratio(geo, costs, sparsity, fixed)
+                plan = C.plan_ratio(geo, costs, sparsity, fixed, align=align)
             else:  # plan_cost weighs a unit's score by its parameters: pass importance per parameter
                 plan = C.plan_cost(geo, costs, sparsity, [h / costs.q_head for h, _, _ in scores],
-                                   [c / costs.channel for _, _, c in scores], fixed)
+                                   [c / costs.channel for _, _, c in scores], fixed, align=align)
             info = {i: C.apply_block(block, adapter, geo, plan, h, c, kv_scores=kv)
                     for i, (block, (h, kv, c)) in enumerate(zip(blocks, scores))}
     finally:
@@ -127,6 +130,7 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
             p.requires_grad_(saved.get(p, default_grad))
         model.train(was_training)
     settings = {k: v for k, v in args.items() if v is not None}
+    settings["align"] = align
     settings["plan"] = {"kv_heads": plan.kk, "heads": plan.heads, "intermediate": plan.channels}
     report = C.new_report("llm-pruner", settings, sparsity, ids, config)
     report.timings.update({"gradients": t_grad, "prune": time.perf_counter() - t0})

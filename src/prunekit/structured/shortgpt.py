@@ -9,6 +9,8 @@ Attention ``layer_idx`` values are renumbered and the config's ``num_hidden_laye
 lists (``layer_types``) and dense/MoE block patterns updated
 (``surgery.remove_blocks``), so KV caches and a plain ``from_pretrained`` reload work. Each
 block runs with the arguments the model passed to it (per-layer sliding/full masks).
+``align`` (the width methods' channel alignment) does not apply: the kept blocks keep their
+full, unchanged widths; it is accepted so one ``--set align=N`` works for every structured method.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from . import STRUCTURED_METHODS
 from . import common as C
 from . import surgery
 
-SPEC = {"blocks": Setting(int, None, ge=1, help="blocks to remove (default: sparsity x blocks)")}
+SPEC = {
+    "blocks": Setting(int, None, ge=1, help="blocks to remove (default: sparsity x blocks)"),
+    "align": Setting(int, None, ge=1, help="accepted for every structured method; n/a here: whole blocks go, widths stay"),
+}
 
 
 @torch.no_grad()
@@ -77,6 +82,8 @@ def shortgpt(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokeni
                 "block_sparsity": 1 - after / before}  # fmt: skip
     report = C.new_report("shortgpt", settings, n / n_blocks, ids, config)
     report.notes.append(f"removed blocks {drop} (lowest block influence); {len(kept)} blocks left")
+    if args["align"] is not None:
+        report.notes.append("shortgpt: align does not apply (whole blocks removed, kept widths unchanged)")
     report.timings = {"block_influence": t_bi, "total": time.perf_counter() - t_start}
     return report
 

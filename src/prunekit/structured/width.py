@@ -9,7 +9,8 @@ projection (W: [out, in]) and remove whole heads / channels with the same per-bl
   outputs of the previous ones. A head's score is the sum over its ``head_dim`` columns.
 * ``magnitude-sp``: ``s_j = ||W[:, j]||₂``, no data. Head score = sum over its columns.
 
-No bias compensation (that is FLAP's contribution).
+No bias compensation (that is FLAP's contribution). ``align=N``: kept MLP channels a multiple
+of N (``common.resolve_align``: default 64 from 1024 channels up).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import common as C
 SPEC = {
     "heads": Setting(int, None, ge=1, help="query heads kept per block"),
     "kv_heads": Setting(int, None, ge=1, help="KV heads kept per block"),
+    "align": C.ALIGN_SETTING,
 }
 
 
@@ -42,8 +44,9 @@ def _blocks_linear(block: nn.Module, adapter) -> tuple[nn.Linear, nn.Linear]:
             adapter.mlp_module(block).get_submodule(adapter.mlp_out))  # fmt: skip
 
 
-def _settings(args: dict[str, Any], plan: C.Plan) -> dict[str, Any]:
+def _settings(args: dict[str, Any], plan: C.Plan, align: int) -> dict[str, Any]:
     s = {k: v for k, v in args.items() if v is not None}
+    s["align"] = align
     s["plan"] = {"kv_heads": plan.kk, "heads": plan.heads, "intermediate": plan.channels}
     return s
 
@@ -54,7 +57,8 @@ def wanda_sp(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokeni
     t_start = time.perf_counter()
     args = C.parse_args("wanda-sp", config.method_args, SPEC)
     adapter, geo, costs, sparsity = C.start(model, config)
-    plan = C.plan_ratio(geo, costs, sparsity, C.fixed_heads(args, geo))
+    align = C.resolve_align(args, geo.intermediate, "wanda-sp")
+    plan = C.plan_ratio(geo, costs, sparsity, C.fixed_heads(args, geo), align=align)
     timings: dict[str, float] = {}
     ids = C.get_calib(config, calib, tokenizer)
     shapes = C.linear_shapes(model, adapter)
@@ -76,7 +80,7 @@ def wanda_sp(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokeni
         on_block=on_block, batch_size=config.calib.batch_size, propagate="pruned",
         progress=C.progress_wrap(progress, "wanda-sp"), timings=timings,
     )  # fmt: skip
-    report = C.new_report("wanda-sp", _settings(args, plan), sparsity, ids, config)
+    report = C.new_report("wanda-sp", _settings(args, plan, align), sparsity, ids, config)
     report.timings.update(timings)
     return C.finish(model, adapter, geo, report, shapes, before, t_start, info)
 
@@ -90,7 +94,8 @@ def magnitude_sp(model: nn.Module, config: PruneConfig, calib: Tensor | None = N
     t_start = time.perf_counter()
     args = C.parse_args("magnitude-sp", config.method_args, SPEC)
     adapter, geo, costs, sparsity = C.start(model, config)
-    plan = C.plan_ratio(geo, costs, sparsity, C.fixed_heads(args, geo))
+    align = C.resolve_align(args, geo.intermediate, "magnitude-sp")
+    plan = C.plan_ratio(geo, costs, sparsity, C.fixed_heads(args, geo), align=align)
     shapes = C.linear_shapes(model, adapter)
     before = C.block_param_total(model, adapter)
     info = {}
@@ -100,7 +105,7 @@ def magnitude_sp(model: nn.Module, config: PruneConfig, calib: Tensor | None = N
             hs = _head_sum(o.weight.data.float().norm(dim=0), geo)
             cs = d.weight.data.float().norm(dim=0)
             info[i] = C.apply_block(block, adapter, geo, plan, hs, cs)
-    report = C.new_report("magnitude-sp", _settings(args, plan), sparsity, None, config)
+    report = C.new_report("magnitude-sp", _settings(args, plan, align), sparsity, None, config)
     report.calib = {"source": None, "note": "data-free"}
     return C.finish(model, adapter, geo, report, shapes, before, t_start, info)
 
