@@ -20,7 +20,7 @@ from ..settings import schema_of
 
 def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``prunekit recover PRUNED --data SOURCE --out DIR [...]`` to the CLI's subparsers."""
-    from .lora import RecoveryConfig
+    from .config import RecoveryConfig
 
     d = {n: s.default for n, s in schema_of(RecoveryConfig).items()}
     p = subparsers.add_parser("recover", help="recover a pruned model with (mask-preserving) LoRA, merged")

@@ -1,0 +1,61 @@
+"""What a recovery run does (:class:`RecoveryConfig`), importable without torch (the CLI's parser
+reads its defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..settings import schema_of, setting, validate_settings
+
+MASK_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """What a recovery run does; every field is range-checked on construction (ConfigError).
+
+    ``tokens`` is the training budget; ``steps = ceil(tokens / (batch_size * seqlen))``.
+    ``target_modules`` is ``"all"`` (every Linear inside the decoder blocks: all projections) or a
+    comma-separated list of name suffixes (``"q_proj,v_proj"``). ``mask``: ``auto`` (masked LoRA
+    when the model is sparse, see :func:`is_sparse`), ``on`` or ``off``.
+    """
+
+    r: int = setting(8, ge=1, le=4096, help="LoRA rank")
+    alpha: float = setting(16.0, gt=0, help="LoRA alpha (scale alpha / r)")
+    dropout: float = setting(0.05, ge=0, lt=1, help="dropout on the LoRA branch input")
+    target_modules: str = setting("all", help="'all' or comma-separated Linear name suffixes")
+    lr: float = setting(1e-4, gt=0, le=1, help="AdamW learning rate (peak)")
+    weight_decay: float = setting(0.0, ge=0, le=1)
+    warmup: float = setting(0.05, ge=0, lt=1, help="fraction of steps of linear warm-up, then linear decay")
+    grad_clip: float = setting(1.0, ge=0, help="max gradient norm (0: off)")
+    tokens: int = setting(65536, ge=2, le=10**12, help="training tokens (budget)")
+    seqlen: int = setting(512, ge=2, le=1 << 20, help="tokens per training window")
+    batch_size: int = setting(4, ge=1, le=1 << 16, help="windows per optimizer step")
+    seed: int = setting(0, ge=0, le=2**63 - 1)
+    mask: str = setting("auto", choices=MASK_MODES, help="masked LoRA: auto | on | off")
+    checkpoint_every: int = setting(50, ge=1, help="steps between checkpoints")
+
+    def __post_init__(self) -> None:
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for k, v in validate_settings("recover", schema_of(type(self)), given).items():
+            object.__setattr__(self, k, v)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RecoveryConfig:
+        """Build from a mapping; unknown keys are one ConfigError line (with a did-you-mean)."""
+        validate_settings("recover", schema_of(cls), d)
+        return cls(**d)
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.tokens / (self.batch_size * self.seqlen))
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
