@@ -119,6 +119,79 @@ GUIDE: dict[str, dict[str, str]] = {
         "paper": "Men, Xu, Zhang, et al.: ShortGPT: Layers in Large Language Models are More Redundant Than "
                  "You Expect, 2024 (arXiv:2403.03853)",
     },
+    "armor": {
+        "granularity": "2:4 core with block-diagonal wrappers A·(W′⊙M)·B", "speedup": "specific",
+        "runs_fast_on": NM_KERNELS + "; the wrappers are small dense block-diagonal matmuls "
+                        "(prunekit.load or trust_remote_code=True)",
+        "when": _WHEN + "; an optimisation per Linear (iterations: a setting)",
+        "criterion": "block coordinate descent on the layer proxy loss: Adam on A, B, W′ + 2:4 re-selection",
+        "statistics": "input norms / Hessian per Linear input",
+        "paper": "ARMOR: High-Performance Semi-Structured Pruning via Adaptive Matrix "
+                 "Factorization, 2025 (arXiv:2510.05528)",
+    },
+    "gblm": {
+        **_UNSTRUCTURED, "when": _WHEN + "; one backward pass per calibration window first",
+        "criterion": "gradient + activation: |W|·‖X_j‖₂ + |W|·√Σ(α·g)², ranked per output row",
+        "statistics": "input norms + per-sample squared LM-loss gradients per Linear (dense model)",
+        "paper": "Das, Sun, Ma, Shen: Beyond Size: How Gradients Shape Pruning Decisions in Large "
+                 "Language Models, 2023 (arXiv:2311.04902)",
+    },
+    "dpruner": {
+        **_UNSTRUCTURED, "when": _WHEN + "; for a target domain (general + domain calibration text)",
+        "criterion": "general OBS importance W²/[H⁻¹]² combined with a domain gradient importance",
+        "statistics": "Hessian on general text + gradients of a regularised domain loss",
+        "paper": "Zhang, Liu, Zhao, et al.: Pruning as a Domain-specific LLM Extractor, "
+                 "NAACL Findings 2024 (arXiv:2405.06275)",
+    },
+    "tyr": {
+        **_WIDTH, "when": _WHEN + "; a search (minutes to hours: its budget is a setting)",
+        "criterion": "global search of per-block widths: evolutionary, fixed parameter budget, "
+                     "fitness = KL to the dense model on calibration tokens; OBS-reconstructed supernet",
+        "statistics": "layer Hessians per block and sparsity level; dense next-token distributions",
+        "runs_fast_on": DENSE_ENGINE + " for uniform widths; per-block widths: prunekit.load or "
+                        "trust_remote_code=True",
+        "paper": "Li, et al.: Týr-the-Pruner: Unlocking Accurate 50% Structural Pruning for LLMs "
+                 "via Global Sparsity Distribution Optimization, 2025 (arXiv:2503.09657)",
+    },
+    "cfsp": {
+        **_WIDTH, "granularity": "MLP channels, per-block budgets",
+        "criterion": "coarse: angular distance of block input/output sets block budgets; "
+                     "fine: activations x weights inside the block",
+        "when": _WHEN,
+        "statistics": "block inputs/outputs and Linear inputs (one forward pass)",
+        "runs_fast_on": DENSE_ENGINE + " for uniform widths; per-block widths: prunekit.load or "
+                        "trust_remote_code=True",
+        "paper": "Wang, et al.: CFSP: An Efficient Structured Pruning Framework for LLMs with "
+                 "Coarse-to-Fine Activation Information, COLING 2025 (arXiv:2409.13199)",
+    },
+    "adapt-pruner": {
+        **_WIDTH, "when": "after training, incremental: ~5% at a time with short recovery training between",
+        "criterion": "layer-wise adaptive sparsity (similar input/output loses more) + incremental pruning",
+        "statistics": "block input/output similarity; recovery training on calibration text",
+        "runs_fast_on": DENSE_ENGINE + " for uniform widths; per-block widths: prunekit.load or "
+                        "trust_remote_code=True",
+        "paper": "Pan, et al.: Adapt-Pruner: Adaptive Structural Pruning for Efficient Small "
+                 "Language Model Training, 2025 (arXiv:2502.03460)",
+    },
+    "stun": {
+        "granularity": "MoE experts, then weights (unstructured)", "speedup": "universal (experts) + specific (weights)",
+        "runs_fast_on": DENSE_ENGINE + " for the expert step (fewer experts, stock config for uniform counts)",
+        "when": _WHEN + "; mixture-of-experts models",
+        "criterion": "experts clustered by router co-activation, one representative per cluster, "
+                     "then any unstructured method",
+        "statistics": "router co-activation on calibration tokens, then the unstructured method's",
+        "paper": "Lee, et al.: STUN: Structured-Then-Unstructured Pruning for Scalable MoE "
+                 "Pruning, 2024 (arXiv:2409.06211)",
+    },
+    "reap": {
+        "granularity": "MoE experts", "speedup": "universal",
+        "runs_fast_on": DENSE_ENGINE + " (fewer experts; stock config for uniform counts)",
+        "when": _WHEN + "; mixture-of-experts models",
+        "criterion": "expert score: mean over routed tokens of gate x ‖expert output‖",
+        "statistics": "router weights and expert output norms on calibration tokens",
+        "paper": "Lasby, et al.: REAP the Experts: Why Pruning Prevails for One-Shot MoE "
+                 "Compression, 2025 (arXiv:2510.13999)",
+    },
 }
 
 TWO_FOUR_NOTE = (
