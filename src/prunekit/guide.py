@@ -106,7 +106,7 @@ GUIDE: dict[str, dict[str, str]] = {
     },
     "llm-pruner": {
         **_WIDTH, "granularity": "coupled head / MLP-channel groups",
-        "when": _WHEN + "; the paper's LoRA recovery is not implemented",
+        "when": _WHEN + "; `prune --recover` runs the paper's LoRA recovery in the same run",
         "criterion": "first-order Taylor |w·∂L/∂w| summed over a coupled group",
         "statistics": "calibration gradients (one backward pass per window)",
         "paper": "Ma, Fang, Wang: LLM-Pruner: On the Structural Pruning of Large Language "
