@@ -60,6 +60,57 @@ def _taylor_rows(lin: nn.Linear, rows: surgery.Rows) -> Tensor:
     return _taylor(lin)[rows]
 
 
+def taylor_importance(model: nn.Module, adapter, head_dim: int, ids: Tensor, progress: bool = False
+                      ) -> list[tuple[Tensor, Tensor, Tensor]]:  # fmt: skip
+    """Per block ``(query head, KV head, MLP channel)`` Taylor importances ``sum |w * dL/dw|``,
+    gradients summed over the windows of ``ids`` (one at a time). Each block is read at its
+    current widths (blocks may already differ). Gradients are cleared and every parameter's
+    ``requires_grad`` and the model's train/eval mode are restored afterwards."""
+    blocks = adapter.blocks(model)
+    lins = [m for b in blocks for m in b.modules() if isinstance(m, nn.Linear)]
+    saved = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for lin in lins:
+            lin.weight.requires_grad_(True)
+        model.eval()
+        device = next(model.parameters()).device
+        rows = range(ids.shape[0])
+        if progress:
+            from tqdm.auto import tqdm
+
+            rows = tqdm(rows, desc="taylor gradients", unit="window", dynamic_ncols=True)
+        with torch.enable_grad():
+            for r in rows:
+                x = ids[r : r + 1].to(device)
+                out = model(input_ids=x, labels=x, use_cache=False)
+                out.loss.backward()
+        scores = []
+        with torch.no_grad():
+            for block in blocks:
+                attn, mlp = adapter.attention(block), adapter.mlp_module(block)
+                heads, kv_heads = surgery.attention_widths(block, adapter, head_dim)
+                parts = surgery.qkv_parts(attn, adapter, head_dim)  # fused q/k/v: their rows
+                q = _taylor_rows(*parts["q"]).sum(1)  # [heads*hd]
+                o = _taylor(attn.get_submodule(adapter.o)).sum(0)  # [heads*hd]
+                head = (q + o).reshape(heads, head_dim).sum(1)
+                kv = _taylor_rows(*parts["k"]).sum(1) + _taylor_rows(*parts["v"]).sum(1)
+                kv = kv.reshape(kv_heads, head_dim).sum(1)
+                ch = _taylor(mlp.get_submodule(adapter.mlp_out)).sum(0)
+                for lin, r in surgery.mlp_in_parts(mlp, adapter):  # gate, up (fused or not)
+                    ch = ch + _taylor_rows(lin, r).sum(1)
+                scores.append((head.cpu(), kv.cpu(), ch.cpu()))
+    finally:
+        for p in model.parameters():
+            p.grad = None
+            p.requires_grad_(saved.get(p, True))
+        model.train(was_training)
+    return scores
+
+
 @STRUCTURED_METHODS.register("llm-pruner")
 def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer: Any = None,
                progress: bool = True) -> PruneReport:  # fmt: skip
@@ -74,61 +125,23 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
     shapes = C.linear_shapes(model, adapter)
     before = C.block_param_total(model, adapter)
     blocks = adapter.blocks(model)
-    lins = [m for b in blocks for m in b.modules() if isinstance(m, nn.Linear)]
-    saved = {p: p.requires_grad for p in model.parameters()}
-    default_grad = all(saved.values())  # for the Parameters surgery creates
-    was_training = model.training
+    default_grad = all(p.requires_grad for p in model.parameters())  # for the Parameters surgery creates
     t0 = time.perf_counter()
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        for lin in lins:
-            lin.weight.requires_grad_(True)
-        model.eval()
-        device = next(model.parameters()).device
-        rows = range(ids.shape[0])
-        if progress:
-            from tqdm.auto import tqdm
-
-            rows = tqdm(rows, desc="llm-pruner gradients", unit="window", dynamic_ncols=True)
-        with torch.enable_grad():
-            for r in rows:
-                x = ids[r : r + 1].to(device)
-                out = model(input_ids=x, labels=x, use_cache=False)
-                out.loss.backward()
-        t_grad = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scores = []  # per block: (head, kv, channel) Taylor importance
-        with torch.no_grad():
-            for block in blocks:
-                attn, mlp = adapter.attention(block), adapter.mlp_module(block)
-                hd = geo.head_dim
-                parts = surgery.qkv_parts(attn, adapter, hd)  # fused q/k/v: their rows
-                q = _taylor_rows(*parts["q"]).sum(1)  # [heads*hd]
-                o = _taylor(attn.get_submodule(adapter.o)).sum(0)  # [heads*hd]
-                head = (q + o).reshape(geo.heads, hd).sum(1)
-                kv = _taylor_rows(*parts["k"]).sum(1) + _taylor_rows(*parts["v"]).sum(1)
-                kv = kv.reshape(geo.kv_heads, hd).sum(1)
-                ch = _taylor(mlp.get_submodule(adapter.mlp_out)).sum(0)
-                for lin, rows in surgery.mlp_in_parts(mlp, adapter):  # gate, up (fused or not)
-                    ch = ch + _taylor_rows(lin, rows).sum(1)
-                scores.append((head, kv, ch))
-            for lin in lins:
-                lin.weight.grad = None
-                lin.weight.requires_grad_(False)
-            if args["structure"] == "ratio":
-                plan = C.plan_ratio(geo, costs, sparsity, fixed, align=align)
-            else:  # plan_cost weighs a unit's score by its parameters: pass importance per parameter
-                plan = C.plan_cost(geo, costs, sparsity, [h / costs.q_head for h, _, _ in scores],
-                                   [c / costs.channel for _, _, c in scores], fixed, align=align)
-            info = {i: C.apply_block(block, adapter, geo, plan, h, c, kv_scores=kv)
-                    for i, (block, (h, kv, c)) in enumerate(zip(blocks, scores))}
-    finally:
-        for p in model.parameters():
-            p.grad = None
-            p.requires_grad_(saved.get(p, default_grad))
-        model.train(was_training)
+    scores = taylor_importance(model, adapter, geo.head_dim, ids, progress)
+    t_grad = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    old = set(model.parameters())
+    with torch.no_grad():
+        if args["structure"] == "ratio":
+            plan = C.plan_ratio(geo, costs, sparsity, fixed, align=align)
+        else:  # plan_cost weighs a unit's score by its parameters: pass importance per parameter
+            plan = C.plan_cost(geo, costs, sparsity, [h / costs.q_head for h, _, _ in scores],
+                               [c / costs.channel for _, _, c in scores], fixed, align=align)
+        info = {i: C.apply_block(block, adapter, geo, plan, h, c, kv_scores=kv)
+                for i, (block, (h, kv, c)) in enumerate(zip(blocks, scores))}
+    for p in model.parameters():
+        if p not in old:
+            p.requires_grad_(default_grad)
     settings = {k: v for k, v in args.items() if v is not None}
     settings["align"] = align
     settings["plan"] = {"kv_heads": plan.kk, "heads": plan.heads, "intermediate": plan.channels}
