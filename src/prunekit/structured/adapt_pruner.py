@@ -26,8 +26,8 @@ current (already pruned, already trained) model:
    (``prunekit.recovery.lora.recover_``; LLM-Pruner's recipe, rank 8), on the **calibration**
    windows (C4 in the benchmarks), never on evaluation text.
 
-Default recovery budget: ``recover_tokens=16384`` per step (4 steps at 20%: 65,536 tokens in
-all, in windows of ``recover_seqlen=512``, batch 4, lr 2e-4); Taylor and similarity use
+Default recovery budget: ``recover_tokens=8192`` per step (4 steps at 20%: 32,768 tokens in
+all; windows of ``recover_seqlen=512``, batch 2, lr 5e-4, LoRA rank 8); Taylor and similarity use
 ``windows=8`` x ``seqlen=512`` calibration tokens per step. ``recover_tokens=0`` gives the
 pruning schedule alone (still incremental, no training).
 
@@ -62,9 +62,10 @@ SPEC = {
     "structure": Setting(str, "cost", choices=("cost", "ratio")),
     "windows": Setting(int, 8, ge=1, help="calibration windows for similarity and gradients per step"),
     "seqlen": Setting(int, 512, ge=2, help="tokens per window"),
-    "recover_tokens": Setting(int, 16384, ge=0, help="LoRA recovery tokens after each step (0: none)"),
+    "recover_tokens": Setting(int, 8192, ge=0, help="LoRA recovery tokens after each step (0: none)"),
     "recover_seqlen": Setting(int, 512, ge=2, help="tokens per recovery window"),
-    "recover_lr": Setting(float, 2e-4, gt=0, le=1, help="LoRA learning rate"),
+    "recover_lr": Setting(float, 5e-4, gt=0, le=1, help="LoRA learning rate"),
+    "recover_batch": Setting(int, 2, ge=1, help="recovery windows per optimizer step"),
     "align": C.ALIGN_SETTING,
 }
 
@@ -214,7 +215,7 @@ def adapt_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, to
 
             t0 = time.perf_counter()
             rcfg = RecoveryConfig(tokens=args["recover_tokens"], seqlen=min(args["recover_seqlen"], ids.shape[1]),
-                                  lr=args["recover_lr"], seed=t)  # fmt: skip
+                                  lr=args["recover_lr"], batch_size=args["recover_batch"], seed=t)  # fmt: skip
             with torch.enable_grad():  # prune_ runs under no_grad
                 rep = recover_(model, None, ids, rcfg, progress=False)
             timings["recovery"] += time.perf_counter() - t0
