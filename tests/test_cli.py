@@ -224,3 +224,20 @@ def test_prune_with_recover_keeps_the_pattern_and_records_recovery(tmp_path, cap
                           *(["--recover"] if bad[0] == "--recover-set" and bad[1] == "lr=2" else []), *bad)  # fmt: skip
         assert rc != 0 and msg in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "x").exists()
+
+
+def test_demo_defaults_to_the_best_measured_configuration(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    """`make demo`'s default is BENCHMARKS.md's best 50% row that fits 10 min; --method overrides it."""
+    common = ["--model", str(tiny_llama_dir), "--calib", str(calib_txt), "--data", str(calib_txt),
+              "--nsamples", "2", "--seqlen", "16", "--eval-windows", "1"]  # fmt: skip
+    rc, stdout, err = _run(capsys, "demo", *common, "--out", str(tmp_path / "d1"))
+    assert rc == 0, err
+    assert "sparsegpt refit=pcg + owl allocation" in stdout
+    cfg = json.loads((tmp_path / "d1" / "prunekit.json").read_text())["config"]
+    assert (cfg["method"], cfg["method_args"], cfg["allocation"]) == ("sparsegpt", {"refit": "pcg"}, "owl")
+    rc, stdout, err = _run(capsys, "demo", *common, "--method", "wanda", "--out", str(tmp_path / "d2"))
+    assert rc == 0, err
+    cfg = json.loads((tmp_path / "d2" / "prunekit.json").read_text())["config"]
+    assert (cfg["method"], cfg["method_args"], cfg["allocation"]) == ("wanda", {}, "uniform")
+    rc, _, err = _run(capsys, "demo", *common, "--set", "refit=nope", "--out", str(tmp_path / "d3"))
+    assert rc == 2 and "refit" in err and len(err.strip().splitlines()) == 1

@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_recover_parser(sub)
     d = sub.add_parser("demo", help="prune the embedded default model and print before/after")
     d.add_argument("--model", default="smollm2-135m")
-    d.add_argument("--method", default="sparsegpt")
+    d.add_argument("--method", default=None,
+                   help="default: the best measured 50%% configuration that fits 10 min (SparseGPT + least-squares refit + OWL)")
+    d.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", help="method setting (default with the default method: refit=pcg)")
+    d.add_argument("--allocation", default=None, help="per-layer sparsity (default with the default method: owl)")
     d.add_argument("--pattern", default="unstructured")
     d.add_argument("--sparsity", type=_fraction_flag, default=None)
     d.add_argument("--nsamples", type=int_flag(1), default=8)
