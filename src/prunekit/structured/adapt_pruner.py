@@ -28,8 +28,9 @@ current (already pruned, already trained) model:
 
 Default recovery budget: ``recover_tokens=8192`` per step (4 steps at 20%: 32,768 tokens in
 all; windows of ``recover_seqlen=512``, batch 2, lr 5e-4, LoRA rank 8); Taylor and similarity use
-``windows=8`` x ``seqlen=512`` calibration tokens per step. ``recover_tokens=0`` gives the
-pruning schedule alone (still incremental, no training).
+``windows=8`` x ``seqlen=512`` calibration tokens per step. Recovery reads at most one pass of
+the calibration windows per step (fewer tokens when the calibration set is smaller);
+``recover_tokens=0`` gives the pruning schedule alone (still incremental, no training).
 
 Deviations: the paper trains between steps on a large pre-training mix with full fine-tuning
 (its budget is billions of tokens); here recovery is short LoRA on the calibration set, so the
@@ -40,6 +41,7 @@ output has per-block widths (``prunekit.load`` or ``from_pretrained(..., trust_r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -57,15 +59,15 @@ from .llm_pruner import taylor_importance
 from .shortgpt import block_influence
 
 SPEC = {
-    "step": Setting(float, 0.05, gt=0, le=1, help="fraction of block parameters removed per step (~5%)"),
+    "step": Setting(float, 0.05, ge=0.005, le=1, help="fraction of block parameters removed per step (~5%)"),
     "amplitude": Setting(float, 0.03, ge=0, le=1, help="A: how far a block's sparsity moves per step with its importance"),
     "structure": Setting(str, "cost", choices=("cost", "ratio")),
-    "windows": Setting(int, 8, ge=1, help="calibration windows for similarity and gradients per step"),
-    "seqlen": Setting(int, 512, ge=2, help="tokens per window"),
-    "recover_tokens": Setting(int, 8192, ge=0, help="LoRA recovery tokens after each step (0: none)"),
-    "recover_seqlen": Setting(int, 512, ge=2, help="tokens per recovery window"),
+    "windows": Setting(int, 8, ge=1, le=1 << 16, help="calibration windows for similarity and gradients per step"),
+    "seqlen": Setting(int, 512, ge=2, le=1 << 20, help="tokens per window"),
+    "recover_tokens": Setting(int, 8192, ge=0, le=10**12, help="LoRA recovery tokens after each step (0: none)"),
+    "recover_seqlen": Setting(int, 512, ge=2, le=1 << 20, help="tokens per recovery window"),
     "recover_lr": Setting(float, 5e-4, gt=0, le=1, help="LoRA learning rate"),
-    "recover_batch": Setting(int, 2, ge=1, help="recovery windows per optimizer step"),
+    "recover_batch": Setting(int, 2, ge=1, le=1 << 16, help="recovery windows per optimizer step"),
     "align": C.ALIGN_SETTING,
 }
 
@@ -171,6 +173,13 @@ def adapt_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, to
     w, L = args["windows"], args["seqlen"]
     timings = {"similarity": 0.0, "gradients": 0.0, "prune": 0.0, "recovery": 0.0}
     targets = step_targets(sparsity, args["step"])
+    rcfg = None
+    rec_tokens = min(args["recover_tokens"], ids.numel())  # at most one pass over the calibration set per step
+    if rec_tokens >= 2:
+        from ..recovery.lora import RecoveryConfig
+
+        rcfg = RecoveryConfig(tokens=rec_tokens, seqlen=min(args["recover_seqlen"], ids.shape[1]),
+                              lr=args["recover_lr"], batch_size=args["recover_batch"])  # fmt: skip
     s_blocks = [0.0] * n
     history: list[dict[str, Any]] = []
     recovery_losses: list[tuple[float | None, float | None]] = []
@@ -210,14 +219,12 @@ def adapt_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, to
         history.append({"step": t + 1, "target": round(mean_target, 4), "block_sparsity": round(1 - after / before, 4),
                         "block_influence": [round(x, 5) for x in bi],
                         "block_targets": [round(x, 4) for x in s_blocks]})  # fmt: skip
-        if args["recover_tokens"] > 0:
-            from ..recovery.lora import RecoveryConfig, recover_
+        if rcfg is not None:
+            from ..recovery.lora import recover_
 
             t0 = time.perf_counter()
-            rcfg = RecoveryConfig(tokens=args["recover_tokens"], seqlen=min(args["recover_seqlen"], ids.shape[1]),
-                                  lr=args["recover_lr"], batch_size=args["recover_batch"], seed=t)  # fmt: skip
             with torch.enable_grad():  # prune_ runs under no_grad
-                rep = recover_(model, None, ids, rcfg, progress=False)
+                rep = recover_(model, None, ids, dataclasses.replace(rcfg, seed=t), progress=False)
             timings["recovery"] += time.perf_counter() - t0
             recovery_losses.append((rep.first_loss, rep.final_loss))
             history[-1]["recovery_loss"] = [rep.first_loss, rep.final_loss]
@@ -233,8 +240,8 @@ def adapt_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, to
     settings["steps"] = history
     report = C.new_report("adapt-pruner", settings, sparsity, ids, config)
     report.timings.update(timings)
-    rec = (f"LoRA recovery {args['recover_tokens']:,} calibration tokens after each step "
-           f"({args['recover_tokens'] * len(targets):,} in all)" if args["recover_tokens"] else "no recovery")
+    rec = (f"LoRA recovery {rcfg.steps * rcfg.batch_size * rcfg.seqlen:,} calibration tokens after each step "
+           f"({rcfg.steps * rcfg.batch_size * rcfg.seqlen * len(targets):,} in all)" if rcfg else "no recovery")
     report.notes.append(f"adapt-pruner: {len(targets)} incremental steps of {sparsity / len(targets):.1%}; {rec}")
     widths_now = {(c.heads, c.kv_heads, c.intermediate) for c in (_block_geometry(b, adapter, geo) for b in blocks)}
     return C.finish(model, adapter, geo, report, shapes, before, t_start, info, per_block=len(widths_now) > 1)

@@ -72,7 +72,7 @@ def progress_wrap(enabled: bool, desc: str):
 
 
 # --- hardware-aligned widths ---------------------------------------------------------------
-ALIGN_SETTING = Setting(int, None, ge=1, help=(
+ALIGN_SETTING = Setting(int, None, ge=1, le=1 << 20, help=(
     f"kept MLP channels a multiple of N (default {DEFAULT_ALIGN} when the MLP has >= "
     f"{ALIGN_MIN_INTERMEDIATE} channels, else 1 = off)"))
 
