@@ -226,3 +226,23 @@ def test_infeasible_sparsity_one_line():
     with pytest.raises(ConfigError) as e:
         _prune(_llama(layers=1), _ids(), sparsity=0.95)
     assert "\n" not in str(e.value)
+
+
+def test_cli_prune_and_bad_set(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    import prunekit as pk
+    from prunekit.cli.main import main
+
+    out = tmp_path / "tyr"
+    common = ["prune", str(tiny_llama_dir), "--method", "tyr", "--sparsity", "0.25", "--calib", str(calib_txt),
+              "--nsamples", "6", "--seqlen", "64"]  # fmt: skip
+    sets = ["--set", "generations=2", "--set", "population=3", "--set", "stage_tokens=64,128",
+            "--set", "fitness_seqlen=32", "--set", "step=16", "--set", "rounds=1", "--set", "survivors=2"]  # fmt: skip
+    rc = main([*common, *sets, "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    model, _ = pk.load(out)
+    assert model(torch.zeros(1, 8, dtype=torch.long)).logits.shape[-1] == 384
+    rc = main([*common, "--set", "stage_tokens=512,64", "--out", str(tmp_path / "bad")])
+    _, err = capsys.readouterr()
+    assert rc != 0 and "stage_tokens=512,64 must increase" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -10,11 +10,11 @@ Algorithm (one *round*; ``rounds`` of them, coarse to fine):
    current width — MLP widths ``c + l·Δ`` (``l = -levels..levels``), query heads per KV group
    ``q + l`` — choose the removed input columns greedily by the OBS cost of a group
    ``½·tr(W_g (H⁻¹)_gg⁻¹ W_gᵀ)`` (a head = its ``head_dim`` columns, one head per KV group per
-   step so every level is GQA-valid; channels in ``obs_rounds`` batches, with the H⁻¹ downdate
-   between batches) and reconstruct the kept columns by least squares,
-   ``W_K = W H_{:,K} H_KK⁻¹`` (the OBS update of the kept weights, solved exactly). Each
-   level's kept indices and weight go to its own safetensors file in a temporary directory:
-   the supernet lives on disk, and the search loads only the blocks a candidate changes.
+   step so every level is GQA-valid; channels in ``obs_rounds`` batches); after each removal
+   the OBS update moves the remaining columns and downdates H⁻¹, which leaves the kept
+   columns at their least-squares reconstruction ``W_K = W H_{:,K} H_KK⁻¹``. Each level's
+   kept indices and weight go to its own safetensors file in a temporary directory: the
+   supernet lives on disk, and the search loads only the blocks a candidate changes.
 2. **Expectation-error accumulation.** The next block is calibrated on the outputs of this
    block with its ``o_proj`` / ``down_proj`` set to the mean of its level weights (zeros in the
    removed columns): since both are the last Linear of their branch, that is the expected
@@ -77,12 +77,12 @@ SPEC = {
     "step": Setting(int, 128, ge=1, help="MLP channels between neighbouring levels in round 1 (halved each round)"),
     "levels": Setting(int, 2, ge=1, le=8, help="levels on each side of a block's current width"),
     "rounds": Setting(int, 2, ge=1, le=6, help="coarse-to-fine rounds (supernet rebuilt around the best)"),
-    "generations": Setting(int, 12, ge=0, help="generations of the evolutionary search per round"),
-    "population": Setting(int, 12, ge=1, help="offspring per generation"),
-    "survivors": Setting(str, "3", help="survivors after each stage but the last (comma list)"),
-    "stage_tokens": Setting(str, "512,2048", help="fitness tokens per selection stage (comma list, increasing)"),
+    "generations": Setting(int, 10, ge=0, help="generations of the evolutionary search per round"),
+    "population": Setting(int, 8, ge=1, help="offspring per generation"),
+    "survivors": Setting(str, "2", help="survivors after each stage but the last (comma list)"),
+    "stage_tokens": Setting(str, "256,1024", help="fitness tokens per selection stage (comma list, increasing)"),
     "fitness_seqlen": Setting(int, 256, ge=8, help="tokens per fitness sequence"),
-    "windows": Setting(int, 8, ge=1, help="calibration windows for the supernet Hessians"),
+    "windows": Setting(int, 4, ge=1, help="calibration windows for the supernet Hessians"),
     "split": Setting(str, "mlp", choices=("mlp", "ratio")),
     "accumulate": Setting(str, "expectation", choices=("expectation", "center", "dense")),
     "obs_rounds": Setting(int, 16, ge=1, help="OBS removal batches for MLP channels"),
