@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from .allocation import AllocationContext, get_allocator
 from .config import PruneConfig
 from .data import calibration_windows
-from .engine import Stat, run_layerwise
+from .engine import LayerStats, Stat, run_layerwise
+from .engine.gradients import PREPASS_STATS, PrepassInputs, prepass_statistics
 from .engine.targets import ExpertSlice, prunable_in, unsupported_experts, weight_of, write_weight
 from .errors import ConfigError
 from .methods import get_method, is_structured
@@ -177,9 +178,19 @@ def prune_(
         allocation={"name": config.allocation, **allocator.settings(), **alloc_info},
     )  # fmt: skip
 
+    # statistics of the dense model that the layer loop cannot gather (gradients of the LM loss)
+    pre = prepass_statistics(method, PrepassInputs(
+        model, adapter, targets, calib, tokenizer, config, config.calib.batch_size,
+        _window_progress if progress else None, timings,
+    )) if needs & PREPASS_STATS else {}  # fmt: skip
+    layer_needs = needs - PREPASS_STATS
     idle_names: list[str] = []
 
     def prune_linear(name: str, lin: nn.Module | ExpertSlice, stats) -> None:
+        if pre.get(name):
+            # a method whose every statistic comes from the pre-pass saw all calibration tokens
+            n_tok = stats.num_tokens if layer_needs else max(stats.num_tokens, int(calib.numel()))
+            stats = LayerStats(name, n_tok, {**stats.tensors, **pre.pop(name)})
         lr = prune_target(name, lin, stats, method, pattern, per_layer[name], needs, idle)
         if lr.info.get("idle"):
             idle_names.append(name)
@@ -189,13 +200,13 @@ def prune_(
         for name, lin in block_targets.items():
             prune_linear(name, lin, stats[name])
 
-    if not needs and not report_tokens:
+    if not layer_needs and not report_tokens:
         # data-free: no forward passes needed
         for name, lin in targets.items():
             prune_linear(name, lin, _EMPTY)
     else:
         run_layerwise(
-            model, adapter, calib, needs=needs, select=lambda n, m: n in targets,
+            model, adapter, calib, needs=layer_needs, select=lambda n, m: n in targets,
             on_block=on_block, batch_size=config.calib.batch_size, propagate=config.propagate,
             sample_tokens=report_tokens,
             progress=_progress(progress, f"{config.method} {pattern}"), timings=timings,
@@ -217,6 +228,12 @@ def prune_(
     if retries:
         report.notes.append(f"Cholesky needed extra dampening on {len(retries)} layers: {', '.join(retries)}")
     return report
+
+
+def _window_progress(it):
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc="gradient pre-pass", unit="window", dynamic_ncols=True)
 
 
 class _NoStats:

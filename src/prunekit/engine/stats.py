@@ -44,6 +44,11 @@ class Stat(enum.Enum):
     INPUT_MEAN = "input_mean"  # mean_t x_tj                  [in]      (FLAP compensation)
     INPUT_VAR = "input_var"  # var_t x_tj (population)        [in]      (FLAP fluctuation)
     SAMPLE = "sample"  # first ``sample_tokens`` rows of X    [n, in]   (reports)
+    # Gathered before the layer loop by the gradient pre-pass (``engine/gradients.py``) on the
+    # dense model, never by the forward hooks below:
+    GRAD_SQ = "grad_sq"  # Σ_n g_n², g_n = ∂ℓ_n/∂W of window n  [out, in]  (GBLM-Pruner)
+    GRAD_WINDOWS = "grad_windows"  # N, windows in GRAD_SQ    []        (GBLM-Pruner)
+    DUAL_IMPORTANCE = "dual_importance"  # D-Pruner's score    [out, in]  (D-Pruner)
 
 
 @dataclass(frozen=True)
