@@ -6,31 +6,37 @@ Factorization", arXiv:2510.05528. Each Linear's weight W [out, in] becomes
     Ŵ = A · (W′ ⊙ M) · B,    A = blockdiag(A_1..A_P) [out, out],  B = blockdiag(B_1..B_Q) [in, in]
 
 with an N:M core ``S = W′ ⊙ M`` (the stored weight, valid N:M) and block-diagonal wrappers of
-block size b (identity-initialised). They minimise the layer proxy loss
+block size b (identity-initialised), fitted to a layer proxy loss L = Σ R ⊙ (R K) / Z with
+R = Ŵ − W, Z its value at Ŵ = 0 and K the input metric:
 
-    L(A, S, B) = Σ_ij (W − Ŵ)²_ij ‖X_j‖² / Σ_ij W²_ij ‖X_j‖²          (proxy="diag", the paper's)
+    proxy="diag"     K = diag(‖X_j‖²)            Σ_ij (W − Ŵ)²_ij ‖X_j‖²   (the paper's)
+    proxy="block"    K = b×b diagonal blocks of H = XᵀX
+    proxy="hessian"  K = H                        tr((W − Ŵ) H (W − Ŵ)ᵀ)    (prunekit's default)
 
 by block coordinate descent; one iteration is
 
-    1. wrappers:  one Adam step on (A, B)  (gradients 2 (RK) (SB)ᵀ and 2 (AS)ᵀ (RK), R = Ŵ − W)
-    2. discrete:  in every (row-block p, column-block q) pair, re-select the one N:M group of S
-                  whose exact re-solve (best of the C(M, N) supports, closed-form values, all other
-                  entries fixed) lowers L the most; groups in different block pairs do not interact,
-                  so all P·Q re-solves are exact at once (``swaps`` rounds per iteration)
+    1. wrappers:  one Adam step on (A, B)  (gradients 2 (RK)(SB)ᵀ and 2 (AS)ᵀ(RK), blockwise)
+    2. discrete:  re-select N:M groups of S: in every selection cell the one group whose exact
+                  re-solve (best of the C(M, N) supports, closed-form values, everything else fixed)
+                  lowers L the most. A cell is a (row block, column block) pair for diag/block
+                  (the paper's) and a row block for hessian: groups in different cells do not
+                  interact, so all cells' re-solves are exact at once (``swaps`` rounds/iteration)
     3. core:      one gradient step on the kept entries of W′ (guaranteed descent)
 
-The core starts from Wanda's N:M solution (``init=wanda``: the minimiser of the diagonal proxy
-at A = B = I, the paper's naive compression is of this kind) or SparseGPT's (``init=sparsegpt``).
+The core starts from SparseGPT's N:M solution (``init=sparsegpt``, default) or Wanda's
+(``init=wanda``: the minimiser of the diagonal proxy at A = B = I; the paper's naive compression is
+of this kind).
 
-Deviations (stated, all keep the algorithm's steps and objective):
+Deviations (stated):
+  * defaults ``proxy=hessian, init=sparsegpt``: on SmolLM2-135M the paper's diagonal proxy from a
+    Wanda core leaves a larger real layer error than plain SparseGPT (benchmarks/armor.py
+    --layers); the full layer loss from SparseGPT's solution starts at SparseGPT and goes below it;
   * group selection by exact gain (Gauss-Southwell-q rule) instead of the largest gradient L1
-    norm; the gain of every group is computed in closed form from the gradient, and the gradient is
-    kept current across rounds by rank-1 updates (so several rounds per iteration are cheap);
-  * the core step is Jacobi-preconditioned, ``ΔS = −(∇S / diag ∇²S) / λ`` with λ the exact
-    largest eigenvalue of the preconditioned Kronecker Hessian (guaranteed descent; exact in one
-    step at A = B = I), instead of a plain step 1/β;
-  * ``proxy="block"`` (prunekit's option) replaces ‖X_j‖² by the b×b diagonal blocks of the
-    Hessian XᵀX (correlations inside each wrapper block; same cost order, same locality);
+    norm; every group's gain is closed-form from the gradient, which rank-1 updates keep current
+    across rounds (so several rounds per iteration are cheap);
+  * the core step is Jacobi-preconditioned, ``ΔS = −(∇S / diag ∇²S) / λ`` with λ the largest
+    eigenvalue of the preconditioned Kronecker Hessian (exact per block for diag/block, power
+    iteration with a 10% margin for hessian), instead of a plain step 1/β;
   * no NoWag weight normaliser: its diagonal row/column scales fold into A and B.
 """
 
@@ -317,8 +323,8 @@ def proxy_loss(W: Tensor, S: Tensor, A: Tensor, B: Tensor, K: Tensor) -> float:
 @register_method("armor")
 @dataclass(frozen=True)
 class ARMOR(PruningMethod):
-    block_size: int = setting(32, ge=1, help="wrapper block size b (must divide every pruned matrix's dims)")
-    iters: int = setting(30, ge=0, le=1_000_000, help="block coordinate descent iterations per matrix")
+    block_size: int = setting(64, ge=1, help="wrapper block size b (must divide every pruned matrix's dims)")
+    iters: int = setting(20, ge=0, le=1_000_000, help="block coordinate descent iterations per matrix")
     lr: float = setting(3e-3, gt=0, le=1, help="Adam step of the wrappers A, B")
     swaps: int = setting(1, ge=0, le=1000, help="discrete group re-selection rounds per iteration")
     init: str = setting("sparsegpt", choices=("sparsegpt", "wanda"), help="initial N:M core")
