@@ -185,3 +185,23 @@ def test_bad_input_is_one_line(sparsity, args, msg):
     with pytest.raises(ConfigError, match=msg) as e:
         _prune(_llama(layers=2), _ids(), sparsity, **args)
     assert "\n" not in str(e.value)
+
+
+def test_opt_fc1_fc2_are_pruned_and_reload(tmp_path):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from prunekit.structured.per_block import load_pretrained
+
+    torch.manual_seed(0)
+    model = OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=64)).eval()
+    ids = _ids()
+    rep = _prune(model, ids, 0.2)
+    widths = [b["intermediate"] for b in rep.settings["blocks"]]
+    assert [layer.fc1.out_features for layer in model.model.decoder.layers] == widths
+    assert rep.settings["block_sparsity"] == pytest.approx(0.2, abs=0.01)
+    with torch.no_grad():
+        ref = model(ids).logits
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(load_pretrained(tmp_path)(ids).logits, ref, rtol=0, atol=0)
