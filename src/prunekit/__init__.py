@@ -50,11 +50,16 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-def load(path):
-    """Load a prunekit output folder (uniform or per-block widths) as ``(model, tokenizer)``."""
+def load(path, *, dtype: str = "auto", device: str | None = None, dynamic_experts: float | None = None):
+    """Load a prunekit output folder (uniform or per-block widths, ARMOR wrappers, per-layer
+    expert counts) as ``(model, tokenizer)``.
+
+    ``dynamic_experts=β`` (MoE models) turns on MC-MoE dynamic expert skipping: a token skips
+    its second expert when ``w₂ < β·w₁`` (``prunekit.structured.experts.dynamic_skipping_stats``
+    counts the expert evaluations saved); ``0`` turns off a β saved in the folder."""
     from .models import load_model
 
-    return load_model(path)
+    return load_model(path, dtype=dtype, device=device, dynamic_experts=dynamic_experts)
 
 
 __all__ = [

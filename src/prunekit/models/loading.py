@@ -100,6 +100,7 @@ FOLDER_LOADERS: dict[str, str] = {
     "prunekit_block_widths": "prunekit.structured.per_block:load_pretrained",  # per-block widths
     "prunekit_armor": "prunekit.methods.armor:load_pretrained",  # ARMOR wrappers around 2:4 cores
     "prunekit_experts": "prunekit.structured.experts:load_pretrained",  # per-layer expert counts
+    "prunekit_dynamic_experts": "prunekit.structured.experts:load_pretrained",  # MC-MoE dynamic skipping
 }
 
 
@@ -131,7 +132,8 @@ def _is_per_block_folder(path: str) -> bool:
     return bool(isinstance(cfg, dict) and cfg.get("prunekit_block_widths"))
 
 
-def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | None = None):
+def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | None = None,
+               dynamic_experts: float | None = None):  # fmt: skip
     """Load ``(model, tokenizer)`` for a MODEL spec.
 
     Args:
@@ -139,6 +141,8 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
             the ``gguf`` package), an alias such as ``"smollm2-135m"``, or a hub id.
         dtype: ``"auto"`` (as stored; GGUF loads as float32) or a torch dtype name.
         device: optional device to move the model to.
+        dynamic_experts: MoE models: MC-MoE dynamic expert skipping threshold β (a token skips
+            its second expert when ``w₂ < β·w₁``); 0 turns off a β saved in the folder.
 
     Raises:
         ModelLoadError: the spec cannot be resolved or the file is not a loadable model.
@@ -175,6 +179,10 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
         where = "the Hugging Face Hub (is there a network?)" if src.kind == "hub" else src.path
         raise ModelLoadError(f"could not load model {src.spec!r} from {where}: {reason}") from e
     model.eval()
+    if dynamic_experts is not None:
+        from ..structured.experts import enable_dynamic_skipping
+
+        enable_dynamic_skipping(model, float(dynamic_experts) or None)
     if device:
         model.to(device)
     if tok.pad_token is None and tok.eos_token is not None:
