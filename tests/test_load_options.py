@@ -49,3 +49,20 @@ def test_dynamic_experts_on_a_dense_model_is_a_config_error(tiny_llama_dir):
     with pytest.raises(ConfigError) as e:
         pk.load(str(tiny_llama_dir), dynamic_experts=0.5)
     assert "\n" not in str(e.value)
+
+
+def test_eval_dynamic_experts_reports_the_saving(tmp_path, tokenizer, calib_txt, capsys):
+    import json
+
+    from prunekit.cli.main import main
+
+    _tiny_qwen2_moe().save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    rc = main(["eval", str(tmp_path), "--data", str(calib_txt), "--seqlen", "32", "--max-windows", "2",
+               "--dynamic-experts", "0.9", "--json"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["dynamic_experts"]["beta"] == 0.9 and 0 < res["dynamic_experts"]["saved_fraction"] < 0.5
+    rc = main(["eval", str(tmp_path), "--dynamic-experts", "1.5"])
+    assert rc == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1

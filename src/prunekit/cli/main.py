@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from ..errors import ConfigError, PrunekitError
-from .flags import int_flag
+from .flags import float_flag, int_flag
 from .flags import note as _note
 
 EXIT_USAGE = 2
@@ -117,6 +117,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--fewshot", type=int_flag(0, 64), default=None, help="gsm8k few-shot examples (default 5, from the train file)")
     p.add_argument("--lm-eval", dest="lm_eval", default=None, help="also run lm-eval-harness tasks on the model (pip install prunekit[lmeval])")
     p.add_argument("--lm-eval-include", default=None, help="folder of extra lm-eval task YAMLs (local data)")
+    p.add_argument("--dynamic-experts", type=float_flag(0, 1, lo_open=False), default=None, metavar="BETA",
+                   help="MoE: skip a token's second expert when w2 < BETA*w1 (MC-MoE); reports the evaluations saved")
     p.add_argument("--json", action="store_true", help="last stdout line is a JSON object")
     p.add_argument("--quiet", "-q", action="store_true")
 
@@ -426,7 +428,7 @@ def cmd_eval(a) -> dict[str, Any]:
     specs = parse_task_specs(a.tasks) if a.tasks else None  # unknown task: fail before loading
     data = a.data if a.data is not None else (None if (a.tasks or a.lm_eval) else "builtin")
     src = load_source(data, "eval") if data else None
-    model, tok = load_model(a.model)
+    model, tok = load_model(a.model, dynamic_experts=a.dynamic_experts)
     res: dict[str, Any] = {"model": a.model}
     if src is not None:
         ids = eval_token_ids(src, tok)
@@ -453,6 +455,14 @@ def cmd_eval(a) -> dict[str, Any]:
         res["lm_eval"] = {"tasks": le["tasks"], "n": le.get("n"), "versions": le.get("versions")}
         if not a.json:
             _print_tasks({t: {**v, "n": (le.get("n") or {}).get(t, "")} for t, v in le["tasks"].items()})
+    if a.dynamic_experts:
+        from ..structured.experts import dynamic_skipping_stats
+
+        res["dynamic_experts"] = {"beta": a.dynamic_experts, **dynamic_skipping_stats(model)}
+        if not a.json:
+            st = res["dynamic_experts"]
+            print(f"dynamic experts (beta {a.dynamic_experts:g}): skipped {st['skipped']:,} of {st['routed']:,} "
+                  f"routed expert evaluations ({st['saved_fraction']:.1%} saved)")
     return res
 
 
