@@ -265,6 +265,8 @@ def test_not_enough_disk_is_refused_before_work(ckpt, calib, tmp_path, monkeypat
 @pytest.mark.parametrize("cfg,match", [
     (pk.PruneConfig(method="flap"), "structured"),
     (pk.PruneConfig(method="wanda", allocation="owl"), "allocation 'owl'"),
+    (pk.PruneConfig(method="gblm"), "gradients"),
+    (pk.PruneConfig(method="armor", pattern="2:4"), "adds modules"),
 ])  # fmt: skip
 def test_unsupported_configs_are_refused(ckpt, calib, tmp_path, cfg, match):
     with pytest.raises(ConfigError, match=match):

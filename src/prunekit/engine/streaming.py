@@ -458,6 +458,20 @@ def _check_supported(config: PruneConfig) -> None:
             f"method {config.method!r} is structured (it changes tensor shapes): streaming supports "
             "unstructured and N:M methods (magnitude, wanda, sparsegpt); prune it in memory (without --stream)"
         )
+    from ..methods import get_method
+    from .gradients import PREPASS_STATS
+
+    method = get_method(config.method, **config.method_args)
+    if set(method.needs) & set(PREPASS_STATS):
+        raise ConfigError(
+            f"method {config.method!r} needs gradients of the whole model's loss (a backward pass through every "
+            "block at once): streaming keeps one block in memory; prune it in memory (without --stream)"
+        )
+    if getattr(method, "install", None) is not None:
+        raise ConfigError(
+            f"method {config.method!r} adds modules around the pruned weights (a remote-code folder): streaming "
+            "writes stock shards only; prune it in memory (without --stream)"
+        )
     if get_allocator(config.allocation, config.allocation_args).needs_calibration:
         raise ConfigError(
             f"allocation {config.allocation!r} needs the whole model before pruning: streaming supports "
