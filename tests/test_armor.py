@@ -240,3 +240,18 @@ def test_unstructured_pattern_is_refused():
         get_method("armor", block_size=8).prune(W, _stats(H), parse_pattern("unstructured"), 0.5)
     with pytest.raises(ConfigError, match="block_size"):
         get_method("armor", block_size=2).prune(W, _stats(H), NM24, 0.5)
+
+
+def test_cli_prune_and_bad_block_size(tiny_llama_dir, calib_txt, tmp_path, capsys):
+    from prunekit.cli.main import main
+
+    base = ["prune", str(tiny_llama_dir), "--method", "armor", "--pattern", "2:4", "--calib", str(calib_txt),
+            "--nsamples", "2", "--seqlen", "16", "-q"]  # fmt: skip
+    rc = main(base + ["--set", "block_size=24", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "block_size=24" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "bad").exists()
+    rc = main(base + ["--set", "block_size=16", "--set", "iters=2", "--out", str(tmp_path / "ok")])
+    assert rc == 0, capsys.readouterr().err
+    model, _ = pk.load(tmp_path / "ok")
+    assert len(armor_modules(model)) == 14
