@@ -241,3 +241,19 @@ def test_demo_defaults_to_the_best_measured_configuration(tmp_path, capsys, tiny
     assert (cfg["method"], cfg["method_args"], cfg["allocation"]) == ("wanda", {}, "uniform")
     rc, _, err = _run(capsys, "demo", *common, "--set", "refit=nope", "--out", str(tmp_path / "d3"))
     assert rc == 2 and "refit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_info_shows_the_armor_wrapper_overhead(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    out = tmp_path / "armor"
+    rc, _, err = _run(capsys, "prune", str(tiny_llama_dir), "--method", "armor", "--pattern", "2:4", "--calib",
+                      str(calib_txt), "--nsamples", "2", "--seqlen", "16", "--set", "block_size=16",
+                      "--set", "iters=1", "-q", "--out", str(out))  # fmt: skip
+    assert rc == 0, err
+    rc, stdout, _ = _run(capsys, "info", str(out))
+    assert rc == 0 and "ARMOR: 14 Linears wrapped" in stdout and "block 16" in stdout
+    rc, stdout, _ = _run(capsys, "info", str(out), "--json")
+    o = json.loads(stdout.strip().splitlines()[-1])["armor"]
+    # each wrapped [out, in] Linear adds out·16 + in·16 wrapper parameters (block-diagonal A and B)
+    assert o["wrapped_linears"] == 14 and o["wrapper_params"] > 0 and 0 < o["wrapper_over_model"] < 1
+    rc, stdout, _ = _run(capsys, "info", str(tiny_llama_dir), "--json")
+    assert "armor" not in json.loads(stdout.strip().splitlines()[-1])

@@ -480,8 +480,17 @@ def cmd_info(a) -> dict[str, Any]:
         res["blocks"] = block_widths(model)
     except ImportError:
         pass
+    if getattr(cfg, "prunekit_armor", None):
+        from ..methods.armor import armor_overhead
+
+        res["armor"] = armor_overhead(model)
     if not a.json:
         print(f"{a.model}: {cfg.model_type}, {s['parameters']:,} parameters")
+        if "armor" in res:
+            o = res["armor"]
+            print(f"ARMOR: {o['wrapped_linears']} Linears wrapped as A·(W′⊙M)·B, block {o['block_size']}; wrappers add "
+                  f"{o['wrapper_params']:,} parameters ({o['wrapper_over_core_nonzero']:.1%} of the cores' non-zeros, "
+                  f"{o['wrapper_over_model']:.1%} of the model)")
         print(f"sparsity: {s['linear_sparsity']:.2%} of all Linear weights, {s['block_linear_sparsity']:.2%} inside decoder blocks")
         for layer in s["linears"]:
             print(f"  {layer['name']:<48} {'x'.join(map(str, layer['shape'])):>11} {layer['sparsity']:>8.2%}")
