@@ -338,3 +338,9 @@ def test_cli_stun_then_sparsegpt_and_reload(tmp_path, capsys, tokenizer, calib_t
     zeros = [(weight_of(m) == 0).float().mean().item() for m in pk.target_linears(model, pk.PruneConfig()).values()]
     assert all(abs(z - 0.5) < 0.02 for z in zeros)
     assert json.loads((out / "prunekit.json").read_text())["config"]["method"] == "stun"
+
+
+def test_families_match_the_remote_code_classes():
+    from prunekit.structured.remote_code.modeling_prunekit_moe import CLASSES
+
+    assert tuple(CLASSES) == X.FAMILIES

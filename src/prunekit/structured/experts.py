@@ -75,9 +75,21 @@ from ..report import PruneReport
 from ..settings import Setting
 from . import STRUCTURED_METHODS
 from . import common as C
-from .remote_code import modeling_prunekit_moe as rc
 
-FAMILIES = tuple(rc.CLASSES)  # softmax-then-top-k routers (Mixtral, Qwen2/3-MoE, OLMoE)
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")  # softmax-then-top-k routers (= remote code CLASSES)
+
+
+class _LazyRemoteCode:
+    """``modeling_prunekit_moe`` imported on first use: it imports four transformers model classes,
+    which is too slow for ``import prunekit`` (signals must find their handlers installed)."""
+
+    def __getattr__(self, name: str):
+        from .remote_code import modeling_prunekit_moe
+
+        return getattr(modeling_prunekit_moe, name)
+
+
+rc = _LazyRemoteCode()
 CONFIG_COUNTS = "prunekit_experts"
 CONFIG_DYNAMIC = "prunekit_dynamic_experts"
 REMOTE_CODE_FILE = "modeling_prunekit_moe.py"
@@ -319,6 +331,7 @@ def reap(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
 
 
 reap.SPEC = SPEC_REAP
+reap.families = FAMILIES  # MoE families only (for `prunekit ls` / the README family table)
 reap.summary = "REAP: remove the MoE experts with the lowest mean gate x output norm"
 
 
@@ -455,6 +468,7 @@ def stun(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer:
 
 
 stun.SPEC = SPEC_STUN
+stun.families = FAMILIES
 stun.summary = "STUN: cluster MoE experts by router similarity and co-activation, keep one per cluster, then prune unstructured"
 
 
@@ -522,7 +536,7 @@ def write_remote_code(config, folder: str | os.PathLike) -> bool:
     if mt not in rc.CLASSES:
         raise ModelLoadError(f"no trust_remote_code class for MoE family {mt!r} (have {sorted(rc.CLASSES)})")
     folder = Path(folder)
-    shutil.copyfile(Path(rc.__file__), folder / REMOTE_CODE_FILE)
+    shutil.copyfile(Path(__file__).with_name("remote_code") / REMOTE_CODE_FILE, folder / REMOTE_CODE_FILE)
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     auto_map = dict(cfg.get("auto_map") or {})
