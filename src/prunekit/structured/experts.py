@@ -24,7 +24,7 @@ linkage) merges the closest clusters until the target count is left. Each cluste
 representative, the member nearest the cluster's weight centroid, and the cluster's traffic is
 routed to it: its router row becomes the traffic-weighted mean of the members' rows.
 Stage 2 runs an unstructured method (``then``, default SparseGPT) on the expert-pruned model
-with per-expert statistics, at ``config.sparsity`` of every remaining matrix (or, with
+with per-expert statistics, at ``config.sparsity`` (default 0.5) of every remaining matrix (or, with
 ``total=true``, at the sparsity that makes the zeros plus the removed experts equal
 ``config.sparsity`` of the original block matrices).
 
