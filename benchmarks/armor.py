@@ -249,14 +249,19 @@ def section() -> str:
     if lat.exists():
         d = json.loads(lat.read_text())
         ov = d["overhead"]
+        wrap = ov["wrapper_params"]
+        base = wrap / ov["wrapper_over_model"] - wrap  # the model's own parameters
+        nz24 = ov["core_params"] / 2  # non-zeros of 2:4 cores
         L.append(
             f"Wrapper overhead (block {d['block_size']}, {ov['wrapped_linears']} Linears): "
-            f"{ov['wrapper_params'] / 1e6:.2f} M parameters = {ov['wrapper_over_core_nonzero'] * 100:.1f}% of the "
-            f"2:4 cores' non-zeros, {ov['wrapper_over_model'] * 100:.1f}% of the model. CPU prefill "
-            f"({d['tokens']} tokens, {d['torch_threads']} thread, median of {d['runs']}): dense "
-            f"{d['dense_median_s'] * 1e3:.0f} ms, ARMOR {d['armor_median_s'] * 1e3:.0f} ms "
-            f"({d['slowdown']:.2f}x; the core runs as a dense matmul on CPU, so this is the wrappers' "
-            f"cost with no 2:4 speedup to offset it; load {d['loadavg_1min']:.1f})."
+            f"+{wrap / 1e6:.2f} M parameters = +{wrap / base * 100:.1f}% over the {base / 1e6:.1f} M-parameter "
+            f"model, {wrap / nz24 * 100:.1f}% of the 2:4 cores' {nz24 / 1e6:.1f} M non-zeros "
+            f"(`armor_overhead(model)`). CPU prefill ({d['tokens']} tokens, {d['torch_threads']} torch "
+            f"thread, median of {d['runs']}): dense {d['dense_median_s'] * 1e3:.0f} ms, with the wrappers "
+            f"{d['armor_median_s'] * 1e3:.0f} ms ({d['slowdown']:.2f}x). The core runs as a dense matmul on "
+            f"CPU, so this is the wrappers' cost with no 2:4 speedup to offset it; a GPU with 2:4 "
+            f"kernels was not available to this session (1-min load average {d['loadavg_1min']:.1f} on "
+            f"2 cores: other jobs were running)."
         )
         L.append("")
     return "\n".join(L) + "\n"
