@@ -255,3 +255,14 @@ def test_cli_prune_and_bad_block_size(tiny_llama_dir, calib_txt, tmp_path, capsy
     assert rc == 0, capsys.readouterr().err
     model, _ = pk.load(tmp_path / "ok")
     assert len(armor_modules(model)) == 14
+
+
+def test_streaming_is_refused_in_one_line(tiny_llama_dir, calib_txt, tmp_path, capsys):
+    from prunekit.cli.main import main
+
+    argv = ["prune", str(tiny_llama_dir), "--method", "armor", "--pattern", "2:4", "--calib", str(calib_txt),
+            "--nsamples", "2", "--seqlen", "16", "-q", "--stream", "--out", str(tmp_path / "s")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "armor" in err[0] and "--stream" in err[0]
+    assert not (tmp_path / "s").exists()
