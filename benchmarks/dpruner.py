@@ -10,7 +10,8 @@ Cells (50% unstructured unless --sparsity, SmolLM2-135M):
   (``../shared/data/c4-sample``), on GSM8K train (``Question: …\\nAnswer: …`` documents, joined
   and cut into windows), and on half of each;
 * ``dpruner``: D-Pruner with C4 as the general data and GSM8K train as the domain data, each
-  ``--nsamples`` windows of ``--seqlen``.
+  ``--nsamples`` windows of ``--seqlen``; ``dpruner-refit``: the same mask, kept weights refitted
+  by least squares on the C4 Hessians (``refit=pcg``, prunekit's option).
 
 Metrics: general perplexity on WikiText-2 test (rows joined with ``"\\n\\n"``, the first
 ``--wiki-windows`` windows of 2048) and domain perplexity on GSM8K **test**: for each of the first
@@ -42,13 +43,14 @@ GSM_TEST = SHARED / "gsm8k" / "test.jsonl"
 WIKI = SHARED / "wikitext-2-raw" / "wiki.test.raw"
 RESULTS = ROOT / "benchmarks" / "results" / "dpruner"
 SECTION = ROOT / "benchmarks" / "results" / "sections" / "31-dpruner.md"
-CELLS = ("dense", "sparsegpt-c4", "sparsegpt-gsm8k", "sparsegpt-mixed", "dpruner")
+CELLS = ("dense", "sparsegpt-c4", "sparsegpt-gsm8k", "sparsegpt-mixed", "dpruner", "dpruner-refit")
 LABELS = {
     "dense": "dense",
     "sparsegpt-c4": "SparseGPT, C4 calibration (general)",
     "sparsegpt-gsm8k": "SparseGPT, GSM8K-train calibration (domain)",
     "sparsegpt-mixed": "SparseGPT, C4 + GSM8K-train (half each)",
     "dpruner": "D-Pruner (general C4, domain GSM8K train)",
+    "dpruner-refit": "D-Pruner + least-squares refit on C4 (`refit=pcg`, not in the paper)",
 }
 
 
@@ -90,7 +92,7 @@ def run_cell(a: argparse.Namespace) -> dict:
 
     torch.set_num_threads(a.threads)
     model, tok = pk.load_model("smollm2-135m")
-    cell, out: str = a.run_cell, {}
+    cell: str = a.run_cell
     prune: dict = {}
     gsm = f"gsm8k:{GSM_TRAIN}"
     if cell != "dense":
@@ -106,6 +108,8 @@ def run_cell(a: argparse.Namespace) -> dict:
             cfg = PruneConfig(method="sparsegpt", sparsity=a.sparsity)
         else:
             args = {"domain": gsm, **dict(kv.split("=", 1) for kv in a.set)}
+            if cell == "dpruner-refit":
+                args["refit"] = "pcg"
             calib = c4
             cfg = PruneConfig(method="dpruner", sparsity=a.sparsity, method_args=args,
                               calib=CalibConfig(source=str(C4), nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed))  # fmt: skip
@@ -113,7 +117,7 @@ def run_cell(a: argparse.Namespace) -> dict:
         rep = pk.prune_(model, cfg, calib, tok, progress=False, report_tokens=0)
         prune = {"prune_wall_s": round(time.perf_counter() - t0, 1),
                  "timings": {k: round(v, 1) for k, v in rep.timings.items()}, "settings": rep.settings,
-                 "calib_windows": int(calib.shape[0]) + (a.nsamples if cell == "dpruner" else 0)}  # fmt: skip
+                 "calib_windows": int(calib.shape[0]) + (a.nsamples if cell.startswith("dpruner") else 0)}  # fmt: skip
         _log(f"{cell}: pruned in {prune['prune_wall_s']} s")
     wiki = pk.perplexity(model, pk.eval_token_ids(f"wikitext2:{WIKI}", tok), seqlen=2048, max_windows=a.wiki_windows)
     dom = gsm8k_answer_perplexity(model, tok, GSM_TEST, a.gsm8k_questions)

@@ -164,3 +164,28 @@ def test_gsm8k_documents_and_errors(tmp_path, tokenizer):
 def test_missing_domain_is_one_line():
     with pytest.raises(ConfigError, match="--set domain=SOURCE"):
         pk.prune_(make_llama(), PruneConfig(method="dpruner"), _ids(), progress=False)
+
+
+def test_refit_keeps_the_mask_and_lowers_the_layer_error(tokenizer, calib_txt):
+    """refit=pcg (prunekit's option): the same mask, a lower ‖X(W − Ŵ)ᵀ‖² on the general data."""
+    general, dense = _ids(), make_llama()
+    a, b = copy.deepcopy(dense), copy.deepcopy(dense)
+    pk.prune_(a, _cfg(calib_txt), general, tokenizer, progress=False)
+    rep = pk.prune_(b, _cfg(calib_txt, args={"refit": "pcg"}), general, tokenizer, progress=False)
+    X = {}
+    lins0 = {n: m for n, m in dense.model.layers[0].named_modules() if isinstance(m, torch.nn.Linear)}
+    hooks = [m.register_forward_pre_hook(lambda m, x, n=n: X.setdefault(n, []).append(x[0].reshape(-1, x[0].shape[-1])))
+             for n, m in lins0.items()]  # fmt: skip
+    with torch.no_grad():
+        dense(input_ids=general)
+    for h in hooks:
+        h.remove()
+    for n, m in dense.named_modules():
+        if isinstance(m, torch.nn.Linear) and "layers." in n:
+            assert torch.equal(dict(a.named_modules())[n].weight == 0, dict(b.named_modules())[n].weight == 0), n
+    for short, xs in X.items():
+        Xn, n = torch.cat(xs).double(), f"model.layers.0.{short}"
+        W = lins0[short].weight.detach().double()
+        err = lambda m: float((Xn @ (W - dict(m.named_modules())[n].weight.detach().double()).T).pow(2).sum())  # noqa: E731
+        assert err(b) < err(a), n
+    assert all(lr.info["loss_refit"] <= lr.info["loss_mask"] + 1e-9 for lr in rep.layers)

@@ -24,6 +24,11 @@ calibration data, e.g. C4) and domain text (``domain=SOURCE``, e.g. GSM8K train)
    and the weights with the lowest S are removed, per matrix (the reference's comparison group;
    ``per_row=true`` ranks per output row) or per group of m inputs for N:M. No weight update.
 
+``refit=pcg`` (prunekit's option, not in the paper): with D-Pruner's mask fixed, the kept weights
+are re-solved to the least-squares optimum of the layer output on the general calibration data,
+min ‖X(W − Ŵ)ᵀ‖², by preconditioned conjugate gradient (as ``sparsegpt --set refit=pcg``; the
+Hessians then come from the layer loop, with pruned propagation).
+
 Deviations from the paper, all for a one-shot prune on prunekit's engine: G is computed on the
 dense weights in one pass with dense propagation (the reference takes it from inside a SparseGPT
 run); the domain gradients are those of the dense model, one per domain window (the reference
@@ -120,7 +125,9 @@ class DPruner(ScoreMethod):
     lr: float = setting(0.03, ge=0, le=1e3, help="η, the step size in the regulariser's (W′ − W) = −η g")
     damp: float = setting(0.01, gt=0, le=100, help="dampening of H for the general importance, fraction of mean(diag H)")
     per_row: bool = setting(False, help="rank within each output row instead of the whole matrix")
-    needs: ClassVar[frozenset[Stat]] = frozenset({Stat.DUAL_IMPORTANCE})
+    refit: str = setting("none", choices=("none", "pcg"),
+                         help="pcg: least-squares refit of the kept weights on the general data (not in the paper)")
+    refit_iters: int = setting(50, ge=1, le=100000, help="conjugate-gradient steps of the refit")
     summary: ClassVar[str] = "domain-gradient Taylor score, general-OBS-regularised (Zhang et al. 2024)"
 
     def effective_pattern(self, pattern):
@@ -128,8 +135,30 @@ class DPruner(ScoreMethod):
             return Unstructured("layer")
         return pattern
 
+    @property
+    def needs(self) -> frozenset[Stat]:  # type: ignore[override]
+        return frozenset({Stat.DUAL_IMPORTANCE, *((Stat.HESSIAN,) if self.refit == "pcg" else ())})
+
     def score(self, weight: Tensor, stats: LayerStats) -> Tensor:
         return stats[Stat.DUAL_IMPORTANCE].to(weight.device)
+
+    def prune(self, weight, stats, pattern, sparsity):
+        W_new, info = super().prune(weight, stats, pattern, sparsity)
+        if self.refit != "pcg":
+            return W_new, info
+        from .alps import layer_loss, pcg_refit
+
+        W0 = weight.detach().to(torch.float32)
+        H = stats[Stat.HESSIAN].to(W0.device, torch.float32).clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1.0
+        H /= torch.diagonal(H).mean().clamp_min(1e-30)
+        H.diagonal().add_(self.damp)
+        keep = (W_new != 0) & ~dead[None, :]
+        start = W0 * keep
+        before = layer_loss(W0, start, H)
+        W_fit = pcg_refit(W0, H, keep, start, self.refit_iters)
+        return W_fit.to(weight.dtype), {**info, "loss_mask": before, "loss_refit": layer_loss(W0, W_fit, H)}
 
     # -- the pre-pass: general importance (layer loop, dense), then domain gradients ----------
     def prepass(self, inp: PrepassInputs) -> dict[str, dict[Stat, Tensor]]:
