@@ -1,17 +1,27 @@
-"""Týr-the-Pruner section of BENCHMARKS.md, from the routine cells' JSON (no runs here).
+"""Týr-the-Pruner on the routine protocol, and its section of BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/tyr.py
+    .venv/bin/python benchmarks/tyr.py run --sparsity 0.2 [--set k=v ...]   # one cell (heavy)
+    .venv/bin/python benchmarks/tyr.py                                     # the section
 
-The cells come from ``benchmarks/run.py --methods tyr --structured-sparsity 0.2[,0.5] --peers none
---no-speed --no-floor --threads 1``. This script reads them, compares with the other structured
-rows of the same protocol, and writes ``results/tyr/summary.json`` and
-``results/sections/35-tyr.md``.
+``run`` is the routine cell done in one process: the harness's calibration and evaluation token
+files (``.bench/work/calib_*.pt`` / ``eval_*.pt`` of the protocol; SmolLM2-135M in float32,
+32 x 2048 C4 windows, WikiText-2 test first 40 windows of 2048), ``prunekit.prune_`` timed alone,
+the folder saved with ``save_pretrained_atomic`` and evaluated after a reload with
+``prunekit.load`` — the harness's eval cell loads with plain ``from_pretrained``, which refuses
+per-block widths by design (the folder needs ``trust_remote_code`` or prunekit's loader). The
+result goes to ``results/tyr/prunekit__tyr__structured-PCT.json`` (the cell's fields). Without
+arguments the script reads those and the routine structured cells and writes
+``results/tyr/summary.json`` and ``results/sections/35-tyr.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
+import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,9 +43,9 @@ def _ppl(d: dict | None) -> float | None:
 
 
 def _rows(cells: Path, pct: int) -> dict[str, dict]:
-    """Every finished structured cell at ``pct`` % (tyr included), by key."""
+    """Every finished structured cell at ``pct`` % (tyr's from results/tyr), by key."""
     out = {}
-    for p in sorted(cells.glob(f"*__structured-{pct}.json")):
+    for p in [*sorted(cells.glob(f"*__structured-{pct}.json")), RESULTS / "tyr" / f"prunekit__tyr__structured-{pct}.json"]:
         d = _load(p)
         if d is not None:
             out[p.stem] = d
@@ -113,7 +123,76 @@ def summarise(pct: int, rows: dict[str, dict], dense: float | None) -> tuple[dic
     return summary, lines
 
 
+def _protocol_file(kind: str, **want) -> Path:
+    work = HERE.parent / ".bench" / "work"
+    for meta in sorted(work.glob(f"{kind}_*.json")):
+        d = json.loads(meta.read_text())
+        if all(d.get(k) == v for k, v in want.items()):
+            return meta.with_suffix(".pt")
+    raise SystemExit(f"no {kind} token file for {want} under {work}: run benchmarks/run.py once to prepare it")
+
+
+def run_cell(sparsity: float, sets: list[str], threads: int, windows: int = 40, json_out: Path | None = None) -> None:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(threads)
+    import prunekit as pk
+    from prunekit.eval.perplexity import perplexity
+
+    calib_p = _protocol_file("calib", source="/work/shared/data/c4-sample", nsamples=32, seqlen=2048, seed=0)
+    eval_p = _protocol_file("eval", source="wikitext2:/work/shared/data/wikitext-2-raw/wiki.test.raw")
+    calib = torch.load(calib_p, weights_only=True).long()
+    ev = torch.load(eval_p, weights_only=True).long()
+    model, tok = pk.load_model("smollm2-135m", dtype="float32")
+    cfg = pk.PruneConfig(method="tyr", pattern="unstructured", sparsity=sparsity,
+                         method_args=dict(kv.split("=", 1) for kv in sets),
+                         calib=pk.CalibConfig(source=str(calib_p), nsamples=32, seqlen=2048, seed=0, batch_size=8))  # fmt: skip
+    load1 = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    report = pk.prune_(model, cfg, calib, tok, progress=True)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    load2 = os.getloadavg()[0]
+    out = HERE.parent / ".bench" / "work" / f"tyr-{round(sparsity * 100)}"
+    pk.save_pretrained_atomic(model, tok, out, report.to_dict(), overwrite=True)
+    del model
+    again, _ = pk.load(out)
+    t1 = time.perf_counter()
+    res = perplexity(again, ev, 2048, windows)
+    pct = round(sparsity * 100)
+    key = f"prunekit__tyr__structured-{pct}" + ("" if not sets else "__" + "_".join(s.replace("=", "-") for s in sets))
+    cell = {
+        "status": "ok", "key": key, "protocol_id": PROTOCOL, "harness_threads": threads,
+        "prune": {"tool": "prunekit", "method": "tyr", "pattern": "structured", "sparsity": sparsity,
+                  "nsamples": 32, "seqlen": 2048, "prune_wall_s": round(float(report.timings.get("total", wall)), 2),
+                  "prune_cpu_s": round(cpu, 2), "timings": {k: round(v, 2) for k, v in report.timings.items()},
+                  "settings": report.settings, "notes": list(report.notes), "torch_threads": threads,
+                  "torch_version": torch.__version__, "loadavg_1min": [round(load1, 2), round(load2, 2)],
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+        "eval": {"perplexity": res["perplexity"], "nll": res["nll"], "eval_windows": res["windows"],
+                 "eval_seqlen": 2048, "eval_tokens": res["tokens"], "eval_s": round(time.perf_counter() - t1, 1),
+                 "loaded_with": "prunekit.load (per-block widths loader)",
+                 "params": sum(p.numel() for p in again.parameters())},
+        "finished_at": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }  # fmt: skip
+    (RESULTS / "tyr").mkdir(parents=True, exist_ok=True)
+    path = json_out or RESULTS / "tyr" / f"{key}.json"
+    path.write_text(json.dumps(cell, indent=1) + "\n")
+    print(f"{key}: perplexity {res['perplexity']:.2f}, prune {wall:.0f} s -> {path}")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "run":
+        ap = argparse.ArgumentParser(description="one Týr cell on the routine protocol")
+        ap.add_argument("run")
+        ap.add_argument("--sparsity", type=float, default=0.2)
+        ap.add_argument("--set", action="append", default=[])
+        ap.add_argument("--threads", type=int, default=1)
+        ap.add_argument("--eval-windows", type=int, default=40, help="(smoke tests only; the protocol is 40)")
+        ap.add_argument("--json-out", type=Path, default=None, help="(smoke tests only)")
+        a = ap.parse_args()
+        return run_cell(a.sparsity, a.set, a.threads, a.eval_windows, a.json_out)
     cells = RESULTS / PROTOCOL
     dense = _ppl(_load(cells / "dense.json"))
     out = ["## Týr-the-Pruner: globally searched per-block widths", ""]

@@ -82,7 +82,7 @@ SPEC = {
     "survivors": Setting(str, "2", help="survivors after each stage but the last (comma list)"),
     "stage_tokens": Setting(str, "256,1024", help="fitness tokens per selection stage (comma list, increasing)"),
     "fitness_seqlen": Setting(int, 256, ge=8, help="tokens per fitness sequence"),
-    "windows": Setting(int, 4, ge=1, help="calibration windows for the supernet Hessians"),
+    "windows": Setting(int, 8, ge=1, help="calibration windows for the supernet Hessians"),
     "split": Setting(str, "mlp", choices=("mlp", "ratio")),
     "accumulate": Setting(str, "expectation", choices=("expectation", "center", "dense")),
     "obs_rounds": Setting(int, 16, ge=1, help="OBS removal batches for MLP channels"),
