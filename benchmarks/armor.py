@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/armor.py --latency     # overhead + CPU prefill latency
     OMP_NUM_THREADS=1 python benchmarks/armor.py --layers      # layer errors of each variant
+    OMP_NUM_THREADS=1 python benchmarks/armor.py --iters-curve # layer error and time vs iterations
     python benchmarks/armor.py                                 # section + PNG from stored results
 
 The perplexity cells come from the generic harness (``benchmarks/run.py --methods armor
@@ -33,7 +34,7 @@ OUT = RESULTS / "armor"
 SECTION = RESULTS / "sections" / "30-armor.md"
 ROUTINE = "smollm2-135m_c4-sample-32x2048-s0_wikitext2-test-40x2048"
 QUICK = "smollm2-135m_c4-sample-8x2048-s0_wikitext2-test-10x2048"
-DEFAULT_ITERS = 20  # ARMOR's default (prunekit.methods.armor.ARMOR.iters)
+DEFAULT_ITERS = 50  # ARMOR's default (prunekit.methods.armor.ARMOR.iters)
 
 
 def _cell(protocol: str, key: str) -> dict | None:
@@ -90,16 +91,22 @@ def latency(tokens: int, runs: int, threads: int, block: int) -> dict:
 LAYER_CONFIGS = {
     "wanda": ("wanda", {}),
     "sparsegpt": ("sparsegpt", {}),
-    "armor paper proxy (diag, init=wanda)": ("armor", {"proxy": "diag", "init": "wanda"}),
-    "armor block proxy (init=sparsegpt)": ("armor", {"proxy": "block"}),
-    "armor default (hessian, init=sparsegpt)": ("armor", {}),
-    "armor default, swaps=0": ("armor", {"swaps": 0}),
-    "armor default, block_size=32": ("armor", {"block_size": 32}),
+    "armor paper proxy (diag, init=wanda)": ("armor", {"proxy": "diag", "init": "wanda", "iters": 20}),
+    "armor block proxy (init=sparsegpt)": ("armor", {"proxy": "block", "iters": 20}),
+    "armor default (hessian, init=sparsegpt)": ("armor", {"iters": 20}),
+    "armor default, swaps=0": ("armor", {"swaps": 0, "iters": 20}),
+    "armor default, block_size=32": ("armor", {"block_size": 32, "iters": 20}),
 }
 
 
-def layer_errors(layer: int, windows: int, seqlen: int) -> dict:
-    """Relative layer error tr(ΔHΔᵀ)/tr(WHWᵀ) of each method on three matrices of one dense block."""
+ALL_MATS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+CURVE_ITERS = (0, 5, 10, 20, 40, 80)
+
+
+def layer_errors(layer: int, windows: int, seqlen: int, configs: dict | None = None,
+                 names: list[str] | None = None) -> dict:  # fmt: skip
+    """Relative layer error tr(ΔHΔᵀ)/tr(WHWᵀ) of each method on matrices of one dense block."""
     import torch
 
     import prunekit as pk
@@ -113,7 +120,8 @@ def layer_errors(layer: int, windows: int, seqlen: int) -> dict:
     model, tok = pk.load_model("smollm2-135m")
     ids = calibration_windows(str(ROOT.parent / "shared" / "data" / "c4-sample"), tok, windows, seqlen, 0)
     blk = model.model.layers[layer]
-    names = ["self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"]
+    names = names or ["self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"]
+    configs = configs or LAYER_CONFIGS
     Hs: dict = {}
 
     def hook(n):
@@ -132,7 +140,7 @@ def layer_errors(layer: int, windows: int, seqlen: int) -> dict:
         W = blk.get_submodule(n).weight.detach().float()
         H = Hs[n]
         st = LayerStats(n, ids.numel(), {Stat.HESSIAN: (H * 2 / ids.numel()).float(), Stat.INPUT_SQNORM: torch.diagonal(H).float()})
-        for label, (meth, kw) in LAYER_CONFIGS.items():
+        for label, (meth, kw) in configs.items():
             t = time.perf_counter()
             Wn, info = get_method(meth, **kw).prune(W, st, NM(2, 4), 0.5)
             dt = time.perf_counter() - t
@@ -144,6 +152,28 @@ def layer_errors(layer: int, windows: int, seqlen: int) -> dict:
             res["seconds"].setdefault(label, {})[n] = round(dt, 2)
             print(f"{n} {label}: {err:.4f} ({dt:.1f}s)", flush=True)
     return res
+
+
+def _plot_curve(d: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = [int(k.split("=")[1]) for k in d["errors"]]
+    fig, ax1 = plt.subplots(figsize=(5.8, 3.6))
+    for n in d["errors"][next(iter(d["errors"]))]:
+        ax1.plot(its, [d["errors"][k][n] / d["errors"]["iters=0"][n] for k in d["errors"]], "o-", ms=3, label=n)
+    ax1.set_xlabel("BCD iterations per matrix (0 = SparseGPT 2:4)")
+    ax1.set_ylabel("layer error / SparseGPT's")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=6)
+    ax2 = ax1.twinx()
+    ax2.plot(its, [sum(d["seconds"][k].values()) for k in d["seconds"]], "k--", lw=1)
+    ax2.set_ylabel("seconds for the block's 7 matrices (dashed)")
+    ax1.set_title(f"SmolLM2-135M block {d['layer']}, ARMOR defaults except iterations", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def _plot(points: list[tuple[int, float]], sgpt: float | None, wanda: float | None, path: Path) -> None:
@@ -184,13 +214,29 @@ def section() -> str:
         d = json.loads(lp.read_text())
         mats = list(next(iter(d["errors"].values())))
         L.append(f"Relative layer error tr(ΔHΔᵀ)/tr(WHWᵀ) on block {d['layer']} of the dense model "
-                 f"(calibration {d['calibration']}; default iterations unless stated):")
+                 f"(calibration {d['calibration']}; ARMOR rows {d.get('armor_iters', 20)} iterations):")
         L.append("")
         L.append("| method | " + " | ".join(mats) + " | seconds (sum) |")
         L.append("|---|" + "---:|" * (len(mats) + 1))
         for label, errs in d["errors"].items():
             secs = sum(d["seconds"][label].values())
             L.append(f"| {label} | " + " | ".join(f"{errs[m]:.4f}" for m in mats) + f" | {secs:.1f} |")
+        L.append("")
+    cp = OUT / "iters_curve.json"
+    if cp.exists():
+        d = json.loads(cp.read_text())
+        keys = list(d["errors"])
+        L.append(f"Layer error against iterations (block {d['layer']}, all 7 matrices, calibration "
+                 f"{d['calibration']}; iterations 0 = SparseGPT 2:4; the 7 matrices' summed relative errors "
+                 f"over SparseGPT's, and seconds for the block on one loaded core):")
+        L.append("")
+        L.append("| iterations | " + " | ".join(k.split("=")[1] for k in keys) + " |")
+        L.append("|---|" + "---:|" * len(keys))
+        base = sum(d["errors"]["iters=0"].values())
+        L.append("| error / SparseGPT | " + " | ".join(f"{sum(d['errors'][k].values()) / base:.3f}" for k in keys) + " |")
+        L.append("| seconds | " + " | ".join(f"{sum(d['seconds'][k].values()):.1f}" for k in keys) + " |")
+        L.append("")
+        L.append("![ARMOR layer error vs iterations](results/armor/iters_curve.png)")
         L.append("")
     rows = []
     arm = _cell(ROUTINE, "prunekit__armor__2of4")
@@ -275,10 +321,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--layers", action="store_true", help="per-matrix layer errors on one block")
+    ap.add_argument("--iters-curve", action="store_true", help="layer error and time vs iterations, one block")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.iters_curve:
+        cfg = {f"iters={k}": ("armor", {"iters": k}) for k in CURVE_ITERS}
+        res = layer_errors(10, 4, 512, cfg, ALL_MATS)
+        (OUT / "iters_curve.json").write_text(json.dumps(res, indent=2) + "\n")
+        _plot_curve(res, OUT / "iters_curve.png")
     if args.layers:
         res = layer_errors(10, 4, 512)
+        res["armor_iters"] = 20
         (OUT / "layer_errors.json").write_text(json.dumps(res, indent=2) + "\n")
     if args.latency:
         res = latency(args.tokens, args.runs, args.threads, args.block_size)

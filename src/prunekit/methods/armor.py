@@ -324,7 +324,7 @@ def proxy_loss(W: Tensor, S: Tensor, A: Tensor, B: Tensor, K: Tensor) -> float:
 @dataclass(frozen=True)
 class ARMOR(PruningMethod):
     block_size: int = setting(64, ge=1, help="wrapper block size b (must divide every pruned matrix's dims)")
-    iters: int = setting(20, ge=0, le=1_000_000, help="block coordinate descent iterations per matrix")
+    iters: int = setting(50, ge=0, le=1_000_000, help="block coordinate descent iterations per matrix")
     lr: float = setting(3e-3, gt=0, le=1, help="Adam step of the wrappers A, B")
     swaps: int = setting(1, ge=0, le=1000, help="discrete group re-selection rounds per iteration")
     init: str = setting("sparsegpt", choices=("sparsegpt", "wanda"), help="initial N:M core")
