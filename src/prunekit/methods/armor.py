@@ -143,23 +143,27 @@ class _Metric:
         return Kb[idx[:, :, None], idx[:, None, :]]
 
 
-def _lmax(Kx: Tensor, d: Tensor, iters: int = 40) -> float:
-    """Largest eigenvalue of D^-1/2 K D^-1/2 (max over blocks for [n, b, b]; for a full matrix by
-    power iteration, with a 10% margin)."""
+def _lmax(Kx: Tensor, d: Tensor, v: Tensor | None = None, iters: int = 40) -> tuple[float, Tensor | None]:
+    """Largest eigenvalue of D^-1/2 K D^-1/2: exact per block (max over blocks) for [n, b, b]; for a
+    full matrix by power iteration from ``v`` (warm start), times 1.1. A step 1/λ̂ descends as long
+    as λ̂ > λ/2, which the margin and the warm start keep. Returns ``(λ̂, v)``."""
     s = d.clamp_min(1e-30).rsqrt()
     if Kx.dim() == 3:
         Kn = Kx * s[:, :, None] * s[:, None, :]
-        return float(torch.linalg.eigvalsh(Kn)[:, -1].max().clamp_min(1e-12))
+        return float(torch.linalg.eigvalsh(Kn)[:, -1].max().clamp_min(1e-12)), None
     Kn = Kx * s[:, None] * s[None, :]
-    v = torch.ones(Kn.shape[0], dtype=Kn.dtype, device=Kn.device)
+    if v is None:
+        v = torch.ones(Kn.shape[0], dtype=Kn.dtype, device=Kn.device)
+    else:
+        iters = max(iters // 4, 1)
     lam = 1.0
     for _ in range(iters):
         w = Kn @ v
         lam = float(w.norm())
         if lam == 0:
-            return 1e-12
+            return 1e-12, None
         v = w / lam
-    return 1.1 * lam
+    return 1.1 * lam, v
 
 
 def _reselect(S: Tensor, mask: Tensor, G: Tensor, Ka: Tensor, Kb: Tensor, Kg: Tensor, metric: _Metric,
@@ -276,6 +280,7 @@ def armor_factorize(W: Tensor, K: Tensor, mask0: Tensor, S0: Tensor, nm: NM, blo
     sup = _supports(nm.m, nm.n, dev)
     losses: list[float] = []
     total_swaps = 0
+    v_pow: Tensor | None = None  # power-iteration vector (full metric), warm-started across iterations
     for _ in range(iters):
         # 1. wrappers (Adam on A, B)
         SB = _right(S, B)
@@ -304,7 +309,8 @@ def armor_factorize(W: Tensor, K: Tensor, mask0: Tensor, S0: Tensor, nm: NM, blo
         # 3. core step on the kept entries (Jacobi-preconditioned, step 1/λmax)
         da = torch.diagonal(Ka, dim1=1, dim2=2)  # [P, b]
         db = torch.diagonal(Kb, dim1=-2, dim2=-1)  # [Q, b] or [in]
-        lam = _lmax(Ka, da) * _lmax(Kb, db)
+        lam_b, v_pow = _lmax(Kb, db, v_pow)
+        lam = _lmax(Ka, da)[0] * lam_b
         prec = 2 * da.reshape(out, 1) * db.reshape(1, cols)
         step = torch.where(mask & (prec > 0), G / prec.clamp_min(1e-30), torch.zeros_like(G))
         S = S - step / lam  # zero outside the mask stays zero
