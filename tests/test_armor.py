@@ -266,3 +266,19 @@ def test_streaming_is_refused_in_one_line(tiny_llama_dir, calib_txt, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "armor" in err[0] and "--stream" in err[0]
     assert not (tmp_path / "s").exists()
+
+
+def test_family_without_remote_class_still_reloads_with_prunekit(tokenizer, tmp_path):
+    from conftest import make_opt
+
+    model = make_opt()
+    cfg = PruneConfig(method="armor", pattern="2:4", method_args={"block_size": 16, "iters": 2})
+    pk.prune_(model, cfg, _ids(), progress=False)
+    with torch.no_grad():
+        ref = model(_ids()).logits
+    out = pk.save_pretrained_atomic(model, tokenizer, tmp_path / "opt", {})
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["prunekit_armor"]["modules"] and "auto_map" not in saved  # no OPT remote class
+    back, _ = pk.load(out)
+    with torch.no_grad():
+        torch.testing.assert_close(back(_ids()).logits, ref, rtol=0, atol=0)

@@ -465,17 +465,19 @@ def write_remote_code(config, folder: str | os.PathLike) -> bool:
         if config is not None:
             setattr(config, CONFIG_KEY, spec)
     mt = getattr(config, "model_type", None)
-    if mt not in CLASSES:
-        raise ModelLoadError(f"no trust_remote_code class for ARMOR on model family {mt!r} (have {sorted(CLASSES)})")
-    shutil.copyfile(Path(__file__).with_name("remote_code_armor.py"), folder / REMOTE_CODE_FILE)
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg[CONFIG_KEY] = spec
-    auto_map = dict(cfg.get("auto_map") or {})
-    auto_map["AutoModelForCausalLM"] = f"{REMOTE_CODE_FILE[:-3]}.{CLASSES[mt]}"
-    cfg["auto_map"] = auto_map
+    if mt in CLASSES:
+        shutil.copyfile(Path(__file__).with_name("remote_code_armor.py"), folder / REMOTE_CODE_FILE)
+        auto_map = dict(cfg.get("auto_map") or {})
+        auto_map["AutoModelForCausalLM"] = f"{REMOTE_CODE_FILE[:-3]}.{CLASSES[mt]}"
+        cfg["auto_map"] = auto_map
+    else:  # prunekit.load still works (stock class + wrappers); plain transformers cannot load it
+        log.warning("ARMOR: no trust_remote_code class for model family %r (have %s); load %s with "
+                    "prunekit.load", mt, ", ".join(sorted(CLASSES)), folder)  # fmt: skip
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return True
+    return mt in CLASSES
 
 
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
