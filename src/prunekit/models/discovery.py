@@ -123,14 +123,18 @@ def family_support() -> list[dict]:
     """
     from ..structured import STRUCTURED_METHODS  # local: structured imports the engine
 
-    structured = STRUCTURED_METHODS.names()
+    names = STRUCTURED_METHODS.names()
+    # a method with a ``families`` attribute (expert pruning: MoE families) applies to those only
+    only = {m: tuple(getattr(STRUCTURED_METHODS.get(m), "families", ()) or ()) for m in names}
+    structured = [m for m in names if not only[m]]
     anywhere = [m for m in structured if m == "shortgpt"]  # block removal: any discovered blocks
     rows = []
     for fam in TESTED_FAMILIES:
         has = fam in ADAPTERS
+        methods = sorted([*(structured if has else anywhere), *(m for m in names if fam in only[m])])
         rows.append({
             "family": fam, "blocks": "adapter" if has else "discovered", "unstructured": True,
-            "nm": True, "moe": fam in MOE_FAMILIES, "structured": structured if has else anywhere,
+            "nm": True, "moe": fam in MOE_FAMILIES, "structured": methods,
         })  # fmt: skip
     rows.append({"family": "*", "blocks": "discovered", "unstructured": True, "nm": True,
                  "moe": True, "structured": anywhere})  # fmt: skip
