@@ -173,6 +173,10 @@ def write_section(a: argparse.Namespace) -> None:
                       f"({d['gsm8k_answer_ppl']:.3f} vs best SparseGPT {best:.3f}, "
                       f"{100 * (d['gsm8k_answer_ppl'] / best - 1):+.1f}%); general {'met' if met_gen else 'missed'} "
                       f"({d['wikitext2_ppl']:.2f} vs {s['wikitext2_ppl']:.2f})."]  # fmt: skip
+    if not rows:
+        lines += ["", "Not run yet on this machine: the benchmark lock this work was given was held by other "
+                      "benchmark jobs for the whole session (a 2 x 256-token smoke run of every cell completed; "
+                      "its numbers are not a measurement and are not shown)."]  # fmt: skip
     lines += ["", "Reproduce: `OMP_NUM_THREADS=1 python benchmarks/dpruner.py "
               f"--nsamples {a.nsamples} --seqlen {a.seqlen} --wiki-windows {a.wiki_windows} "
               f"--gsm8k-questions {a.gsm8k_questions}`.", ""]  # fmt: skip
