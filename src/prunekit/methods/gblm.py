@@ -16,6 +16,11 @@ as in the reference implementation, while the gradients are those of the dense m
 The 1/√N on the activation term is the reference code's normalisation (its Wanda statistic is
 ``‖X_j‖²/N`` with N the number of windows); it fixes the balance of the two terms, so α keeps the
 paper's meaning. With ``alpha=0`` the score is Wanda's up to a per-matrix constant: the same mask.
+
+Balance on SmolLM2-135M (a 2-window x 512-token C4 probe, not a benchmark): with α = 100 the
+gradient term is 0.1–1% of the activation term (median over the weights of a matrix), so the mask
+stays close to Wanda's; the paper tuned α on LLaMA-7B. ``--set alpha=...`` gives the gradients
+more say.
 """
 
 from __future__ import annotations
