@@ -234,3 +234,24 @@ def test_cli_prune_with_refine_reloads_equal_to_the_api(tmp_path, capsys, tiny_l
             assert NM(2, 4).is_satisfied(p.data), name
             differs += int(not torch.equal(p.data, base[name].data))
     assert differs > 0  # the refinement changed the Wanda masks
+
+
+def test_streaming_prune_with_refine_equals_in_memory(tmp_path):
+    from conftest import make_llama
+    from transformers import AutoModelForCausalLM
+
+    import prunekit as pk
+    from prunekit.engine.streaming import prune_streaming
+
+    ckpt = tmp_path / "llama"
+    make_llama(layers=2).save_pretrained(ckpt, max_shard_size="40KB")
+    calib = torch.randint(0, 384, (4, 24), generator=torch.Generator().manual_seed(1))
+    cfg = PruneConfig(method="sparsegpt", pattern="2:4", method_args={"refine": "dsnot"})
+    report = prune_streaming(ckpt, tmp_path / "out", cfg, calib=calib, progress=False)
+    assert report.settings["refine"] == "dsnot"
+    streamed = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    ref = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    pk.prune_(ref, cfg, calib, progress=False)
+    want = dict(ref.state_dict())
+    for k, v in streamed.state_dict().items():
+        assert torch.equal(v, want[k]), k

@@ -19,7 +19,9 @@ output i on average), one cycle of row i is
     accept if |Δ_i| > ε and |Δ_i'| < |Δ_i| and sign(Δ_i') = sign(Δ_i)   (else row i stops)
 
 for at most ``cycles`` cycles. Each list is ranked once, up front (the paper's and the reference
-code's static order), so a row walks down it. A revived weight takes its dense value W_ir.
+code's static order), so a row walks down it; only its first ``cycles`` entries can be reached, so
+only those are selected (a partial sort), ties in index order. A revived weight takes its dense
+value W_ir.
 
 Deviations, stated:
 
@@ -86,23 +88,28 @@ class DSnoT:
         sign0 = torch.sign(delta)
         before = delta.abs().mean().item()
 
-        # growing list: pruned weights ranked by D / Var^γ; negatives at the front, positives at the back
-        g_key = torch.where(keep, torch.zeros_like(D), D / var.clamp_min(_TINY_VAR).pow(self.var_power)[None, :])
-        g_order = torch.argsort(g_key, dim=1, stable=True)
-        g_neg, g_pos = (g_key < 0).sum(1), (g_key > 0).sum(1)
-        g_lo, g_hi = torch.zeros_like(g_neg), torch.full_like(g_neg, cols - 1)
+        # growing lists: pruned weights by D / Var^γ, positives (largest first) and negatives
+        # (most negative first); a row reads at most ``cycles`` entries of a list
+        k = min(self.cycles, cols)
+        inf = float("inf")
+        g_key = (D / var.clamp_min(_TINY_VAR).pow(self.var_power)[None, :]).masked_fill_(keep, 0.0)
+        up, down = g_key > 0, g_key < 0
+        g_pos_list = _first_k(g_key.masked_fill(~up, -inf), k, largest=True)
+        g_neg_list = _first_k(g_key.masked_fill(~down, inf), k, largest=False)
+        g_pos, g_neg = up.count_nonzero(1), down.count_nonzero(1)
+        gp, gn = torch.zeros_like(g_pos), torch.zeros_like(g_pos)
 
         S = W_hat.abs() * x_norm[None, :]  # Wanda importance of the kept weights
         nm = pattern if isinstance(pattern, NM) else None
-        inf = torch.tensor(float("inf"), device=dev)
         if nm is None:  # pruning lists: kept weights of each sign, least important first
-            p_neg_order = torch.argsort(torch.where(keep & (C < 0), S, inf), dim=1, stable=True)
-            p_pos_order = torch.argsort(torch.where(keep & (C > 0), S, inf), dim=1, stable=True)
-            p_neg, p_pos = (keep & (C < 0)).sum(1), (keep & (C > 0)).sum(1)
+            minus, plus = keep & (C < 0), keep & (C > 0)
+            p_neg_list = _first_k(S.masked_fill(~minus, inf), k, largest=False)
+            p_pos_list = _first_k(S.masked_fill(~plus, inf), k, largest=False)
+            p_neg, p_pos = minus.count_nonzero(1), plus.count_nonzero(1)
             pn, pp = torch.zeros_like(g_neg), torch.zeros_like(g_neg)
         else:
             nm._check(cols)
-            S_nm = torch.where(keep, S, inf)  # revived weights are set to inf: never pruned again
+            S_nm = S.masked_fill(~keep, inf)  # revived weights are set to inf: never pruned again
             offsets = torch.arange(nm.m, device=dev)
 
         idx = torch.arange(rows, device=dev)
@@ -110,11 +117,10 @@ class DSnoT:
         swaps, cycles = 0, 0
         for _ in range(self.cycles):
             pos = delta > 0
-            g_at = torch.where(pos, g_hi, g_lo)
-            g_ok = torch.where(pos, g_hi >= cols - g_pos, g_lo < g_neg)
-            r = g_order[idx, g_at.clamp(0, cols - 1)]
+            r = torch.where(pos, g_pos_list[idx, gp.clamp(max=k - 1)], g_neg_list[idx, gn.clamp(max=k - 1)])
+            g_ok = torch.where(pos, gp < g_pos, gn < g_neg)
             if nm is None:
-                p = torch.where(pos, p_neg_order[idx, pn.clamp(max=cols - 1)], p_pos_order[idx, pp.clamp(max=cols - 1)])
+                p = torch.where(pos, p_neg_list[idx, pn.clamp(max=k - 1)], p_pos_list[idx, pp.clamp(max=k - 1)])
                 p_ok = torch.where(pos, pn < p_neg, pp < p_pos)
             else:
                 start = r - r % nm.m
@@ -134,8 +140,8 @@ class DSnoT:
             if nm is not None:
                 S_nm[i, ri], S_nm[i, pi] = inf, inf
             delta = torch.where(ok, new, delta)
-            g_hi -= (ok & pos).long()
-            g_lo += (ok & ~pos).long()
+            gp += (ok & pos).long()
+            gn += (ok & ~pos).long()
             if nm is None:
                 pn += (ok & pos).long()
                 pp += (ok & ~pos).long()
@@ -144,6 +150,15 @@ class DSnoT:
         info = {"dsnot_swaps": swaps, "dsnot_cycles": cycles,
                 "dsnot_err_before": before, "dsnot_err_after": delta.abs().mean().item()}  # fmt: skip
         return W_hat.to(pruned.dtype), info
+
+
+def _first_k(key: Tensor, k: int, largest: bool) -> Tensor:
+    """Column indices [rows, k] of each row's k largest (or smallest) keys, best first; equal keys
+    in index order (only a tie across the k-th place is resolved as ``torch.topk`` does). On CPU
+    a full stable sort of every row is ~6x slower than this partial selection."""
+    idx = torch.topk(key, k, dim=1, largest=largest, sorted=False).indices.sort(dim=1).values
+    order = torch.sort(key.gather(1, idx), dim=1, descending=largest, stable=True).indices
+    return idx.gather(1, order)
 
 
 REFINERS: dict[str, type] = {"dsnot": DSnoT}
