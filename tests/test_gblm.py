@@ -142,3 +142,27 @@ def test_saved_folder_reloads_equal(tmp_path, tokenizer):
 def test_bad_alpha_is_one_line():
     with pytest.raises(ConfigError, match="alpha=-1"):
         pk.get_method("gblm", alpha=-1)
+
+
+def test_gradient_statistic_of_gpt2_conv1d_is_seen_as_out_by_in():
+    """GPT-2 stores Conv1D weights [in, out]: the statistic is the transpose of the parameter's."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=384, n_embd=32, n_layer=2, n_head=2, n_positions=64)).eval()
+    ids = _ids(n=2, seqlen=16)
+    targets = target_linears(model, PruneConfig())
+    got = gradient_sq(model, targets, ids)
+    ref = copy.deepcopy(model)
+    want = {}
+    for n in range(ids.shape[0]):
+        ref.zero_grad(set_to_none=True)
+        ref(input_ids=ids[n : n + 1], labels=ids[n : n + 1]).loss.backward()
+        for name, mod in ref.named_modules():
+            if name in targets:
+                want[name] = want.get(name, 0) + mod.weight.grad.T.double() ** 2
+    for name, lin in targets.items():
+        assert got[name].shape == lin.weight.T.shape  # [out, in]
+        assert torch.allclose(got[name].double(), want[name], rtol=1e-4, atol=1e-14), name
+    pk.prune_(model, PruneConfig(method="gblm", pattern="2:4"), ids, progress=False)
+    assert all(parse_pattern("2:4").is_satisfied(lin.weight.T) for lin in targets.values())
