@@ -166,3 +166,42 @@ def test_gradient_statistic_of_gpt2_conv1d_is_seen_as_out_by_in():
         assert torch.allclose(got[name].double(), want[name], rtol=1e-4, atol=1e-14), name
     pk.prune_(model, PruneConfig(method="gblm", pattern="2:4"), ids, progress=False)
     assert all(parse_pattern("2:4").is_satisfied(lin.weight.T) for lin in targets.values())
+
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt_oss"])
+def test_gradient_statistic_of_fused_experts_is_each_experts_slice(family):
+    """Fused MoE experts (a 3-D parameter, transposed in GPT-OSS): each expert's [out, in] slice
+    of the autograd gradient; a router is never a target."""
+    import transformers
+
+    kw = dict(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=8, num_experts_per_tok=2, max_position_embeddings=64)  # fmt: skip
+    if family == "mixtral":
+        cfg, cls = transformers.MixtralConfig(num_local_experts=4, **kw), transformers.MixtralForCausalLM
+    else:
+        cfg = transformers.GptOssConfig(num_local_experts=4, sliding_window=8,
+                                        layer_types=["sliding_attention", "full_attention"], **kw)  # fmt: skip
+        cls = transformers.GptOssForCausalLM
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    ids = _ids(n=2, seqlen=16)
+    targets = target_linears(model, PruneConfig())
+    got = gradient_sq(model, targets, ids)
+    ref = copy.deepcopy(model)
+    params = dict(ref.named_parameters())
+    want: dict = {}
+    for n in range(ids.shape[0]):
+        ref.zero_grad(set_to_none=True)
+        ref(input_ids=ids[n : n + 1], labels=ids[n : n + 1]).loss.backward()
+        for name, t in targets.items():
+            if ".experts." in name:
+                mod_name, e, p = name.rsplit(".", 2)
+                g = params[f"{mod_name}.{p}"].grad[int(e)]
+                g = g.T if getattr(t.module, "is_transposed", False) else g
+            else:
+                g = params[f"{name}.weight"].grad
+            want[name] = want.get(name, 0) + g.double() ** 2
+    assert any(".experts." in n for n in targets) and not any("router" in n or n.endswith(".gate") for n in targets)
+    for name, t in targets.items():
+        assert got[name].shape == t.weight.shape, name
+        assert torch.allclose(got[name].double(), want[name], rtol=1e-4, atol=1e-14), name
