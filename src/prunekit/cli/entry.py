@@ -21,6 +21,7 @@ def _early(signum, frame) -> None:
 def entry() -> None:
     old = signal.signal(signal.SIGTERM, _early), signal.signal(signal.SIGINT, _early)
     from .main import entry as run  # main() installs its own handlers at once
+    from ..export import hf  # noqa: F401  (main imports it before installing them: do it here, covered)
 
     signal.signal(signal.SIGTERM, old[0])
     signal.signal(signal.SIGINT, old[1])
