@@ -112,6 +112,8 @@ class Refined(PruningMethod):
         self.needs = frozenset(base.needs) | frozenset(refiner.needs)
         self.default_scope = base.default_scope
         self.summary = f"{base.summary} + {refine} mask refinement"
+        if getattr(base, "prepass", None) is not None:  # statistics gathered before the layer loop
+            self.prepass = base.prepass
 
     def effective_pattern(self, pattern):
         return self.base.effective_pattern(pattern)
