@@ -140,7 +140,7 @@ GUIDE: dict[str, dict[str, str]] = {
     },
     "dpruner": {
         **_UNSTRUCTURED, "when": _WHEN + "; for a target domain (general + domain calibration text)",
-        "criterion": "general OBS importance W²/[H⁻¹]² combined with a domain gradient importance",
+        "criterion": "S = Σ_n |g̃W − ½(g̃W)²|, g̃ = g + 2λη²·G·g², G = W²/[U]²_jj on general text; ranked per matrix",
         "statistics": "Hessian on general text + gradients of a regularised domain loss",
         "paper": "Zhang, Liu, Zhao, et al.: Pruning as a Domain-specific LLM Extractor, "
                  "NAACL Findings 2024 (arXiv:2405.06275)",
