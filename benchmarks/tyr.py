@@ -106,6 +106,16 @@ def summarise(pct: int, rows: dict[str, dict], dense: float | None) -> tuple[dic
                      f"{f[-1]:.4f} after {len(f) - 1} generations ({r['evaluations']} evaluations)")  # fmt: skip
     lines.append(f"- widths: {_widths(tyr)}")
     lines.append("")
+    rounds = search["rounds"]
+    k0, k1 = rounds[0]["fitness"][0], rounds[-1]["fitness"][-1]
+    lines.append(
+        f"Reading: the search lowered the calibration KL from the uniform start by {1 - k1 / k0:.1%} "
+        f"({k0:.4f} → {k1:.4f}); on WikiText-2 that bought less. The fitness sees "
+        f"{search['fitness_sequences'][-1]} sequences of {search['fitness_seqlen']} tokens in its last "
+        f"stage, a small sample that the search can fit (the budget was sized for the shared CPU), and "
+        f"its contexts are shorter than the 2048-token evaluation windows."
+    )
+    lines.append("")
     if pct == 20:
         met = ppl <= TARGET_20
         flap = _ppl(rows.get("prunekit__flap__structured-20"))
@@ -204,7 +214,16 @@ def main() -> None:
         "fitness = KL to the dense model on calibration tokens only (staged: all offspring on 256 tokens, "
         "the best on 1024), two coarse-to-fine rounds (step 128 then 64 channels). Default split: every "
         "head kept, channels removed (the split FLAP's cost plan picks at 20%). The machine was shared "
-        "with other benchmark jobs, so wall times are upper bounds."
+        "with other benchmark jobs, so wall times are upper bounds. Each cell is "
+        "`benchmarks/tyr.py run --sparsity S` (one process: the harness's token files, `prune_` timed "
+        "alone, saved, reloaded with `prunekit.load`, 40 windows), because the harness's eval cell loads "
+        "with plain `from_pretrained`, which refuses per-block widths by design."
+    )
+    out.append("")
+    out.append(
+        "Not tried yet (time): `split=ratio` (heads searched too), `accumulate=center|dense`, more "
+        "fitness tokens or generations, `align=64` — the aligned FLAP row below suggests the width "
+        "grid alone moves this model's perplexity by a few percent."
     )
     out.append("")
     summary = {}
