@@ -129,6 +129,15 @@ def summarise(pct: int, rows: dict[str, dict], dense: float | None) -> tuple[dic
             lines.append(f"Target ≤ half the best other row ({best:.2f} / 2 = {best / 2:.2f}): "
                          f"**{'met' if met else 'missed'}** — {ppl:.2f}.")  # fmt: skip
             summary["target"] = {"value": best / 2, "met": met}
+        else:
+            reduced = RESULTS / "smollm2-135m_c4-sample-8x2048-s0_wikitext2-test-10x2048"
+            other = {p.stem: _ppl(_load(p)) for p in sorted(reduced.glob(f"*__structured-{pct}.json"))}
+            other = {k: v for k, v in other.items() if v}
+            lines.append(
+                f"No other structured {pct}% row on this protocol yet; on the reduced protocol (8 x 2048 "
+                f"calibration, 10 evaluation windows) " + (", ".join(f"{k} {v:.2f}" for k, v in other.items())
+                                                         or "none either") + "."
+            )  # fmt: skip
     lines.append("")
     return summary, lines
 
