@@ -128,6 +128,24 @@ def section(s: dict) -> str:
                 if b and x and y:
                     rel = lambda v: f"{v['geomean_rel_error']:.5f} ({100 * (v['geomean_rel_error'] / b['geomean_rel_error'] - 1):+.1f}%)"  # noqa: E731
                     lines.append(f"| {base} | {label} | {b['geomean_rel_error']:.5f} | {rel(x)} | {rel(y)} | {x['refine_s']:.1f} |")
+    verdict = []
+    for base, refined in PAIRS:
+        for pat, label in PATTERNS:
+            b, x = r.get(f"{base}__{pat}"), r.get(f"{refined}__{pat}")
+            if b and x:
+                d = 100 * (x["perplexity"] / b["perplexity"] - 1)
+                verdict.append(f"{base} {label} {'worse' if d > 0 else 'better'} by {abs(d):.1f}%")
+    if verdict:
+        lines += [
+            "",
+            "Outcome on the routine protocol: " + "; ".join(verdict) + ". Lower layer error on dense "
+            "inputs (the table above, for Wanda) did not carry over to perplexity on SmolLM2-135M at 50%: the "
+            "objective is only the mean term of the error (E[X]ᵀΔw), so a swap may raise the rest of it (the likely "
+            "cause; not isolated), and "
+            "after SparseGPT the kept weights are already OBS-updated, so reviving dense values works "
+            "against them. Not tried for lack of time: the reference code's default of refining attention "
+            "layers only, higher sparsities (the paper's gains grow at 60–70%), the 2:4 routine cells.",
+        ]
     loads = [v["loadavg_1min"] for v in r.values() if v.get("loadavg_1min")]
     lines += [
         "",
