@@ -255,3 +255,19 @@ def test_streaming_prune_with_refine_equals_in_memory(tmp_path):
     want = dict(ref.state_dict())
     for k, v in streamed.state_dict().items():
         assert torch.equal(v, want[k]), k
+
+
+def test_layers_setting_refines_only_the_chosen_kind():
+    _, W, st = _layer(seed=4)
+    pat = parse_pattern("unstructured")
+    W_hat, _ = get_method("wanda").prune(W, st, pat, 0.5)
+    mlp = LayerStats("model.layers.3.mlp.up_proj", st.num_tokens, st.tensors)
+    attn = LayerStats("transformer.h.0.attn.c_attn", st.num_tokens, st.tensors)
+    only_attn = DSnoT(layers="attention")
+    assert torch.equal(only_attn.refine(W, W_hat, mlp, pat)[0], W_hat)
+    assert torch.equal(only_attn.refine(W, W_hat, attn, pat)[0], DSnoT().refine(W, W_hat, attn, pat)[0])
+    assert not torch.equal(DSnoT(layers="mlp").refine(W, W_hat, mlp, pat)[0], W_hat)
+    assert torch.equal(DSnoT(layers="mlp").refine(W, W_hat, attn, pat)[0], W_hat)
+    assert get_method("wanda", refine="dsnot", refine_layers="attention").refiner.layers == "attention"
+    with pytest.raises(ConfigError, match="refine_layers=attn is not allowed"):
+        get_method("wanda", refine="dsnot", refine_layers="attn")

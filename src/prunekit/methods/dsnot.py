@@ -36,7 +36,9 @@ Deviations, stated:
   other end of each list.
 * ε is in units of E[X] (one token's expected error). The reference sums token activations per
   sequence (2048 tokens), so its ε = 0.1 is ≈ 5e-5 here, our default.
-* Every Linear is refined; the reference code skips MLP layers by default.
+* Every Linear is refined by default; the reference code skips MLP layers by default
+  (``layers="attention"`` does the same: a Linear is attention's if a part of its name contains
+  ``attn`` or ``attention``).
 """
 
 from __future__ import annotations
@@ -68,12 +70,16 @@ class DSnoT:
     threshold: float = setting(5e-5, ge=0, help="stop a row once |expected error| <= this (the paper's ε, per token)")
     var_power: float = setting(1.0, ge=0, le=10, help="growing ranks |W_ij E[X_j]| / Var[X_j]^this (the paper's γ)")
     same_sign: bool = setting(True, help="a swap must keep the sign of the row's expected error (false: it may cross zero)")
+    layers: str = setting("all", choices=("all", "attention", "mlp"),
+                          help="which Linears to refine (attention: the reference code's default, MLPs left as the base pruned them)")
     needs: ClassVar[frozenset[Stat]] = frozenset({Stat.INPUT_MEAN, Stat.INPUT_VAR, Stat.INPUT_SQNORM})
 
     @torch.no_grad()
     def refine(
         self, weight: Tensor, pruned: Tensor, stats: LayerStats, pattern: Unstructured | NM
     ) -> tuple[Tensor, dict[str, Any]]:
+        if self.layers != "all" and _kind(stats.name) != self.layers:
+            return pruned, {"dsnot_skipped": True}
         W = weight.detach().float()
         W_hat = pruned.detach().float().clone()
         dev = W.device
@@ -150,6 +156,12 @@ class DSnoT:
         info = {"dsnot_swaps": swaps, "dsnot_cycles": cycles,
                 "dsnot_err_before": before, "dsnot_err_after": delta.abs().mean().item()}  # fmt: skip
         return W_hat.to(pruned.dtype), info
+
+
+def _kind(name: str) -> str:
+    """``"attention"`` for a Linear under an attention module (``self_attn``, ``attn``,
+    ``self_attention``, ``attention``), else ``"mlp"``."""
+    return "attention" if any("attn" in part or "attention" in part for part in name.lower().split(".")) else "mlp"
 
 
 def _first_k(key: Tensor, k: int, largest: bool) -> Tensor:
