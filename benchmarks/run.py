@@ -78,6 +78,9 @@ PEER_ALIASES = {"llm-compressor": "llmcompressor", "llmcompressor": "llmcompress
 # named variants of a prunekit method (cell name -> method, settings); "+owl" may follow any of them
 VARIANTS: dict[str, tuple[str, dict]] = {
     "sparsegpt-refit": ("sparsegpt", {"refit": "pcg"}),
+    "wanda-dsnot": ("wanda", {"refine": "dsnot"}),
+    "sparsegpt-dsnot": ("sparsegpt", {"refine": "dsnot"}),
+    "flap-a64": ("flap", {"align": "64"}),
 }
 
 ROUTINE = {"nsamples": 32, "seqlen": 2048, "eval_windows": 40}
