@@ -614,6 +614,14 @@ class Harness:
         i = 0
         while i < n_runs:
             pr = cdir / f"prune{i}.json"
+            if (self.a.reuse_pruned and i == 0 and pr.is_file() and (model_dir / "config.json").is_file()
+                    and (read_json(pr) or {}).get("prune_wall_s") is not None):  # fmt: skip
+                r = read_json(pr)
+                r["reused"] = True  # an earlier run's pruned folder (its eval failed or was interrupted)
+                runs.append(r)
+                say(f"      reusing the pruned folder of an earlier run (pruned in {r['prune_wall_s']:.1f} s)")
+                i += 1
+                continue
             pr.unlink(missing_ok=True)
             cmd = self.prune_cmd(c, model_dir, pr)
             if cmd is None:
@@ -685,6 +693,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:K=V,K=V",
                     help="a named prunekit variant (cells prunekit__NAME__...): METHOD with these "
                          "settings, e.g. armor-it50=armor:iters=50 (repeatable)")
+    ap.add_argument("--reuse-pruned", action="store_true",
+                    help="a cell whose earlier run pruned and saved its folder but failed later (evaluation) "
+                         "is evaluated from that folder instead of pruned again")
     ap.add_argument("--quick", action="store_true",
                     help="8 samples x 2048, 10 eval windows, Wanda 50%% only per tool, no floor or speed runs (<15 min on 2 cores)")
     ap.add_argument("--model", default="smollm2-135m", help="prunekit MODEL spec (alias, .gguf, HF folder)")

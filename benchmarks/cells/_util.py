@@ -69,8 +69,16 @@ def load_hf_folder(folder: Path, attn: str = "sdpa"):
     import torch
     from transformers import AutoModelForCausalLM
 
+    # A prunekit folder whose config maps AutoModelForCausalLM to its own modeling_prunekit*.py
+    # (ARMOR wrappers, per-layer expert counts, per-block widths) is loaded the way its README
+    # tells a user without prunekit to: plain transformers with trust_remote_code=True.
+    import json
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    remote = str((cfg.get("auto_map") or {}).get("AutoModelForCausalLM", "")).startswith("modeling_prunekit")
     model, info = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=torch.float32, attn_implementation=attn, output_loading_info=True)
+        str(folder), dtype=torch.float32, attn_implementation=attn, output_loading_info=True,
+        trust_remote_code=remote)
     # A tensor the config does not describe would be dropped (or re-initialised) silently and
     # the perplexity would measure another model: refuse instead.
     bad = {k: sorted(v)[:5] for k, v in info.items()
