@@ -146,14 +146,14 @@ GUIDE: dict[str, dict[str, str]] = {
                  "NAACL Findings 2024 (arXiv:2405.06275)",
     },
     "tyr": {
-        **_WIDTH, "when": _WHEN + "; a search (minutes to hours: its budget is a setting)",
-        "criterion": "global search of per-block widths: evolutionary, fixed parameter budget, "
-                     "fitness = KL to the dense model on calibration tokens; OBS-reconstructed supernet",
-        "statistics": "layer Hessians per block and sparsity level; dense next-token distributions",
-        "runs_fast_on": DENSE_ENGINE + " for uniform widths; per-block widths: prunekit.load or "
-                        "trust_remote_code=True",
-        "paper": "Li, et al.: Týr-the-Pruner: Unlocking Accurate 50% Structural Pruning for LLMs "
-                 "via Global Sparsity Distribution Optimization, 2025 (arXiv:2503.09657)",
+        **_WIDTH, "when": _WHEN + "; global evolutionary search of per-block widths (minutes: its budget is a setting)",
+        "criterion": "group OBS cost ½·tr(W_g (H⁻¹)_gg⁻¹ W_gᵀ) per head/channel, least-squares reconstruction; "
+                     "per-block widths by evolutionary search, fitness KL to the dense model on calibration tokens",
+        "statistics": "Hessian XXᵀ of o_proj/down_proj inputs; dense next-token distributions on calibration tokens",
+        "runs_fast_on": DENSE_ENGINE + "; per-block widths: prunekit.load or trust_remote_code=True (a uniform "
+                        "result is a stock config)",
+        "paper": "Li, Xu, Li, Liu, Yin, Li, Barsoum: Týr-the-Pruner: Structural Pruning LLMs via Global Sparsity "
+                 "Distribution Optimization, NeurIPS 2025 (arXiv:2503.09657)",
     },
     "cfsp": {
         **_WIDTH, "granularity": "MLP channels, per-block budgets",

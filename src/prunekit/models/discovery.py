@@ -112,6 +112,9 @@ TESTED_FAMILIES: tuple[str, ...] = (
 MOE_FAMILIES = frozenset({"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "deepseek_v3"})
 
 
+PER_BLOCK_ONLY = ("tyr", "cfsp", "adapt-pruner")  # structured methods that always save per-block widths
+
+
 def family_support() -> list[dict]:
     """What works on each tested family, derived from the code (for ``prunekit ls``).
 
@@ -126,6 +129,12 @@ def family_support() -> list[dict]:
     names = STRUCTURED_METHODS.names()
     # a method with a ``families`` attribute (expert pruning: MoE families) applies to those only
     only = {m: tuple(getattr(STRUCTURED_METHODS.get(m), "families", ()) or ()) for m in names}
+    # methods whose output always has per-block widths: where the remote-code loader has a class
+    from ..structured.remote_code.modeling_prunekit import CLASSES as PER_BLOCK_FAMILIES
+
+    for m in PER_BLOCK_ONLY:
+        if m in only and not only[m]:
+            only[m] = tuple(sorted(PER_BLOCK_FAMILIES))
     structured = [m for m in names if not only[m]]
     anywhere = [m for m in structured if m == "shortgpt"]  # block removal: any discovered blocks
     rows = []
