@@ -48,3 +48,16 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_builtin(package: str, modules: tuple[str, ...]) -> None:
+    """Import a package's built-in plug-in modules (each registers itself); a module not present
+    in this build is skipped, an import error inside a present one is raised."""
+    import importlib
+
+    for mod in modules:
+        try:
+            importlib.import_module(f"{package}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{package}.{mod}":
+                raise

@@ -12,14 +12,9 @@ from .wanda import Wanda
 
 def _load_builtin() -> None:
     """Import the further built-in methods (explicit list; each registers itself)."""
-    import importlib
+    from ..registry import import_builtin
 
-    for mod in ("armor", "gblm", "dpruner", "dsnot"):
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
+    import_builtin(__name__, ("armor", "gblm", "dpruner", "dsnot"))
 
 
 _load_builtin()

@@ -14,14 +14,9 @@ STRUCTURED_METHODS: Registry = Registry("structured method")
 
 def _load_builtin() -> None:
     """Import the built-in structured methods (explicit list; each registers itself)."""
-    import importlib
+    from ..registry import import_builtin
 
-    for mod in ("flap", "width", "shortgpt", "llm_pruner", "tyr", "cfsp", "adapt_pruner", "experts"):
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
+    import_builtin(__name__, ("flap", "width", "shortgpt", "llm_pruner", "tyr", "cfsp", "adapt_pruner", "experts"))
 
 
 _load_builtin()

@@ -136,16 +136,16 @@ def align_widths(targets: list[float], align: int, totals: list[int], keep_total
     return out
 
 
-def check_per_block_loadable(method: str, family: str) -> None:
+def check_per_block_loadable(method: str, family: str, what: str = "writes per-block widths",
+                             fix: str = "use flap, wanda-sp or llm-pruner for a stock config") -> None:  # fmt: skip
     """Per-block widths load only through prunekit's remote modeling code: refuse up front (not
     after the calibration pass) for a family it does not cover."""
     from .remote_code.modeling_prunekit import CLASSES
 
     if family not in CLASSES:
         raise ConfigError(
-            f"{method} writes per-block widths, which load only with prunekit's modeling code, "
-            f"available for {', '.join(sorted(CLASSES))}, not {family!r}: use flap, wanda-sp or "
-            "llm-pruner for a stock config"
+            f"{method}: {what}, which load only with prunekit's modeling code, available for "
+            f"{', '.join(sorted(CLASSES))}, not {family!r}: {fix}"
         )
 
 

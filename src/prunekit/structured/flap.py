@@ -95,16 +95,8 @@ def _compensation(model: nn.Module, adapter, requested: bool, explicit: bool) ->
 
 
 def _check_per_block_loadable(family: str) -> None:
-    """Per-block widths load only through prunekit's remote modeling code: refuse up front (not
-    after the calibration pass) for a family it does not cover."""
-    from .remote_code.modeling_prunekit import CLASSES
-
-    if family not in CLASSES:
-        raise ConfigError(
-            f"flap: structure=adaptive writes per-block widths, which load only with prunekit's "
-            f"modeling code, available for {', '.join(sorted(CLASSES))}, not {family!r}: use "
-            "--set structure=uniform (or ratio) for a stock config"
-        )
+    C.check_per_block_loadable("flap", family, "structure=adaptive writes per-block widths",
+                               "--set structure=uniform (or ratio) for a stock config")
 
 
 @STRUCTURED_METHODS.register("flap")

@@ -536,13 +536,8 @@ def _fitness_seqs(ids: Tensor, first: int, seqlen: int, count: int) -> Tensor:
 
 
 def _check_per_block_loadable(family: str) -> None:
-    from .remote_code.modeling_prunekit import CLASSES
-
-    if family not in CLASSES:
-        raise ConfigError(
-            f"tyr: searched per-block widths load only with prunekit's modeling code, available for "
-            f"{', '.join(sorted(CLASSES))}, not {family!r}; use flap or wanda-sp for a stock config"
-        )
+    C.check_per_block_loadable("tyr", family, "searched per-block widths",
+                               "use flap or wanda-sp for a stock config")
 
 
 @STRUCTURED_METHODS.register("tyr")
