@@ -544,8 +544,14 @@ def test_family_support_lists_every_tested_family():
     width = {"flap", "wanda-sp", "magnitude-sp", "llm-pruner"}
     for fam in ("llama", "gemma3_text", "phi3", "gpt_neox", "opt"):
         assert width | {"shortgpt"} <= set(rows[fam]["structured"]), fam
-    for fam in ("gpt2", "falcon", "mixtral", "deepseek_v3", "*"):  # no adapter: block removal only
+    for fam in ("gpt2", "falcon", "deepseek_v3", "*"):  # no adapter: block removal only
         assert rows[fam]["structured"] == ["shortgpt"], fam
+    for fam in ("mixtral", "qwen2_moe", "olmoe"):  # softmax-router MoE: block removal + expert pruning
+        assert rows[fam]["structured"] == ["reap", "shortgpt", "stun"], fam
+    for fam in ("llama", "opt"):  # per-block-only methods where the remote-code loader has a class
+        assert {"tyr", "cfsp", "adapt-pruner"} <= set(rows[fam]["structured"]), fam
+    for fam in ("gemma3_text", "phi3", "gpt_neox"):
+        assert not {"tyr", "cfsp", "adapt-pruner", "stun", "reap"} & set(rows[fam]["structured"]), fam
     assert all(rows[f]["unstructured"] and rows[f]["nm"] for f in ALL)
     assert {f for f in ALL if rows[f]["moe"]} == set(MOE)
 
