@@ -63,6 +63,31 @@ class TextSource:
         return sum(len(d) for d in self.documents)
 
 
+def gsm8k_documents(path: str | Path, limit: int | None = None) -> list[str]:
+    """``Question: …\nAnswer: …`` documents of a question/answer JSON Lines file (GSM8K layout),
+    at most ``limit``; a missing file, a bad line or no records is a one-line DataError."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"gsm8k file {p} does not exist: pass gsm8k:PATH/train.jsonl")
+    docs = []
+    with open(p, encoding="utf-8") as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{ln} is not valid JSON ({e.msg}); expected JSON Lines") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(rec.get("answer"), str):
+                raise DataError(f"{p}:{ln} has no string 'question' and 'answer' fields (GSM8K layout expected)")
+            docs.append(f"Question: {rec['question']}\nAnswer: {rec['answer']}")
+            if limit is not None and len(docs) >= limit:
+                break
+    if not docs:
+        raise DataError(f"gsm8k file {p} holds no records")
+    return docs
+
+
 def _read_jsonl(path: Path) -> list[str]:
     opener = gzip.open if path.name.endswith(".gz") else open
     docs = []

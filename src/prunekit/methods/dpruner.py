@@ -46,45 +46,22 @@ documents.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from ..data.sources import gsm8k_documents as qa_documents  # the one GSM8K reader (re-exported)
 from ..engine.gradients import PrepassInputs, per_window_gradients
 from ..engine.layerwise import run_layerwise
 from ..engine.stats import LayerStats, Stat
 from ..engine.targets import weight_of
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..patterns import Unstructured
 from ..settings import setting
 from .base import ScoreMethod, register_method
 from .sparsegpt import inverse_hessian_factor
-
-
-def qa_documents(path: str | Path) -> list[str]:
-    """``Question: …\\nAnswer: …`` documents of a question/answer JSONL (GSM8K layout)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"gsm8k file {p} does not exist: pass gsm8k:PATH/train.jsonl")
-    docs = []
-    with open(p, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{ln} is not valid JSON ({e.msg}); expected JSON Lines") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(rec.get("answer"), str):
-                raise DataError(f"{p}:{ln} has no string 'question' and 'answer' fields (GSM8K layout expected)")
-            docs.append(f"Question: {rec['question']}\nAnswer: {rec['answer']}")
-    if not docs:
-        raise DataError(f"gsm8k file {p} holds no records")
-    return docs
 
 
 def domain_windows(spec: str, tokenizer: Any, nsamples: int, seqlen: int, seed: int) -> Tensor:

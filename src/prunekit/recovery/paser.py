@@ -22,7 +22,6 @@ prunekit's version, in four steps over a pool of candidate samples (documents):
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import zipfile
@@ -34,31 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.sources import gsm8k_documents
 from ..errors import ConfigError, DataError
 
 MINILM_PACKAGE = "all_minilm_l6_v2"
 
 
 # --- candidate pool ------------------------------------------------------------------------------
-def gsm8k_documents(path: str | Path, limit: int | None = None) -> list[str]:
-    """GSM8K records (``question``/``answer``) formatted as ``"Question: q\\nAnswer: a"``."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"gsm8k file {p} does not exist: pass gsm8k:PATH/train.jsonl")
-    docs = []
-    for ln, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            docs.append(f"Question: {rec['question']}\nAnswer: {rec['answer']}")
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{p}:{ln} is not a GSM8K record with 'question' and 'answer'") from None
-        if limit is not None and len(docs) >= limit:
-            break
-    return docs
-
-
 def pool_documents(specs: list[str], limit_each: int | None = None, seed: int = 0) -> list[str]:
     """Candidate documents from several specs: a prunekit SOURCE or ``gsm8k:PATH``; at most
     ``limit_each`` from each (a seeded random subset)."""
