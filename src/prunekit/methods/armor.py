@@ -482,7 +482,6 @@ def write_remote_code(config, folder: str | os.PathLike) -> bool:
 
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
     """Load an ARMOR folder: the stock class, wrappers attached, safetensors loaded strictly."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     p = Path(path)
@@ -497,20 +496,9 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None) -
         wrap_from_config(model, config)
     except (ValueError, AttributeError) as e:
         raise ModelLoadError(f"{p}: {CONFIG_KEY} does not match the model: {e}") from None
-    files = sorted(p.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{p} has no .safetensors weights")
-    state: dict[str, Tensor] = {}
-    for f in files:
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise ModelLoadError(f"{p}: weights do not match {CONFIG_KEY} (missing {list(missing)[:3]}, "
-                             f"unexpected {list(unexpected)[:3]})")  # fmt: skip
-    if tied:
-        model.tie_weights()
-    return model.eval()
+    from ..structured.per_block import load_folder_weights
+
+    return load_folder_weights(model, p, config, CONFIG_KEY)
 
 
 __all__ = [

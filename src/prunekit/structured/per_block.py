@@ -61,7 +61,6 @@ def shrink_to_widths(model: nn.Module, widths: list[dict[str, int]]) -> None:
 
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
     """Load a folder saved with per-block widths (or a plain one) as a causal LM."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     p = Path(path)
@@ -74,17 +73,26 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     # the folder's auto_map names modeling_prunekit.py: build the stock class here, never that code
     model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
     shrink_to_widths(model, config.prunekit_block_widths)
-    state = {}
-    files = sorted(p.glob("*.safetensors"))
+    return load_folder_weights(model, p, config, "the per-block widths")
+
+
+def load_folder_weights(model: nn.Module, folder: Path, config, what: str) -> nn.Module:
+    """Load a folder's safetensors into ``model`` (the stock class already reshaped by an
+    extension: per-block widths, ARMOR wrappers); a missing or unexpected tensor (other than a
+    tied ``lm_head``) is a ModelLoadError naming ``what`` did not match."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
-        raise ModelLoadError(f"{p} has no .safetensors weights")
+        raise ModelLoadError(f"{folder} has no .safetensors weights")
+    state = {}
     for f in files:
         state.update(load_file(f))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
-        raise ModelLoadError(f"{p}: weights do not match the per-block widths (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")  # fmt: skip
+        raise ModelLoadError(f"{folder}: weights do not match {what} (missing {list(missing)[:3]}, "
+                             f"unexpected {list(unexpected)[:3]})")  # fmt: skip
     if tied:
         model.tie_weights()
     return model.eval()
