@@ -3,6 +3,7 @@ on C4 documents (never the evaluation text), and measure WikiText-2 perplexity a
 
     OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell flap-20 --tokens 98304
     OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell sparsegpt-2of4 --tokens 65536
+    OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell flap-20 --distill 1 --tag -distill
 
 Routine protocol: calibration 32 x 2048 C4 (seed 0) from ../shared/data/c4-sample; evaluation
 WikiText-2 test (rows joined with "\\n\\n"), the first 40 windows of 2048. The curve points use
@@ -86,7 +87,7 @@ def _plot(res: dict, path: Path) -> None:
     ax.set_xlabel("recovery tokens (C4)")
     ax.set_ylabel("WikiText-2 perplexity")
     ax.set_yscale("log")
-    ax.set_title(f"SmolLM2-135M {res['cell']}: LoRA recovery")
+    ax.set_title(f"SmolLM2-135M {res['cell']}: LoRA recovery" + (f" + distillation (λ={res['config']['distill']:g})" if res['config'].get('distill') else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -105,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-windows", type=int, default=5)
     ap.add_argument("--final-windows", type=int, default=40)
     ap.add_argument("--max-train-seconds", type=float, default=3300, help="stop training early after this")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="weight of distillation from dense SmolLM2 (KL to its next-token distribution); 0: off")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--tag", default="", help="suffix of the result files (<cell><tag>.json), e.g. -distill")
     ap.add_argument("--save", action="store_true", help="keep the recovered model in .bench/recovery/<cell>-recovered")
     ap.add_argument("--calib", default=str(SHARED / "c4-sample"))
     ap.add_argument("--eval", default=f"wikitext2:{SHARED / 'wikitext-2-raw' / 'wiki.test.raw'}")
@@ -120,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     model, tok, prune_s = _pruned_model(a.cell, a.calib)
     ids = pk.eval_token_ids(a.eval, tok)
     cfg = RecoveryConfig(tokens=a.tokens, seqlen=a.seqlen, batch_size=a.batch_size, lr=a.lr, r=a.r,
-                         checkpoint_every=10)  # fmt: skip
+                         checkpoint_every=10, distill=a.distill, temperature=a.temperature)  # fmt: skip
+    teacher = pk.load_model("smollm2-135m")[0] if a.distill > 0 else None
     res: dict = {
         "cell": a.cell, "protocol_id": PROTOCOL, "recovery_data": a.calib, "eval": a.eval,
         "dense": _known_ppl("dense"), "pruned": _known_ppl(key), "prune_seconds": prune_s,
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     if res["pruned"] is None:
         res["pruned"] = pk.perplexity(model, ids, 2048, a.final_windows)["perplexity"]
-    json_path, png_path = out_dir / f"{a.cell}.json", out_dir / f"{a.cell}.png"
+    json_path, png_path = out_dir / f"{a.cell}{a.tag}.json", out_dir / f"{a.cell}{a.tag}.png"
 
     def write() -> None:
         json_path.write_text(json.dumps(res, indent=2) + "\n")
@@ -166,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             raise TimeUp
         train["t"] = time.perf_counter()
 
-    ckpt = ROOT / ".bench" / "recovery" / f"{a.cell}-ckpt"
+    ckpt = ROOT / ".bench" / "recovery" / f"{a.cell}{a.tag}-ckpt"
     try:
-        rep = recover_(model, tok, a.calib, cfg, progress=False, checkpoint_dir=ckpt, on_step=on_step)
+        rep = recover_(model, tok, a.calib, cfg, progress=False, checkpoint_dir=ckpt, on_step=on_step, teacher=teacher)
         res["recovery"] = rep.to_dict()
         res["trained_tokens"] = rep.tokens
         res["stopped_early"] = False
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write()
     if a.save:
-        pk.save_pretrained_atomic(model, tok, ROOT / ".bench" / "recovery" / f"{a.cell}-recovered",
+        pk.save_pretrained_atomic(model, tok, ROOT / ".bench" / "recovery" / f"{a.cell}{a.tag}-recovered",
                                   {"recovery": res}, overwrite=True)  # fmt: skip
     _log(f"recovered ppl {ev['perplexity']:.3f} (pruned {res['pruned']}, dense {res['dense']}); "
          f"log-gap closed {res.get('gap_closed', float('nan')):.1%}")  # fmt: skip

@@ -209,12 +209,13 @@ def test_prune_with_recover_keeps_the_pattern_and_records_recovery(tmp_path, cap
     rc, stdout, err = _run(capsys, "prune", str(tiny_llama_dir), "--method", "wanda", "--pattern", "2:4",
                            "--calib", str(calib_txt), "--nsamples", "2", "--seqlen", "32", "--out", str(out),
                            "--recover", "--recover-tokens", "256", "--recover-set", "seqlen=32",
-                           "--recover-set", "batch_size=2", "-q", "--json")  # fmt: skip
+                           "--recover-set", "batch_size=2", "--recover-set", "distill=0.5", "-q", "--json")  # fmt: skip
     assert rc == 0, err
     res = json.loads(stdout.strip().splitlines()[-1])
     assert res["recovery"]["steps"] == 4 and res["recovery"]["mode"] == "masked"
     meta = json.loads((out / "prunekit.json").read_text())
     assert meta["recovery"]["tokens"] == 256 and meta["recovery"]["source"] == str(calib_txt)
+    assert meta["recovery"]["config"]["distill"] == 0.5  # distilled from the dense model, loaded again
     m, _ = pk.load_model(str(out))
     mlp = m.model.layers[0].mlp.down_proj.weight
     assert ((mlp.reshape(-1, 4) != 0).sum(1) <= 2).all()  # still valid 2:4 after the merged LoRA

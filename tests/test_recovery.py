@@ -194,6 +194,87 @@ def test_cli_recover_writes_folder_with_meta(tiny_llama_dir, calib_txt, tmp_path
     assert "must be" in capsys.readouterr().err
 
 
+# --- distillation from the dense model -------------------------------------------------------------
+def test_distill_loss_matches_the_definition():
+    from prunekit.recovery.lora import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    for T in (1.0, 2.0):
+        ps, pt = torch.softmax(s / T, -1), torch.softmax(t / T, -1)
+        want = (pt * (pt.log() - ps.log())).sum(-1).mean() * T * T  # mean over all 10 tokens
+        assert torch.allclose(distill_loss(s, t, T), want, atol=1e-6)
+    assert float(distill_loss(t, t, 1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_from_an_identical_teacher_starts_at_zero_loss(tokenizer):
+    import copy
+
+    m = _pruned("unstructured", 0.5)
+    teacher = copy.deepcopy(m)  # LoRA's B starts at zero, so the student starts equal to it
+    rep = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(distill=1.0, tokens=64 * 2 * 2), progress=False, teacher=teacher)
+    assert rep.first_loss == pytest.approx(0.0, abs=1e-5)
+
+
+def test_distill_brings_the_student_closer_to_the_teacher_and_keeps_zeros(tokenizer):
+    from prunekit.recovery.lora import distill_loss
+
+    dense = make_llama()
+    teacher_before = {n: p.detach().clone() for n, p in dense.named_parameters()}
+    ids = _text_ids(tokenizer)
+    kl = {}
+    for lam in (0.0, 1.0):
+        m = _pruned("unstructured", 0.5)  # make_llama is seeded: the same dense weights, pruned
+        zeros = {n: W == 0 for n, W in _linear_weights(m).items()}
+        recover_(m, tokenizer, ids, _cfg(distill=lam, tokens=64 * 2 * 12), progress=False,
+                 teacher=dense if lam else None)  # fmt: skip
+        assert all(torch.equal(W == 0, zeros[n]) for n, W in _linear_weights(m).items())
+        with torch.no_grad():
+            kl[lam] = float(distill_loss(m(input_ids=ids).logits, dense(input_ids=ids).logits, 1.0))
+    assert kl[1.0] < kl[0.0]  # trained on the teacher's distribution, the student is nearer to it
+    assert all(torch.equal(p, teacher_before[n]) for n, p in dense.named_parameters())  # teacher untouched
+    assert not dense.training
+
+
+def test_distill_needs_a_matching_teacher(tokenizer):
+    m = _pruned("unstructured", 0.5)
+    ids = _text_ids(tokenizer)
+    with pytest.raises(ConfigError, match=r"distill=1 needs a teacher: the dense model \(--dense MODEL"):
+        recover_(m, tokenizer, ids, _cfg(distill=1.0), progress=False)
+    with pytest.raises(ConfigError, match="a teacher is given but distill=0"):
+        recover_(m, tokenizer, ids, _cfg(), progress=False, teacher=make_llama())
+    with pytest.raises(ConfigError, match=r"the teacher's vocabulary \(512\) differs from the model's \(384\)"):
+        recover_(m, tokenizer, ids, _cfg(distill=0.5), progress=False, teacher=make_llama(vocab=512))
+    with pytest.raises(ConfigError, match="setting distill=1.5 is out of range"):
+        RecoveryConfig(distill=1.5)
+
+
+def test_cli_recover_with_distillation(tiny_llama_dir, calib_txt, tmp_path):
+    import argparse
+
+    from prunekit.recovery.cli import add_recover_parser, cmd_recover
+
+    ap = argparse.ArgumentParser()
+    add_recover_parser(ap.add_subparsers(dest="cmd"))
+    pruned = tmp_path / "pruned"
+    pk.save_pretrained_atomic(*_tiny_pruned(tiny_llama_dir), pruned, {}, overwrite=True)
+    base = ["recover", str(pruned), "--data", str(calib_txt), "--tokens", "128", "--seqlen", "32",
+            "--batch-size", "2", "-q", "--distill", "0.5"]  # fmt: skip
+    with pytest.raises(ConfigError, match="--distill learns from the dense one.*pass --dense MODEL"):
+        cmd_recover(ap.parse_args([*base, "--out", str(tmp_path / "x")]))
+    out = tmp_path / "rec"
+    res = cmd_recover(ap.parse_args([*base, "--out", str(out), "--dense", str(tiny_llama_dir)]))
+    meta = json.loads((out / "prunekit.json").read_text())
+    assert meta["recovery"]["config"]["distill"] == 0.5 and res["steps"] == 2
+    assert res["block_linear_sparsity"] == pytest.approx(0.5, abs=0.01)  # masked LoRA kept the zeros
+
+
+def _tiny_pruned(folder):
+    m, tok = pk.load_model(str(folder))
+    pk.prune_(m, pk.PruneConfig(method="magnitude", sparsity=0.5), progress=False, report_tokens=0)
+    return m, tok
+
+
 # --- PASER data selection -------------------------------------------------------------------------
 def test_allocate_follows_degradation_and_caps():
     from prunekit.recovery.paser import allocate

@@ -266,7 +266,13 @@ def cmd_prune(a) -> dict[str, Any]:
             from ..recovery.lora import recover_
 
             rec_data = a.recover_data or cfg.calib.source
-            rec = recover_(model, tok, load_source(rec_data, "calib"), rec_cfg, progress=not a.quiet)
+            teacher = None
+            if rec_cfg.distill > 0:  # the dense model, loaded again (the pruned one was changed in place)
+                if not (a.quiet or a.json):
+                    print(f"loading {a.model} again as the distillation teacher ...", flush=True)
+                teacher, _ = load_model(a.model, dtype=dtype, device=device)
+            rec = recover_(model, tok, load_source(rec_data, "calib"), rec_cfg, progress=not a.quiet, teacher=teacher)
+            del teacher
             recovery = {**rec.to_dict(), "source": rec_data}
         summary = sparsity_summary(model)
         result: dict[str, Any] = {

@@ -36,6 +36,9 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float_flag(0, 1e6), default=d["alpha"], help=f"LoRA alpha (default {d['alpha']:g})")
     p.add_argument("--dropout", type=float_flag(0, 0.99, lo_open=False), default=d["dropout"], help=f"LoRA dropout (default {d['dropout']:g})")
     p.add_argument("--lr", type=float_flag(0, 1), default=d["lr"], help=f"learning rate (default {d['lr']:g})")
+    p.add_argument("--distill", type=float_flag(0, 1, lo_open=False), default=d["distill"],
+                   help="weight of distillation from the dense model (KL to its next-token distribution); 0: off, 1: KL only")
+    p.add_argument("--temperature", type=float_flag(0, 100), default=d["temperature"], help="distillation temperature (default 1)")
     p.add_argument("--seed", type=int_flag(0, 2**63 - 1), default=d["seed"], help="data order / LoRA init seed (default 0)")
     p.add_argument("--mask", choices=("auto", "on", "off"), default=d["mask"], help="masked LoRA (default auto: when the model is sparse)")
     p.add_argument("--checkpoint-every", type=int_flag(1, 1 << 40), default=d["checkpoint_every"], help="steps between checkpoints")
@@ -43,7 +46,8 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="train on a subset of the --data documents: random or PASER (needs --budget)")
     p.add_argument("--budget", type=int_flag(1, 1 << 40), default=None, help="samples to select with --select")
     p.add_argument("--pool-limit", type=int_flag(1, 1 << 40), default=None, help="at most N documents from each --data (seeded)")
-    p.add_argument("--dense", default=None, help="the dense model for --select paser (default: the source in prunekit.json)")
+    p.add_argument("--dense", default=None,
+                   help="the dense model for --select paser and --distill (default: the source in prunekit.json)")
     p.add_argument("--resume", action="store_true", help="resume from the checkpoint an interrupted run left beside --out")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -72,7 +76,8 @@ def _dense_spec(a: argparse.Namespace, in_meta: dict[str, Any] | None) -> str:
     src = (in_meta or {}).get("source_model") or {}
     spec = src.get("path") if src.get("kind") in ("folder", "gguf") and src.get("spec") not in _aliases() else src.get("spec")
     if not spec:
-        raise ConfigError("--select paser compares the pruned model with the dense one: pass --dense MODEL")
+        why = "--select paser compares the pruned model with" if a.select == "paser" else "--distill learns from"
+        raise ConfigError(f"{why} the dense one, and {a.pruned} does not name it: pass --dense MODEL")
     return str(spec)
 
 
@@ -82,21 +87,21 @@ def _aliases() -> tuple[str, ...]:
     return tuple(ALIASES)
 
 
-def _select(a: argparse.Namespace, docs: list[str], model, tok, dense_spec: str | None):
+def _load_dense(a: argparse.Namespace, dense_spec: str, why: str):
+    from ..models import load_model
+
+    if not (a.quiet or a.json):
+        print(f"loading the dense model {dense_spec} for {why} ...", flush=True)
+    return load_model(dense_spec)[0]
+
+
+def _select(a: argparse.Namespace, docs: list[str], model, tok, dense):
     from .paser import paser_select, random_select
 
     if a.select == "random":
         return random_select(len(docs), a.budget, a.seed)
-    from ..models import load_model
-
-    if not (a.quiet or a.json):
-        print(f"loading the dense model {dense_spec} for PASER ...", flush=True)
-    dense, _ = load_model(dense_spec)
     model.eval()
-    try:
-        return paser_select(docs, tok, model, dense, a.budget, seed=a.seed, progress=not a.quiet)
-    finally:
-        del dense
+    return paser_select(docs, tok, model, dense, a.budget, seed=a.seed, progress=not a.quiet)
 
 
 def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
@@ -111,13 +116,14 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
     cfg = RecoveryConfig(
         r=a.r, alpha=a.alpha, dropout=a.dropout, lr=a.lr, tokens=a.tokens, seqlen=a.seqlen,
         batch_size=a.batch_size, seed=a.seed, mask=a.mask, checkpoint_every=a.checkpoint_every,
+        distill=a.distill, temperature=a.temperature,
     )  # fmt: skip
     _require_peft()
     if a.select != "none" and a.budget is None:
         raise ConfigError(f"--select {a.select} needs --budget N (the number of samples to train on)")
     src = resolve_model(a.pruned)
     in_meta = _input_meta(src)
-    dense_spec = _dense_spec(a, in_meta) if a.select == "paser" else None
+    dense_spec = _dense_spec(a, in_meta) if a.select == "paser" or cfg.distill > 0 else None
     if len(a.data) == 1 and a.select == "none" and not a.data[0].lower().startswith("gsm8k:"):
         data: Any = load_source(a.data[0], "calib")
     else:
@@ -135,10 +141,16 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
         if not (a.quiet or a.json):
             print(f"loading {a.pruned} ...", flush=True)
         model, tok = load_model(a.pruned)
-        selection = _select(a, data, model, tok, dense_spec) if a.select != "none" else None
+        dense = None
+        if dense_spec is not None:
+            dense = _load_dense(a, dense_spec, "PASER and distillation" if a.select == "paser" and cfg.distill > 0
+                                else "PASER" if a.select == "paser" else "distillation")  # fmt: skip
+        selection = _select(a, data, model, tok, dense) if a.select != "none" else None
         if selection is not None:
             data = [data[i] for i in selection.indices]
-        report = recover_(model, tok, data, cfg, progress=not a.quiet, checkpoint_dir=ckpt)
+        report = recover_(model, tok, data, cfg, progress=not a.quiet, checkpoint_dir=ckpt,
+                          teacher=dense if cfg.distill > 0 else None)  # fmt: skip
+        del dense
         summary = sparsity_summary(model)
         meta = {
             "prunekit_format": 1,

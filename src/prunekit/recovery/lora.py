@@ -10,6 +10,13 @@ The masked term is what is trained (:class:`MaskedLoraLinear`) and the same mask
 is merged, so every weight pruned to zero stays exactly zero (an N:M model stays N:M) and no
 dense delta is ever merged and re-masked. A structured model (smaller but dense) gets plain
 LoRA, merged. Either way the result is a plain ``transformers`` model.
+
+Distillation (``RecoveryConfig.distill``): the dense model is a far richer target than the
+next token alone — its full next-token distribution on the same windows. With a ``teacher``
+the loss per token is ``(1 - λ)·CE + λ·T²·KL(p_teacher ‖ p_student)`` at temperature ``T``
+(Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531; the
+recovery recipe of Sheared-LLaMA / Minitron-style pruning pipelines). The teacher runs once per
+step without gradients (about a third of a training step's compute).
 """
 
 from __future__ import annotations
@@ -291,6 +298,37 @@ def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 
 # --- the loop ---------------------------------------------------------------------------------------
+def check_teacher(model: nn.Module, teacher: nn.Module | None, config: RecoveryConfig) -> None:
+    """One ConfigError line when ``distill`` and ``teacher`` do not fit together."""
+    if config.distill > 0 and teacher is None:
+        raise ConfigError(f"recover: distill={config.distill:g} needs a teacher: the dense model (--dense MODEL on the CLI)")
+    if teacher is None:
+        return
+    if config.distill == 0:
+        raise ConfigError("recover: a teacher is given but distill=0: set distill (e.g. 0.5 or 1), or drop the teacher")
+    vs, vt = (getattr(getattr(m, "config", None), "vocab_size", None) for m in (model, teacher))
+    if vs is not None and vt is not None and vs != vt:
+        raise ConfigError(f"recover: the teacher's vocabulary ({vt}) differs from the model's ({vs}): "
+                          f"distil from the dense model the pruned one came from")  # fmt: skip
+
+
+def distill_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over tokens (all positions)."""
+    s = F.log_softmax(student_logits.float() / T, dim=-1).flatten(0, -2)
+    t = F.log_softmax(teacher_logits.float() / T, dim=-1).flatten(0, -2)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * T * T
+
+
+def _step_loss(pm: nn.Module, teacher: nn.Module | None, x: Tensor, config: RecoveryConfig) -> Tensor:
+    out = pm(input_ids=x, labels=x if config.distill < 1 else None, use_cache=False)
+    if teacher is None:
+        return out.loss
+    with torch.no_grad():
+        t_logits = teacher(input_ids=x.to(next(teacher.parameters()).device), use_cache=False).logits
+    kd = distill_loss(out.logits, t_logits.to(out.logits.device), config.temperature)
+    return kd if config.distill >= 1 else (1 - config.distill) * out.loss + config.distill * kd
+
+
 def _lr_lambda(steps: int, warmup: float) -> Callable[[int], float]:
     w = int(round(warmup * steps))
 
@@ -311,6 +349,7 @@ def recover_(
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> RecoveryReport:
     """Fine-tune ``model`` in place with LoRA on ``data``, merge, and return a report.
 
@@ -326,11 +365,14 @@ def recover_(
             ``config.checkpoint_every`` steps; a checkpoint found there (same settings, data and
             model) is resumed, giving the same result as an uninterrupted run.
         on_step: called with ``(step, loss)`` after each step (and its checkpoint).
+        teacher: the dense model for ``config.distill > 0`` (same tokenizer/vocabulary; it is
+            only run forward, in eval mode, without gradients, and is not modified).
 
     Example:
         >>> report = recover_(model, tok, "../shared/data/c4-sample/", RecoveryConfig(tokens=200_000))
     """
     config = config or RecoveryConfig()
+    check_teacher(model, teacher, config)
     t0 = time.perf_counter()
     names = target_names(model, config.target_modules)
     sparse = is_sparse(model, names)
@@ -372,12 +414,15 @@ def recover_(
         bar = tqdm(total=config.steps, initial=start, desc=f"recover ({mode} LoRA r={config.r})", unit="step",
                    dynamic_ncols=True)  # fmt: skip
     pm.train()
+    teacher_training = teacher.training if teacher is not None else False
+    if teacher is not None:
+        teacher.eval()
     if use_cache is not None:
         model.config.use_cache = False
     try:
         for step in range(start, config.steps):
             x = windows[step * config.batch_size : (step + 1) * config.batch_size].to(device)
-            loss = pm(input_ids=x, labels=x, use_cache=False).loss
+            loss = _step_loss(pm, teacher, x, config)
             if not torch.isfinite(loss):
                 raise ConfigError(
                     f"recover: the loss became {loss.item()} at step {step + 1}: lower --lr (now {config.lr:g})"
@@ -410,6 +455,8 @@ def recover_(
             bar.close()
         if use_cache is not None:
             model.config.use_cache = use_cache
+        if teacher is not None:
+            teacher.train(teacher_training)
     merged = merge_lora(pm)
     merged.train(was_training)
     report.seconds = (state or {}).get("seconds", 0.0) + time.perf_counter() - t0
