@@ -125,3 +125,24 @@ def test_uniform_output_gets_no_remote_code(tmp_path, tokenizer):
     out = pk.save_pretrained_atomic(model, tokenizer, tmp_path / "uniform", {})
     assert not (out / "modeling_prunekit.py").exists()
     assert "auto_map" not in json.loads((out / "config.json").read_text())
+
+
+def _claims_every_folder(config, folder) -> bool:  # a second remote-code writer, for the test below
+    return True
+
+
+def test_two_kinds_of_remote_code_are_refused(tokenizer, tmp_path, monkeypatch):
+    """ARMOR on a per-block model is refused before any work; a folder needing two remote codes is
+    refused at save time, and nothing is left at the target."""
+    from prunekit.errors import ConfigError
+    from prunekit.export import hf
+
+    model = _adaptive_llama()
+    cfg = PruneConfig(method="armor", pattern="2:4", method_args={"block_size": 16, "iters": 1})
+    with pytest.raises(ConfigError, match=r"armor cannot wrap a model with per-block widths") as e:
+        pk.prune_(model, cfg, _ids(), progress=False)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(hf, "REMOTE_CODE_WRITERS", (*hf.REMOTE_CODE_WRITERS, "test_remote_code:_claims_every_folder"))
+    with pytest.raises(ConfigError, match=r"two kinds of remote code \(per_block and test_remote_code\)"):
+        pk.save_pretrained_atomic(model, tokenizer, tmp_path / "both", {})
+    assert not (tmp_path / "both").exists() and not list(tmp_path.iterdir())

@@ -246,3 +246,23 @@ def test_cli_prune_and_bad_set(tmp_path, capsys, tiny_llama_dir, calib_txt):
     _, err = capsys.readouterr()
     assert rc != 0 and "stage_tokens=512,64 must increase" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_supernet_folders_of_dead_runs_are_removed(tmp_path):
+    """A run killed with SIGKILL cannot clean its supernet; the next run removes it (not live ones)."""
+    import os
+    import subprocess
+
+    from prunekit.structured.tyr import supernet_dir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"prunekit-tyr-{dead.pid}-abcd"
+    live = tmp_path / f"prunekit-tyr-{os.getppid()}-efgh"
+    other = tmp_path / "prunekit-tyr-notapid"
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "level.safetensors").write_bytes(b"x")
+    new = supernet_dir(tmp_path)
+    assert new.is_dir() and new.name.startswith(f"prunekit-tyr-{os.getpid()}-")
+    assert not stale.exists() and live.exists() and other.exists()

@@ -136,6 +136,9 @@ def prune_(
     if idle not in IDLE_EXPERTS:
         raise ConfigError(f"idle_experts={idle!r} is not one of {', '.join(IDLE_EXPERTS)}: pass idle_experts='dense' or 'magnitude'")
     method = get_method(config.method, **config.method_args)
+    check_model = getattr(method, "check_model", None)  # a method that cannot take every model says so now
+    if check_model is not None:
+        check_model(model)
     pattern = parse_pattern(config.pattern)
     sparsity = config.resolved_sparsity()
     adapter = engine_adapter(model)

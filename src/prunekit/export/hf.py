@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class OutputSlot:
             write(self.tmp)
             _fix_permissions(self.tmp)
             type(self).pre_commit()
-        except OutputError:
+        except (OutputError, ConfigError):
             self.discard()
             raise
         except OSError as e:
@@ -281,6 +281,7 @@ def write_hf_folder(model, tokenizer, tmp: Path, meta: dict[str, Any] | None = N
     """Everything an output folder holds: weights, config, remote code if needed, tokenizer, meta."""
     model.save_pretrained(tmp, safe_serialization=True)
     config = getattr(model, "config", None)
+    wrote = []
     for target in REMOTE_CODE_WRITERS:  # each writes its trust_remote_code loader where the config needs it
         mod, fn = target.split(":")
         try:
@@ -289,7 +290,11 @@ def write_hf_folder(model, tokenizer, tmp: Path, meta: dict[str, Any] | None = N
             if e.name != mod:
                 raise
             continue  # an extension not built (yet): nothing of its kind can be in this model
-        writer(config, tmp)
+        if writer(config, tmp):
+            wrote.append(mod.rsplit(".", 1)[-1])
+    if len(wrote) > 1:  # each sets config.json's auto_map to its own class: they cannot share a folder
+        raise ConfigError(f"this model needs two kinds of remote code ({' and '.join(wrote)}), which one folder "
+                          f"cannot carry: apply only one of them (nothing was written)")  # fmt: skip
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if meta is not None:

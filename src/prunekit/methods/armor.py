@@ -378,6 +378,16 @@ class ARMOR(PruningMethod):
         }  # fmt: skip
         return fac.S.to(weight.dtype), info
 
+    def check_model(self, model: nn.Module) -> None:
+        """ARMOR folders carry their own remote code; one folder cannot also carry another kind."""
+        config = getattr(model, "config", None)
+        for key, what in (("prunekit_block_widths", "per-block widths"), ("prunekit_experts", "per-layer expert counts")):
+            if getattr(config, key, None):
+                raise ConfigError(
+                    f"armor cannot wrap a model with {what} ({key}): its folder would need two kinds of remote "
+                    f"code; run armor on the dense model, or prune with uniform widths/expert counts"
+                )
+
     def install(self, name: str, linear: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
         """Attach the wrappers to ``linear`` (it becomes an :class:`ArmorLinear`, same object)."""
         info = dict(info)

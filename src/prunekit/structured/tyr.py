@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -535,6 +536,22 @@ def _fitness_seqs(ids: Tensor, first: int, seqlen: int, count: int) -> Tensor:
     return torch.stack(out)
 
 
+SUPERNET_PREFIX = "prunekit-tyr-"
+
+
+def supernet_dir(parent: str | Path | None = None) -> Path:
+    """A new temporary folder for the on-disk supernet, ``prunekit-tyr-PID-XXXX``; folders of
+    earlier runs whose process is gone (killed before their ``finally`` ran) are removed first."""
+    from ..export.hf import pid_alive
+
+    base = Path(parent or tempfile.gettempdir())
+    for q in base.glob(SUPERNET_PREFIX + "*"):
+        pid = q.name[len(SUPERNET_PREFIX) :].split("-", 1)[0]
+        if q.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(q, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SUPERNET_PREFIX}{os.getpid()}-", dir=base))
+
+
 def _check_per_block_loadable(family: str) -> None:
     C.check_per_block_loadable("tyr", family, "searched per-block widths",
                                "use flap or wanda-sp for a stock config")
@@ -567,7 +584,7 @@ def tyr(model: nn.Module, config: PruneConfig, calib: Tensor | None, tokenizer: 
     cfg: tuple = tuple((q0, c0) for _ in range(n))
     rng = random.Random(args["seed"])
     timings: dict[str, float] = {"supernet": 0.0, "search": 0.0}
-    workdir = Path(tempfile.mkdtemp(prefix="prunekit-tyr-"))
+    workdir = supernet_dir()
     log: list[dict[str, Any]] = []
     was_training = model.training
     model.eval()
