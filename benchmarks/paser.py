@@ -1,0 +1,446 @@
+"""PASER vs random recovery data at the same budget (issue 14, section 3), in one process.
+
+    OMP_NUM_THREADS=1 python benchmarks/paser.py                      # the committed run
+    OMP_NUM_THREADS=1 python benchmarks/paser.py --pilot --results-dir /tmp/paser-pilot
+
+1. SmolLM2-135M is pruned once (SparseGPT 2:4 by default, calibrated on ``--calib-windows`` x
+   ``--calib-seqlen`` C4 windows, seed 0, through the public API); the folder is cached in
+   ``.bench/paser/<prune-id>`` and reused by later runs.
+2. The candidate pool: ``--pool-gsm8k`` GSM8K **train** records (``Question: …\\nAnswer: …``) and
+   ``--pool-c4`` C4 documents (``../shared/data/c4-sample``), each a seeded random subset
+   (``prunekit.recovery.paser.pool_documents``).
+3. Dense and pruned are measured on GSM8K-test answer perplexity (first ``--gsm8k-questions``
+   records: ``Question: {q}\\nAnswer:`` is the context, only the answer tokens `` {a}`` are
+   scored, perplexity = exp(total answer NLL / answer tokens), the protocol of
+   ``benchmarks/dpruner.py``), WikiText-2 test perplexity (rows joined with ``"\\n\\n"``, the
+   first ``--wiki-windows`` windows of 2048) and PIQA validation ``acc``/``acc_norm`` with
+   standard errors (``prunekit.evaluate_tasks``, the first ``--piqa-limit`` questions; 0 = all).
+4. ``--budget`` samples are chosen from the pool by PASER (``paser_select``: MiniLM embeddings,
+   spectral clustering, JSD-proportional allocation) and by uniform random choice
+   (``random_select``), same seed; a fresh copy of the pruned model is recovered on each
+   selection with the same LoRA config and the same token budget (``--tokens``: the selected
+   documents are packed end to end and cycled when they hold fewer tokens), then measured the
+   same way.
+
+No evaluation text is ever trained on: the pool holds GSM8K *train* and C4 only; WikiText-2 test,
+GSM8K test and PIQA are evaluation only.
+
+"Degraded most" is fixed before looking at the numbers: each capability's loss is the fraction of
+the dense model's value lost, for the perplexities the relative increase of the mean NLL per token
+(``ln ppl_pruned / ln ppl_dense - 1``), for PIQA the relative loss of above-chance accuracy
+(``(acc_dense - acc_pruned) / (acc_dense - 0.5)``); the largest is the capability PASER must
+recover better than random.
+
+Writes ``benchmarks/results/paser/<protocol-id>.json`` (after every stage, so a partial run
+leaves what it measured) and ``benchmarks/results/sections/45-paser.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+C4 = SHARED / "c4-sample"
+GSM_TRAIN = SHARED / "gsm8k" / "train.jsonl"
+GSM_TEST = SHARED / "gsm8k" / "test.jsonl"
+WIKI = SHARED / "wikitext-2-raw" / "wiki.test.raw"
+PIQA = SHARED / "piqa" / "valid.jsonl"
+RESULTS = ROOT / "benchmarks" / "results" / "paser"
+SECTION = ROOT / "benchmarks" / "results" / "sections" / "45-paser.md"
+CACHE = ROOT / ".bench" / "paser"
+MODELS = ("dense", "pruned", "random", "paser")
+LABELS = {"dense": "dense", "pruned": "pruned, no recovery", "random": "pruned + LoRA on a random selection",
+          "paser": "pruned + LoRA on the PASER selection"}  # fmt: skip
+CAPS = ("gsm8k", "wikitext2", "piqa")
+CAP_NAMES = {"gsm8k": "GSM8K-test answer perplexity", "wikitext2": "WikiText-2 perplexity", "piqa": "PIQA accuracy"}
+
+
+def _log(msg: str) -> None:
+    print(f"[paser {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def prune_id(a: argparse.Namespace) -> str:
+    what = a.pattern.replace(":", "of") if a.pattern else f"{int(round(a.sparsity * 100))}pct"
+    return f"smollm2-135m_{a.method}-{what}_c4-{a.calib_windows}x{a.calib_seqlen}-s{a.seed}"
+
+
+def protocol_id(a: argparse.Namespace) -> str:
+    piqa = a.piqa_limit or "all"
+    return (f"{prune_id(a)}_pool-gsm8k{a.pool_gsm8k}-c4{a.pool_c4}-j{a.jsd_tokens}_budget{a.budget}_tok{a.tokens}"
+            f"_wiki{a.wiki_windows}_gsm{a.gsm8k_questions}_piqa{piqa}")  # fmt: skip
+
+
+# --- measurements ------------------------------------------------------------------------------------
+def gsm8k_answer_nlls(model, tok, path: Path, n: int) -> list[tuple[float, int]]:
+    """Per question of the first ``n`` GSM8K test records: (summed answer NLL, answer tokens), the
+    answer `` {a}`` scored with ``Question: {q}\\nAnswer:`` as context (as ``benchmarks/dpruner.py``)."""
+    import torch
+    import torch.nn.functional as F
+
+    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
+    out = []
+    with torch.no_grad():
+        for r in recs:
+            ctx = tok(f"Question: {r['question']}\nAnswer:", add_special_tokens=False)["input_ids"]
+            ans = tok(f" {r['answer']}", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([ctx + ans])
+            logits = model(input_ids=ids, use_cache=False).logits[0, len(ctx) - 1 : -1].float()
+            out.append((float(F.cross_entropy(logits, ids[0, len(ctx) :], reduction="sum")), len(ans)))
+    return out
+
+
+def _ppl(pairs: list[tuple[float, int]]) -> float:
+    return math.exp(sum(s for s, _ in pairs) / sum(c for _, c in pairs))
+
+
+def measure(model, tok, wiki_ids, a: argparse.Namespace) -> dict[str, Any]:
+    import prunekit as pk
+
+    model.eval()
+    t0 = time.perf_counter()
+    g = gsm8k_answer_nlls(model, tok, GSM_TEST, a.gsm8k_questions)
+    t_g = time.perf_counter() - t0
+    w = pk.perplexity(model, wiki_ids, seqlen=2048, max_windows=a.wiki_windows)
+    t1 = time.perf_counter()
+    p = pk.evaluate_tasks(model, tok, f"piqa:{PIQA}", limit=a.piqa_limit or None, progress=False)["piqa"]
+    return {
+        "gsm8k": {"perplexity": _ppl(g), "questions": len(g), "answer_tokens": sum(c for _, c in g),
+                  "per_question": [[round(s, 5), c] for s, c in g], "seconds": round(t_g, 1)},
+        "wikitext2": {k: w[k] for k in ("perplexity", "nll", "tokens", "windows", "seconds")},
+        "piqa": {"acc": p["metrics"]["acc"], "acc_norm": p["metrics"]["acc_norm"], "acc_stderr": p["stderr"]["acc"],
+                 "acc_norm_stderr": p["stderr"]["acc_norm"], "n": p["n"], "seconds": round(time.perf_counter() - t1, 1)},
+    }  # fmt: skip
+
+
+def degradation(dense: dict, pruned: dict) -> dict[str, float]:
+    """Fraction of the dense value lost per capability (see the module docstring)."""
+    rel_nll = {c: math.log(pruned[c]["perplexity"]) / math.log(dense[c]["perplexity"]) - 1 for c in ("gsm8k", "wikitext2")}
+    above = dense["piqa"]["acc"] - 0.5
+    return {**rel_nll, "piqa": (dense["piqa"]["acc"] - pruned["piqa"]["acc"]) / above if above > 0 else float("nan")}
+
+
+def gap_closed(dense: float, pruned: float, rec: float, log: bool = True) -> float:
+    f = math.log if log else (lambda v: v)
+    gap = f(pruned) - f(dense)
+    return (f(pruned) - f(rec)) / gap if gap else float("nan")
+
+
+def paired_bootstrap(a_pairs, b_pairs, n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Bootstrap over questions of ln ppl_a - ln ppl_b (negative: a is better): mean, 95% interval,
+    and the fraction of resamples in which a is better."""
+    rng = random.Random(seed)
+    k = len(a_pairs)
+    diffs = []
+    for _ in range(n):
+        idx = [rng.randrange(k) for _ in range(k)]
+        la = sum(a_pairs[i][0] for i in idx) / sum(a_pairs[i][1] for i in idx)
+        lb = sum(b_pairs[i][0] for i in idx) / sum(b_pairs[i][1] for i in idx)
+        diffs.append(la - lb)
+    diffs.sort()
+    full = math.log(_ppl(a_pairs)) - math.log(_ppl(b_pairs))
+    return {"log_ppl_diff": full, "ci95": [diffs[int(0.025 * n)], diffs[int(0.975 * n) - 1]],
+            "p_a_better": sum(d < 0 for d in diffs) / n}  # fmt: skip
+
+
+# --- pipeline ---------------------------------------------------------------------------------------
+def pruned_folder(a: argparse.Namespace, res: dict) -> Path:
+    import prunekit as pk
+
+    folder = CACHE / prune_id(a)
+    if (folder / "config.json").is_file():
+        meta = json.loads((folder / "prunekit.json").read_text())
+        res["prune"] = {"cached": str(folder.relative_to(ROOT)), "seconds": (meta.get("bench") or {}).get("prune_seconds")}
+        _log(f"reusing {folder}")
+        return folder
+    model, tok = pk.load_model("smollm2-135m")
+    cfg = pk.PruneConfig(method=a.method, **({"pattern": a.pattern} if a.pattern else {"sparsity": a.sparsity}))
+    calib = pk.calibration_windows(str(C4), tok, nsamples=a.calib_windows, seqlen=a.calib_seqlen, seed=a.seed)
+    t0 = time.perf_counter()
+    rep = pk.prune_(model, cfg, calib, tok, progress=False, report_tokens=0)
+    sec = time.perf_counter() - t0
+    _log(f"pruned {prune_id(a)} in {sec:.0f}s")
+    pk.save_pretrained_atomic(model, tok, folder, {"report": rep.to_dict(), "bench": {"prune_seconds": sec}},
+                              overwrite=True)  # fmt: skip
+    res["prune"] = {"cached": None, "seconds": sec, "folder": str(folder.relative_to(ROOT))}
+    del model
+    return folder
+
+
+def selection_stats(sel, labels: list[int], is_gsm: list[bool], jsd: list[float], lengths: list[int]) -> dict:
+    """Where a selection lies in PASER's clusters, how much of it is GSM8K, its tokens and JSD."""
+    idx = sel.indices
+    clusters: dict[str, dict] = {}
+    for c in sorted(set(labels)):
+        members = [i for i, lab in enumerate(labels) if lab == c]
+        picked = [i for i in idx if labels[i] == c]
+        clusters[str(c)] = {
+            "size": len(members), "gsm8k_fraction": sum(is_gsm[i] for i in members) / len(members),
+            "mean_jsd": sum(jsd[i] for i in members) / len(members), "selected": len(picked),
+        }  # fmt: skip
+    return {
+        "selected": len(idx), "gsm8k_selected": sum(is_gsm[i] for i in idx),
+        "gsm8k_fraction": sum(is_gsm[i] for i in idx) / max(1, len(idx)),
+        "tokens": sum(lengths[i] for i in idx), "mean_jsd": sum(jsd[i] for i in idx) / max(1, len(idx)),
+        "clusters": clusters,
+    }  # fmt: skip
+
+
+def run(a: argparse.Namespace) -> dict:
+    import torch
+
+    import prunekit as pk
+    from prunekit.recovery.lora import RecoveryConfig, recover_, target_names, zero_fraction
+    from prunekit.recovery.paser import paser_select, pool_documents, random_select
+
+    torch.set_num_threads(a.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t_start = time.perf_counter()
+    out_json = RESULTS / f"{protocol_id(a)}.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {"protocol_id": protocol_id(a), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "torch_threads": a.threads,
+                           "cpu_count": os.cpu_count(), "models": {}}  # fmt: skip
+
+    def save() -> None:
+        res["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        res["loadavg"] = list(os.getloadavg())
+        out_json.write_text(json.dumps(res, indent=1) + "\n")
+
+    folder = pruned_folder(a, res)
+    dense, tok = pk.load_model("smollm2-135m")
+    wiki_ids = pk.eval_token_ids(f"wikitext2:{WIKI}", tok)
+    cfg = RecoveryConfig(tokens=a.tokens, seqlen=a.seqlen, batch_size=a.batch_size, lr=a.lr, r=a.r, seed=a.seed,
+                         checkpoint_every=1 << 30)  # fmt: skip
+    res["recovery_config"] = cfg.to_dict()
+
+    def measured(name: str, model) -> None:
+        t0 = time.perf_counter()
+        res["models"].setdefault(name, {})["eval"] = measure(model, tok, wiki_ids, a)
+        m = res["models"][name]["eval"]
+        _log(f"{name}: GSM8K answers {m['gsm8k']['perplexity']:.3f}, WikiText-2 {m['wikitext2']['perplexity']:.2f}, "
+             f"PIQA {m['piqa']['acc']:.4f}/{m['piqa']['acc_norm']:.4f} ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
+        save()
+
+    measured("dense", dense)
+    pruned, _ = pk.load_model(str(folder))
+    measured("pruned", pruned)
+
+    # the pool (GSM8K train + C4, never evaluation text) and the two selections
+    gsm = pool_documents([f"gsm8k:{GSM_TRAIN}"], a.pool_gsm8k, a.seed)
+    c4 = pool_documents([str(C4)], a.pool_c4, a.seed)
+    pool, is_gsm = gsm + c4, [True] * len(gsm) + [False] * len(c4)
+    lengths = [len(tok(d, add_special_tokens=False, verbose=False)["input_ids"]) for d in pool]
+    res["pool"] = {"gsm8k": len(gsm), "c4": len(c4), "tokens_gsm8k": sum(lengths[: len(gsm)]),
+                   "tokens_c4": sum(lengths[len(gsm) :])}  # fmt: skip
+    t0 = time.perf_counter()
+    sel_p = paser_select(pool, tok, pruned, dense, a.budget, max_tokens=a.jsd_tokens, seed=a.seed)
+    t_sel = time.perf_counter() - t0
+    sel_r = random_select(len(pool), a.budget, a.seed)
+    labels, jsd = sel_p.labels, sel_p.jsd
+    gsm_jsd = [j for j, g in zip(jsd, is_gsm) if g]
+    c4_jsd = [j for j, g in zip(jsd, is_gsm) if not g]
+    res["selection"] = {
+        "paser": {**selection_stats(sel_p, labels, is_gsm, jsd, lengths), "seconds": round(t_sel, 1),
+                  "summary": sel_p.to_dict()},
+        "random": selection_stats(sel_r, labels, is_gsm, jsd, lengths),
+        "pool_mean_jsd": {"gsm8k": sum(gsm_jsd) / len(gsm_jsd), "c4": sum(c4_jsd) / len(c4_jsd)},
+    }  # fmt: skip
+    s = res["selection"]
+    _log(f"PASER chose {s['paser']['selected']} ({s['paser']['gsm8k_fraction']:.0%} GSM8K, {s['paser']['tokens']} tokens) "
+         f"in {t_sel:.0f}s; random {s['random']['selected']} ({s['random']['gsm8k_fraction']:.0%} GSM8K, "
+         f"{s['random']['tokens']} tokens); pool JSD GSM8K {s['pool_mean_jsd']['gsm8k']:.4f}, C4 {s['pool_mean_jsd']['c4']:.4f}")  # fmt: skip
+    save()
+    del pruned
+
+    for name, sel in (("random", sel_r), ("paser", sel_p)):
+        model, _ = pk.load_model(str(folder))
+        names = target_names(model)
+        z0 = zero_fraction(model, names)
+        rep = recover_(model, tok, [pool[i] for i in sel.indices], cfg, progress=False)
+        z1 = zero_fraction(model, names)
+        res["models"][name] = {"recovery": {k: v for k, v in rep.to_dict().items() if k != "config"},
+                               "zeros_before": z0, "zeros_after": z1,
+                               "epochs": rep.tokens / max(1, s[name]["tokens"])}  # fmt: skip
+        _log(f"{name}: recovered in {rep.seconds:.0f}s, loss {rep.first_loss:.3f} -> {rep.final_loss:.3f}, "
+             f"zeros {z0:.4f} -> {z1:.4f}")  # fmt: skip
+        measured(name, model)
+        del model
+
+    ev = {m: res["models"][m]["eval"] for m in MODELS}
+    deg = degradation(ev["dense"], ev["pruned"])
+    worst = max(deg, key=lambda c: deg[c])
+    metric = lambda m, c: ev[m][c]["acc"] if c == "piqa" else ev[m][c]["perplexity"]  # noqa: E731
+    better = lambda x, y, c: x > y if c == "piqa" else x < y  # noqa: E731
+    res["verdict"] = {
+        "degradation": deg, "degraded_most": worst,
+        "gap_closed": {m: {c: gap_closed(metric("dense", c), metric("pruned", c), metric(m, c), log=c != "piqa")
+                           for c in CAPS} for m in ("random", "paser")},
+        "paser_beats_random": {c: better(metric("paser", c), metric("random", c), c) for c in CAPS},
+        "gsm8k_bootstrap_paser_vs_random": paired_bootstrap(
+            [tuple(x) for x in ev["paser"]["gsm8k"]["per_question"]], [tuple(x) for x in ev["random"]["gsm8k"]["per_question"]]),
+    }  # fmt: skip
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    save()
+    v = res["verdict"]
+    _log(f"degraded most: {worst} ({deg[worst]:.3f}); PASER beats random there: {v['paser_beats_random'][worst]}")
+    return res
+
+
+# --- the section --------------------------------------------------------------------------------------
+def _fmt_piqa(e: dict) -> str:
+    p = e["piqa"]
+    return f"{100 * p['acc']:.1f} ± {100 * p['acc_stderr']:.1f} / {100 * p['acc_norm']:.1f} ± {100 * p['acc_norm_stderr']:.1f}"
+
+
+def write_section(res: dict, path: Path = SECTION) -> None:
+    a = argparse.Namespace(**res["args"])
+    ev = {m: res["models"][m]["eval"] for m in MODELS}
+    rc, sel, v = res["recovery_config"], res["selection"], res["verdict"]
+    what = f"SparseGPT {a.pattern}" if a.method == "sparsegpt" and a.pattern else f"{a.method} {a.pattern or a.sparsity}"
+    piqa_n = ev["dense"]["piqa"]["n"]
+    worst = v["degraded_most"]
+    L = [
+        "## PASER: recovery data selection vs random at the same budget (issue 14)",
+        "",
+        "PASER (He et al., arXiv:2502.12594) spends a recovery budget on the samples the pruned model "
+        "got most wrong: candidates are embedded (all-MiniLM-L6-v2), spectrally clustered, the budget "
+        "is split over clusters in proportion to their mean JSD between dense and pruned next-token "
+        "distributions, and the most degraded samples of each cluster are taken (near-duplicates and "
+        "the least degraded 5% dropped). Baseline: the same number of samples drawn uniformly at random.",
+        "",
+        f"Protocol (`benchmarks/paser.py`, one process): SmolLM2-135M pruned once with {what} "
+        f"(calibration {a.calib_windows} x {a.calib_seqlen} C4 windows, seed {a.seed}). Candidate pool: "
+        f"{res['pool']['gsm8k']} GSM8K **train** records (`Question: …\\nAnswer: …`, "
+        f"{res['pool']['tokens_gsm8k']:,} tokens) + {res['pool']['c4']} C4 documents "
+        f"({res['pool']['tokens_c4']:,} tokens), seeded subsets. Budget: {a.budget} samples for each "
+        f"selection, then the same LoRA recovery for both (masked LoRA, r {rc['r']}, α {rc['alpha']:g}, "
+        f"dropout {rc['dropout']:g}, lr {rc['lr']:g}, {rc['tokens']:,} training tokens = "
+        f"{math.ceil(rc['tokens'] / (rc['batch_size'] * rc['seqlen']))} steps x {rc['batch_size']} x "
+        f"{rc['seqlen']}, the selected documents packed and cycled, seed {rc['seed']}). Metrics: GSM8K "
+        f"**test** answer perplexity (first {a.gsm8k_questions} questions, answer tokens only, the question as "
+        f"context), WikiText-2 test perplexity (first {a.wiki_windows} windows of 2048), PIQA validation "
+        f"acc / acc_norm ± standard error ({'all ' + str(piqa_n) if not a.piqa_limit else 'first ' + str(piqa_n)} "
+        "questions). No evaluation text is in the pool. The machine is a shared 2-core CPU, one torch "
+        "thread, other benchmark jobs running at the same time: times are inflated.",
+        "",
+        "| model | GSM8K answer ppl | WikiText-2 ppl | PIQA acc / acc_norm (%) |",
+        "|---|---:|---:|---:|",
+    ]
+    for m in MODELS:
+        e = ev[m]
+        L.append(f"| {LABELS[m]} | {e['gsm8k']['perplexity']:.3f} | {e['wikitext2']['perplexity']:.2f} | {_fmt_piqa(e)} |")
+    deg = v["degradation"]
+    gc = v["gap_closed"]
+    ps, rs = sel["paser"], sel["random"]
+    bs = v["gsm8k_bootstrap_paser_vs_random"]
+    L += [
+        "",
+        "Selections: PASER chose "
+        f"{ps['selected']} samples, {100 * ps['gsm8k_fraction']:.0f}% GSM8K ({ps['tokens']:,} tokens, mean JSD "
+        f"{ps['mean_jsd']:.4f}, selection {ps['seconds']:.0f} s); random chose {rs['selected']}, "
+        f"{100 * rs['gsm8k_fraction']:.0f}% GSM8K ({rs['tokens']:,} tokens, mean JSD {rs['mean_jsd']:.4f}). "
+        f"Pool mean JSD: GSM8K {sel['pool_mean_jsd']['gsm8k']:.4f}, C4 {sel['pool_mean_jsd']['c4']:.4f} nats. "
+        f"PASER's {len(ps['clusters'])} clusters (size, GSM8K share, mean JSD → samples allocated): "
+        + "; ".join(f"{c['size']}, {100 * c['gsm8k_fraction']:.0f}%, {c['mean_jsd']:.4f} → {c['selected']}"
+                    for c in sorted(ps["clusters"].values(), key=lambda c: -c["mean_jsd"]))
+        + ".",
+        "",
+        "Degradation (fraction of the dense value lost; perplexities: relative increase of the mean NLL "
+        "per token, PIQA: relative loss of above-chance accuracy): "
+        + ", ".join(f"{CAP_NAMES[c]} {deg[c]:.3f}" for c in CAPS)
+        + f". Degraded most: **{CAP_NAMES[worst]}**.",
+        "",
+        "Gap to dense closed by recovery (log-perplexity gap; PIQA accuracy gap): random "
+        + ", ".join(f"{c} {_pct(gc['random'][c])}" for c in CAPS)
+        + "; PASER " + ", ".join(f"{c} {_pct(gc['paser'][c])}" for c in CAPS) + ".",
+        "",
+        f"GSM8K paired bootstrap over the {a.gsm8k_questions} questions (PASER − random, ln ppl): "
+        f"{bs['log_ppl_diff']:+.4f}, 95% interval [{bs['ci95'][0]:+.4f}, {bs['ci95'][1]:+.4f}], PASER better in "
+        f"{100 * bs['p_a_better']:.0f}% of resamples.",
+        "",
+    ]
+    won = v["paser_beats_random"][worst]
+    L.append(f"Target (PASER beats random on the capability that degraded most, {CAP_NAMES[worst]}): "
+             f"**{'met' if won else 'missed'}** ({_metric_text(ev, worst)}).")  # fmt: skip
+    others = [c for c in CAPS if c != worst]
+    L.append("On the others: " + "; ".join(
+        f"{CAP_NAMES[c]} {'PASER better' if v['paser_beats_random'][c] else 'random better or equal'} "
+        f"({_metric_text(ev, c)})" for c in others) + ".")  # fmt: skip
+    if res.get("notes"):
+        L += [""] + list(res["notes"])
+    cmd = (f"`OMP_NUM_THREADS=1 python benchmarks/paser.py` (defaults; wall {res['wall_seconds'] / 60:.0f} min, "
+           f"pruning {'cached' if (res.get('prune') or {}).get('cached') else 'included'}).")  # fmt: skip
+    L += ["", "Reproduce: " + cmd, ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(L))
+    _log(f"wrote {path}")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%" if math.isfinite(x) else "n/a (no gap)"
+
+
+def _metric_text(ev: dict, c: str) -> str:
+    if c == "piqa":
+        return f"acc {100 * ev['paser']['piqa']['acc']:.1f} vs {100 * ev['random']['piqa']['acc']:.1f}"
+    return f"{ev['paser'][c]['perplexity']:.3f} vs {ev['random'][c]['perplexity']:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--method", default="sparsegpt")
+    ap.add_argument("--pattern", default="2:4", help="N:M pattern ('' for --sparsity)")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--calib-windows", type=int, default=8)
+    ap.add_argument("--calib-seqlen", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool-gsm8k", type=int, default=150, help="GSM8K train records in the pool")
+    ap.add_argument("--pool-c4", type=int, default=150, help="C4 documents in the pool")
+    ap.add_argument("--budget", type=int, default=32, help="samples each selection trains on")
+    ap.add_argument("--tokens", type=int, default=16384, help="training tokens of each recovery")
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--r", type=int, default=8)
+    ap.add_argument("--jsd-tokens", type=int, default=128, help="PASER: tokens of each sample embedded and scored (JSD)")
+    ap.add_argument("--wiki-windows", type=int, default=10)
+    ap.add_argument("--gsm8k-questions", type=int, default=100)
+    ap.add_argument("--piqa-limit", type=int, default=200, help="first N PIQA questions (0: all 1838)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pilot", action="store_true", help="tiny sizes end to end (needs --results-dir)")
+    ap.add_argument("--results-dir", type=Path, default=None, help="write JSON here (no section)")
+    ap.add_argument("--section-only", type=Path, default=None, metavar="JSON", help="rebuild the section from a result")
+    a = ap.parse_args(argv)
+    if a.section_only:
+        write_section(json.loads(a.section_only.read_text()))
+        return 0
+    global RESULTS
+    if a.pilot:
+        if a.results_dir is None:
+            ap.error("--pilot needs --results-dir (pilot numbers are not a measurement)")
+        a.calib_windows, a.calib_seqlen, a.pool_gsm8k, a.pool_c4, a.budget = 2, 256, 16, 16, 6
+        a.tokens, a.seqlen, a.wiki_windows, a.gsm8k_questions, a.piqa_limit, a.jsd_tokens = 1024, 256, 1, 4, 8, 64
+    a.pattern = a.pattern or None
+    if a.results_dir is not None:
+        RESULTS = a.results_dir
+    res = run(a)
+    if a.results_dir is None:
+        write_section(res)
+    else:
+        write_section(res, a.results_dir / "section.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
