@@ -17,7 +17,8 @@
    standard errors (``prunekit.evaluate_tasks``, the first ``--piqa-limit`` questions; 0 = all).
 4. ``--budget`` samples are chosen from the pool by PASER (``paser_select``: MiniLM embeddings,
    spectral clustering, JSD-proportional allocation) and by uniform random choice
-   (``random_select``), same seed; a fresh copy of the pruned model is recovered on each
+   (``random_select``), same seed (PASER reads the first ``--jsd-tokens`` tokens of each
+   candidate for its embedding and JSD); a fresh copy of the pruned model is recovered on each
    selection with the same LoRA config and the same token budget (``--tokens``: the selected
    documents are packed end to end and cycled when they hold fewer tokens), then measured the
    same way.
@@ -323,7 +324,8 @@ def write_section(res: dict, path: Path = SECTION) -> None:
         f"(calibration {a.calib_windows} x {a.calib_seqlen} C4 windows, seed {a.seed}). Candidate pool: "
         f"{res['pool']['gsm8k']} GSM8K **train** records (`Question: …\\nAnswer: …`, "
         f"{res['pool']['tokens_gsm8k']:,} tokens) + {res['pool']['c4']} C4 documents "
-        f"({res['pool']['tokens_c4']:,} tokens), seeded subsets. Budget: {a.budget} samples for each "
+        f"({res['pool']['tokens_c4']:,} tokens), seeded subsets; PASER embeds and scores the first "
+        f"{getattr(a, 'jsd_tokens', 256)} tokens of each. Budget: {a.budget} samples for each "
         f"selection, then the same LoRA recovery for both (masked LoRA, r {rc['r']}, α {rc['alpha']:g}, "
         f"dropout {rc['dropout']:g}, lr {rc['lr']:g}, {rc['tokens']:,} training tokens = "
         f"{math.ceil(rc['tokens'] / (rc['batch_size'] * rc['seqlen']))} steps x {rc['batch_size']} x "
@@ -405,15 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-windows", type=int, default=8)
     ap.add_argument("--calib-seqlen", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pool-gsm8k", type=int, default=150, help="GSM8K train records in the pool")
-    ap.add_argument("--pool-c4", type=int, default=150, help="C4 documents in the pool")
+    ap.add_argument("--pool-gsm8k", type=int, default=100, help="GSM8K train records in the pool")
+    ap.add_argument("--pool-c4", type=int, default=100, help="C4 documents in the pool")
     ap.add_argument("--budget", type=int, default=32, help="samples each selection trains on")
     ap.add_argument("--tokens", type=int, default=16384, help="training tokens of each recovery")
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--r", type=int, default=8)
-    ap.add_argument("--jsd-tokens", type=int, default=128, help="PASER: tokens of each sample embedded and scored (JSD)")
+    ap.add_argument("--jsd-tokens", type=int, default=256, help="PASER: tokens of each sample embedded and scored (JSD; paser_select's default)")
     ap.add_argument("--wiki-windows", type=int, default=10)
     ap.add_argument("--gsm8k-questions", type=int, default=100)
     ap.add_argument("--piqa-limit", type=int, default=200, help="first N PIQA questions (0: all 1838)")
