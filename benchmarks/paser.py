@@ -381,7 +381,7 @@ def write_section(res: dict, path: Path = SECTION) -> None:
         f"({_metric_text(ev, c)})" for c in others) + ".")  # fmt: skip
     if res.get("notes"):
         L += [""] + list(res["notes"])
-    cmd = (f"`OMP_NUM_THREADS=1 python benchmarks/paser.py` (defaults; wall {res['wall_seconds'] / 60:.0f} min, "
+    cmd = (f"`{reproduce_command(res['args'])}` (wall {res['wall_seconds'] / 60:.0f} min, "
            f"pruning {'cached' if (res.get('prune') or {}).get('cached') else 'included'}).")  # fmt: skip
     L += ["", "Reproduce: " + cmd, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,7 +399,11 @@ def _metric_text(ev: dict, c: str) -> str:
     return f"{ev['paser'][c]['perplexity']:.3f} vs {ev['random'][c]['perplexity']:.3f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+SIZE_FLAGS = ("method", "pattern", "sparsity", "calib_windows", "calib_seqlen", "seed", "pool_gsm8k", "pool_c4", "budget",
+              "tokens", "seqlen", "batch_size", "lr", "r", "jsd_tokens", "wiki_windows", "gsm8k_questions", "piqa_limit")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--method", default="sparsegpt")
     ap.add_argument("--pattern", default="2:4", help="N:M pattern ('' for --sparsity)")
@@ -423,9 +427,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pilot", action="store_true", help="tiny sizes end to end (needs --results-dir)")
     ap.add_argument("--results-dir", type=Path, default=None, help="write JSON here (no section)")
     ap.add_argument("--section-only", type=Path, default=None, metavar="JSON", help="rebuild the section from a result")
+    ap.add_argument("--note", action="append", default=[],
+                    help="with --section-only: a paragraph of interpretation, stored in the JSON and shown in the section")
+    return ap
+
+
+def reproduce_command(args: dict) -> str:
+    """The command line that repeats a run: the size flags that differ from the defaults."""
+    d = vars(build_parser().parse_args([]))
+    flags = [f"--{k.replace('_', '-')} {args[k] if args[k] not in (None, '') else chr(39) * 2}" for k in SIZE_FLAGS
+             if k in args and args[k] != d[k]]
+    return " ".join(["OMP_NUM_THREADS=1 python benchmarks/paser.py", *flags])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.section_only:
-        write_section(json.loads(a.section_only.read_text()))
+        res = json.loads(a.section_only.read_text())
+        if a.note:
+            res["notes"] = list(a.note)
+            a.section_only.write_text(json.dumps(res, indent=1) + "\n")
+        write_section(res)
         return 0
     global RESULTS
     if a.pilot:

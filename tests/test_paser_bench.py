@@ -85,3 +85,10 @@ def test_section_states_the_verdict_on_the_worst_capability(tmp_path, paser_gsm,
     assert text.startswith("## ")
     assert sum(line.startswith("|") for line in text.splitlines()) == 6  # header, rule, four models
     assert f"GSM8K-test answer perplexity): **{verdict}**" in text
+
+
+def test_reproduce_command_lists_only_the_flags_that_differ():
+    args = vars(bench.build_parser().parse_args([]))
+    assert bench.reproduce_command(args) == "OMP_NUM_THREADS=1 python benchmarks/paser.py"
+    args.update(budget=7, pattern=None)
+    assert bench.reproduce_command(args) == "OMP_NUM_THREADS=1 python benchmarks/paser.py --pattern '' --budget 7"
