@@ -617,7 +617,8 @@ def recovery_section(d: Path) -> list[str]:
          "merged back into a plain folder; recovery data: C4 documents (never the evaluation text); "
          "WikiText-2 perplexity on the routine protocol's first 40 windows unless the curve says "
          "otherwise; one torch thread on a machine shared with other jobs._", "",
-         "| cell | dense | pruned | recovered | tokens | log-gap closed | target |", "|---|---|---|---|---|---|---|"]
+         "| cell | recipe | dense | pruned | recovered | tokens | train s | log-gap closed | target |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         r = _read(f) or {}
         curve = r.get("curve") or []
@@ -629,9 +630,15 @@ def recovery_section(d: Path) -> list[str]:
         if last and dense and pruned and pruned > dense:
             closed = f"{(math.log(pruned) - math.log(last)) / (math.log(pruned) - math.log(dense)) * 100:.0f}%"
         toks = r.get("trained_tokens") or r.get("recovered_tokens") or (curve[-1]["tokens"] if curve else None)
-        L.append(f"| {r.get('cell')} | {f_ppl(dense) if dense else '–'} | {f_ppl(pruned) if pruned else '–'} | "
-                 f"{f_ppl(last) if last else '–'} | {toks:,} | {closed} | ≥ 50% |" if toks else
-                 f"| {r.get('cell')} | – | – | – | – | – | ≥ 50% |")
+        c = r.get("config") or {}
+        recipe = (f"full fine-tuning, lr {c.get('lr', 0):g}" if c.get("adapter") == "full"
+                  else f"LoRA r={c.get('r', '?')}, lr {c.get('lr', 0):g}") + (
+            f", distill λ={c['distill']:g}" + (f" T={c['temperature']:g}" if c.get("temperature", 1) != 1 else "")
+            if c.get("distill") else ", LM loss")  # fmt: skip
+        secs = r.get("train_seconds")
+        L.append(f"| {r.get('cell')} | {recipe} | {f_ppl(dense) if dense else '–'} | {f_ppl(pruned) if pruned else '–'} | "
+                 f"{f_ppl(last) if last else '–'} | {toks:,} | {f'{secs:.0f}' if secs else '–'} | {closed} | ≥ 50% |"
+                 if toks else f"| {r.get('cell')} | {recipe} | – | – | – | – | – | – | ≥ 50% |")
     L.append("")
     for f in files:
         png = f.with_suffix(".png")

@@ -51,13 +51,14 @@ def _cfg(**kw) -> RecoveryConfig:
     return RecoveryConfig(**{**base, **kw})
 
 
+@pytest.mark.parametrize("adapter", ["lora", "full"])
 @pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("2:4", None)])
-def test_masked_recovery_keeps_zeros_exactly(pattern, sparsity, tokenizer):
+def test_masked_recovery_keeps_zeros_exactly(pattern, sparsity, adapter, tokenizer):
     m = _pruned(pattern, sparsity)
     before = _linear_weights(m)
     assert is_sparse(m, list(before))
-    rep = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(dropout=0.05), progress=False)
-    assert rep.mode == "masked"
+    rep = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(dropout=0.05, adapter=adapter), progress=False)
+    assert rep.mode == ("masked" if adapter == "lora" else "masked-full")
     after = _linear_weights(m)
     changed = 0
     for n, W in before.items():
@@ -119,8 +120,9 @@ def test_structured_model_gets_plain_lora_and_keeps_shapes(tokenizer, calib_ids)
     assert rep.final_loss < rep.first_loss
 
 
-def test_resume_gives_the_uninterrupted_result(tokenizer, tmp_path):
-    cfg = _cfg(dropout=0.1, checkpoint_every=2)
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_resume_gives_the_uninterrupted_result(tokenizer, tmp_path, adapter):
+    cfg = _cfg(dropout=0.1, checkpoint_every=2, adapter=adapter)
     data = _text_ids(tokenizer, n=6)
     ref = _pruned("unstructured", 0.5)
     rep_ref = recover_(ref, tokenizer, data, cfg, progress=False)
@@ -142,7 +144,7 @@ def test_resume_gives_the_uninterrupted_result(tokenizer, tmp_path):
     want, got = _linear_weights(ref), _linear_weights(m)
     assert all(torch.equal(got[n], want[n]) for n in want)
     with pytest.raises(ConfigError, match="other settings"):
-        recover_(_pruned("unstructured", 0.5), tokenizer, data, _cfg(lr=1e-3, checkpoint_every=2),
+        recover_(_pruned("unstructured", 0.5), tokenizer, data, _cfg(lr=1e-3, checkpoint_every=2, adapter=adapter),
                  progress=False, checkpoint_dir=tmp_path)  # fmt: skip
 
 
@@ -192,6 +194,20 @@ def test_cli_recover_writes_folder_with_meta(tiny_llama_dir, calib_txt, tmp_path
         with pytest.raises(SystemExit):
             ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), *bad])
     assert "must be" in capsys.readouterr().err
+
+
+def test_full_fine_tuning_learns_trains_only_block_linears_and_restores_grad_flags(tokenizer, calib_ids):
+    m = make_llama()
+    pk.prune_(m, pk.PruneConfig(method="flap", sparsity=0.3), calib_ids, progress=False)
+    others = {n: p.detach().clone() for n, p in m.named_parameters() if n.replace(".weight", "") not in target_names(m)}
+    flags = {n: p.requires_grad for n, p in m.named_parameters()}
+    rep = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(adapter="full", lr=1e-3, tokens=64 * 2 * 12), progress=False)
+    assert rep.mode == "plain-full" and rep.trainable_parameters == sum(W.numel() for W in _linear_weights(m).values())
+    assert rep.final_loss < rep.first_loss - 0.1
+    assert all(torch.equal(p, others[n]) for n, p in m.named_parameters() if n in others)  # embeddings, norms, head
+    assert {n: p.requires_grad for n, p in m.named_parameters()} == flags
+    with pytest.raises(ConfigError, match="weight_decay=0"):
+        recover_(_pruned("2:4"), tokenizer, _text_ids(tokenizer), _cfg(adapter="full", weight_decay=0.1), progress=False)
 
 
 # --- distillation from the dense model -------------------------------------------------------------

@@ -36,6 +36,8 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float_flag(0, 1e6), default=d["alpha"], help=f"LoRA alpha (default {d['alpha']:g})")
     p.add_argument("--dropout", type=float_flag(0, 0.99, lo_open=False), default=d["dropout"], help=f"LoRA dropout (default {d['dropout']:g})")
     p.add_argument("--lr", type=float_flag(0, 1), default=d["lr"], help=f"learning rate (default {d['lr']:g})")
+    p.add_argument("--adapter", choices=("lora", "full"), default=d["adapter"],
+                   help="lora (default: adapters, merged) or full (train the block Linears' weights; zeros kept)")
     p.add_argument("--distill", type=float_flag(0, 1, lo_open=False), default=d["distill"],
                    help="weight of distillation from the dense model (KL to its next-token distribution); 0: off, 1: KL only")
     p.add_argument("--temperature", type=float_flag(0, 100), default=d["temperature"], help="distillation temperature (default 1)")
@@ -116,7 +118,7 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
     cfg = RecoveryConfig(
         r=a.r, alpha=a.alpha, dropout=a.dropout, lr=a.lr, tokens=a.tokens, seqlen=a.seqlen,
         batch_size=a.batch_size, seed=a.seed, mask=a.mask, checkpoint_every=a.checkpoint_every,
-        distill=a.distill, temperature=a.temperature,
+        distill=a.distill, temperature=a.temperature, adapter=a.adapter,
     )  # fmt: skip
     _require_peft()
     if a.select != "none" and a.budget is None:

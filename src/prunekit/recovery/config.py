@@ -11,6 +11,7 @@ from typing import Any
 from ..settings import schema_of, setting, validate_settings
 
 MASK_MODES = ("auto", "on", "off")
+ADAPTERS = ("lora", "full")
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,10 @@ class RecoveryConfig:
     ``tokens`` is the training budget; ``steps = ceil(tokens / (batch_size * seqlen))``.
     ``target_modules`` is ``"all"`` (every Linear inside the decoder blocks: all projections) or a
     comma-separated list of name suffixes (``"q_proj,v_proj"``). ``mask``: ``auto`` (masked LoRA
-    when the model is sparse, see :func:`is_sparse`), ``on`` or ``off``. ``distill`` > 0 mixes
+    when the model is sparse, see :func:`is_sparse`), ``on`` or ``off``. ``adapter="full"`` trains
+    the target weights directly (no LoRA; ``r``, ``alpha``, ``dropout`` unused); on a sparse model
+    their gradients are multiplied by the mask, so AdamW (no weight decay on zeros) keeps every zero
+    exactly zero. ``distill`` > 0 mixes
     knowledge distillation from a teacher (the dense model) into the loss:
     ``(1 - distill) * CE + distill * T² * KL(p_teacher,T ‖ p_student,T)`` per token
     (Hinton et al., 2015), which needs a ``teacher`` in :func:`~prunekit.recovery.lora.recover_`.
@@ -40,6 +44,8 @@ class RecoveryConfig:
     seed: int = setting(0, ge=0, le=2**63 - 1)
     mask: str = setting("auto", choices=MASK_MODES, help="masked LoRA: auto | on | off")
     checkpoint_every: int = setting(50, ge=1, help="steps between checkpoints")
+    adapter: str = setting("lora", choices=ADAPTERS,
+                           help="lora: LoRA adapters, merged; full: train the target Linears' weights themselves")
     distill: float = setting(0.0, ge=0, le=1, help="weight of the KL-to-teacher term (0: LM loss only, 1: distillation only)")
     temperature: float = setting(1.0, gt=0, le=100, help="softmax temperature of the distillation term")
 

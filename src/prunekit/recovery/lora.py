@@ -189,6 +189,52 @@ def attach_lora(model: nn.Module, config: RecoveryConfig, masked: bool, names: l
     return get_peft_model(model, lcfg)
 
 
+class FullTuning:
+    """``adapter="full"``: the target Linears' weights are the trainable parameters (everything
+    else frozen); on a masked model a gradient hook multiplies each gradient by ``M = (W ≠ 0)``."""
+
+    def __init__(self, model: nn.Module, names: list[str], masked: bool):
+        self.model = model
+        self.frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        mods = dict(model.named_modules())
+        self.hooks = []
+        for n in names:
+            W = mods[n].weight
+            W.requires_grad_(True)
+            if masked:
+                M = (W.detach() != 0).to(W.dtype)
+                self.hooks.append(W.register_hook(lambda g, M=M: g * M))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def named_parameters(self):
+        return self.model.named_parameters()
+
+    def train(self, mode: bool = True) -> FullTuning:
+        self.model.train(mode)
+        return self
+
+    def finish(self) -> nn.Module:
+        for h in self.hooks:
+            h.remove()
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(self.frozen.get(n, True))
+        return self.model
+
+
+def _attach(model: nn.Module, config: RecoveryConfig, masked: bool, names: list[str]):
+    """The trainable wrapper for ``config.adapter`` and the function that turns it back into the model."""
+    if config.adapter == "full":
+        if config.weight_decay and masked:
+            raise ConfigError("recover: adapter=full with weight_decay on a sparse model would move no zero but "
+                              "shrinks the rest unevenly: set weight_decay=0")  # fmt: skip
+        return FullTuning(model, names, masked), FullTuning.finish
+    return attach_lora(model, config, masked, names), merge_lora
+
+
 def merge_lora(peft_model) -> nn.Module:
     """Merge the adapters (the masked term for masked layers) and return the plain model."""
     model = peft_model.merge_and_unload()
@@ -379,7 +425,7 @@ def recover_(
     masked = {"auto": sparse, "on": True, "off": False}[config.mask]
     zeros = zero_fraction(model, names)
     windows, desc = training_windows(data, tokenizer, config)
-    mode = "masked" if masked else "plain"
+    mode = ("masked" if masked else "plain") + ("-full" if config.adapter == "full" else "")
     fp = _fingerprint(config, windows, mode, names)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     state = _load_checkpoint(ckpt, fp) if ckpt is not None else None
@@ -387,7 +433,7 @@ def recover_(
     device = next(model.parameters()).device
     was_training = model.training
     use_cache = getattr(getattr(model, "config", None), "use_cache", None)
-    pm = attach_lora(model, config, masked, names)
+    pm, finish = _attach(model, config, masked, names)
     params = _trainable(pm)
     opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.steps, config.warmup))
@@ -411,7 +457,8 @@ def recover_(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=start, desc=f"recover ({mode} LoRA r={config.r})", unit="step",
+        what = "full fine-tuning" if config.adapter == "full" else f"LoRA r={config.r}"
+        bar = tqdm(total=config.steps, initial=start, desc=f"recover ({mode} {what})", unit="step",
                    dynamic_ncols=True)  # fmt: skip
     pm.train()
     teacher_training = teacher.training if teacher is not None else False
@@ -448,7 +495,7 @@ def recover_(
             if on_step is not None:
                 on_step(done, report.losses[-1])
     except BaseException:
-        merge_lora(pm)  # leave a plain model behind (partly trained) rather than a peft wrapper
+        finish(pm)  # leave a plain model behind (partly trained) rather than a peft wrapper
         raise
     finally:
         if bar is not None:
@@ -457,7 +504,7 @@ def recover_(
             model.config.use_cache = use_cache
         if teacher is not None:
             teacher.train(teacher_training)
-    merged = merge_lora(pm)
+    merged = finish(pm)
     merged.train(was_training)
     report.seconds = (state or {}).get("seconds", 0.0) + time.perf_counter() - t0
     return report
@@ -467,8 +514,9 @@ def recovery_summary(report: RecoveryReport) -> str:
     """One line for the CLI."""
     fl, ll = report.first_loss, report.final_loss
     loss = f"loss {fl:.3f} -> {ll:.3f}" if fl is not None and ll is not None else "no steps"
+    what = "fine-tuning" if report.config.get("adapter") == "full" else f"LoRA r={report.config['r']}"
     return (
-        f"recovery: {report.mode} LoRA r={report.config['r']} on {report.targets} Linears, "
+        f"recovery: {report.mode} {what} on {report.targets} Linears, "
         f"{report.steps} steps x {report.config['batch_size']} x {report.config['seqlen']} tokens "
         f"({report.tokens:,} tokens) of {report.data}; {loss}; {report.seconds:.1f}s"
     )
