@@ -379,8 +379,8 @@ def write_section(res: dict, path: Path = SECTION) -> None:
     L.append("On the others: " + "; ".join(
         f"{CAP_NAMES[c]} {'PASER better' if v['paser_beats_random'][c] else 'random better or equal'} "
         f"({_metric_text(ev, c)})" for c in others) + ".")  # fmt: skip
-    if res.get("notes"):
-        L += [""] + list(res["notes"])
+    for note in res.get("notes") or []:
+        L += ["", note]
     cmd = (f"`{reproduce_command(res['args'])}` (wall {res['wall_seconds'] / 60:.0f} min, "
            f"pruning {'cached' if (res.get('prune') or {}).get('cached') else 'included'}).")  # fmt: skip
     L += ["", "Reproduce: " + cmd, ""]
