@@ -269,6 +269,30 @@ def test_dynamic_skipping_matches_a_token_loop(beta):
         assert st["saved_fraction"] == skipped / 80 and skipped > 0
 
 
+def test_dynamic_skipping_uses_eager_experts_and_both_skip_slots_agree():
+    """Skipped slots go to the out-of-range 'no expert' slot only under the eager experts loop
+    (which runs nothing for it); otherwise to the token's first expert with weight 0. Both give the
+    token loop's output, never NaN; removing skipping restores the previous implementation."""
+    model = make("mixtral", experts=4, router_scale=60.0)
+    before = model.config._experts_implementation
+    X.enable_dynamic_skipping(model, 0.9)
+    assert model.config._experts_implementation == "eager"
+    b = X.moe_blocks(model)[0]
+    assert b.router.prunekit_skip_to_none
+    x = torch.randn(1, 40, 64, generator=torch.Generator().manual_seed(2))
+    want, skipped = _naive_moe(b, x[0], 0.9)
+    assert skipped > 0
+    with torch.no_grad():
+        eager = b.moe(x)[0]
+        b.router.prunekit_skip_to_none = False  # the fallback when eager experts are not available
+        fallback = b.moe(x)[0]
+    for got in (eager, fallback):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    X.enable_dynamic_skipping(model, None)
+    assert model.config._experts_implementation == before
+
+
 def test_dynamic_skipping_saved_in_the_folder(ids, tmp_path):
     from transformers import AutoModelForCausalLM
 

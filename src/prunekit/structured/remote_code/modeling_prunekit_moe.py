@@ -99,16 +99,37 @@ def _skip_hook(router: nn.Module, args, output):
     w1, first = weights.max(dim=-1, keepdim=True)
     ranks = torch.arange(k, device=index.device).expand_as(index)
     skip = (weights < beta * w1) & (ranks != first)
-    num = int(getattr(router, "num_experts", 0) or router.weight.shape[0])
     counter = router.prunekit_skipped
     counter[0] += int(skip.sum())
     counter[1] += int(skip.numel())
-    return logits, weights.masked_fill(skip, 0.0), index.masked_fill(skip, num)
+    if getattr(router, "prunekit_skip_to_none", False):  # eager experts: the out-of-range slot is not run
+        slot = torch.full_like(index, int(getattr(router, "num_experts", 0) or router.weight.shape[0]))
+    else:  # fused kernels may leave that slot's rows uninitialised (NaN * 0): send it to the first expert, weight 0
+        slot = index.gather(-1, first).expand_as(index)
+    return logits, weights.masked_fill(skip, 0.0), torch.where(skip, slot, index)
 
 
 def set_dynamic_skipping(model: nn.Module, beta: float | None) -> int:
     """Install (``beta > 0``) or remove (``None``/0) dynamic skipping on every router; returns the
-    number of routers. Counters restart at zero."""
+    number of routers. Counters restart at zero.
+
+    Skipping needs the eager experts loop (``set_experts_implementation("eager")``): it runs only
+    the experts a token is routed to, so a skipped slot costs nothing, while the fused kernels of
+    transformers 5 may leave an unused slot's rows uninitialised. The previous implementation is
+    restored when skipping is removed."""
+    eager = False
+    if hasattr(model, "set_experts_implementation"):
+        if beta and not hasattr(model, "_prunekit_experts_before"):
+            model._prunekit_experts_before = getattr(model.config, "_experts_implementation", None)
+        want = "eager" if beta else getattr(model, "_prunekit_experts_before", None)
+        try:
+            if want is not None:
+                model.set_experts_implementation(want)
+            eager = bool(beta) and want == "eager"
+        except (ValueError, AttributeError, NotImplementedError):
+            eager = False
+        if not beta and hasattr(model, "_prunekit_experts_before"):
+            del model._prunekit_experts_before
     routers = 0
     for _, _, _, router in moe_blocks(model):
         for h in getattr(router, "_prunekit_skip_handles", ()):
@@ -116,6 +137,7 @@ def set_dynamic_skipping(model: nn.Module, beta: float | None) -> int:
         router._prunekit_skip_handles = []
         router.prunekit_beta = float(beta or 0.0)
         router.prunekit_skipped = [0, 0]
+        router.prunekit_skip_to_none = eager
         if beta:
             router._prunekit_skip_handles.append(router.register_forward_hook(_skip_hook))
         routers += 1
