@@ -257,7 +257,7 @@ def paser_select(
         for i in sorted(relevant, key=lambda i: float(eff[i]), reverse=True):
             if short == 0:
                 break
-            if i in taken or float((emb[chosen] @ emb[i]).max()) > dup_cos:
+            if i in taken or (chosen and float((emb[chosen] @ emb[i]).max()) > dup_cos):
                 continue
             chosen.append(i)
             taken.add(i)
