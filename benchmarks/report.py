@@ -600,8 +600,15 @@ def tasks_section(d: Path) -> list[str]:
         lppl = (la.get("metrics") or {}).get("perplexity")
         L.append(f"| {f.stem} ({r.get('model', '')}) | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
                  f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(r.get('wall_seconds'), 0)} |")
-    L += ["", "Pruned rows are not measured yet (the full LAMBADA set takes ~26 minutes per model on this "
-          "CPU); `python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
+    pruned = [f for f in files if f.stem != "dense"]
+    if pruned:
+        L += ["", "Pruned rows are the recovery benchmark's folders (`.bench/recovery/<cell>-pruned`, "
+              "`<cell>-recovered`: their WikiText-2 perplexities are in the Recovery section); they have PIQA "
+              "only where LAMBADA shows –, because the full LAMBADA set takes ~26 minutes per model on this CPU. "
+              "`python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
+    else:
+        L += ["", "Pruned rows are not measured yet (the full LAMBADA set takes ~26 minutes per model on this "
+              "CPU); `python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
     return L
 
 
