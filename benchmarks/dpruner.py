@@ -65,22 +65,14 @@ def protocol_id(a: argparse.Namespace) -> str:
 
 def gsm8k_answer_perplexity(model, tok, path: Path, n: int) -> dict:
     """Domain perplexity: the answer tokens of the first ``n`` GSM8K test records, each scored
-    with ``Question: {q}\\nAnswer:`` as context."""
-    import torch
+    with ``Question: {q}\nAnswer:`` as context (``prunekit.eval.perplexity.gsm8k_answer_nlls``)."""
+    from prunekit.eval.perplexity import gsm8k_answer_nlls
 
-    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
-    nll, count = 0.0, 0
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for r in recs:
-            ctx = tok(f"Question: {r['question']}\nAnswer:", add_special_tokens=False)["input_ids"]
-            ans = tok(f" {r['answer']}", add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([ctx + ans])
-            logits = model(input_ids=ids, use_cache=False).logits[0, len(ctx) - 1 : -1].float()
-            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, len(ctx) :], reduction="sum"))
-            count += len(ans)
+    pairs = gsm8k_answer_nlls(model, tok, path, n)
+    nll, count = sum(s for s, _ in pairs), sum(c for _, c in pairs)
     return {"perplexity": math.exp(nll / count), "nll": nll / count, "answer_tokens": count,
-            "questions": len(recs), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            "questions": len(pairs), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
 def run_cell(a: argparse.Namespace) -> dict:

@@ -83,21 +83,11 @@ def protocol_id(a: argparse.Namespace) -> str:
 
 # --- measurements ------------------------------------------------------------------------------------
 def gsm8k_answer_nlls(model, tok, path: Path, n: int) -> list[tuple[float, int]]:
-    """Per question of the first ``n`` GSM8K test records: (summed answer NLL, answer tokens), the
-    answer `` {a}`` scored with ``Question: {q}\\nAnswer:`` as context (as ``benchmarks/dpruner.py``)."""
-    import torch
-    import torch.nn.functional as F
+    """Per question of the first ``n`` GSM8K test records: (summed answer NLL, answer tokens)
+    (``prunekit.eval.perplexity.gsm8k_answer_nlls``, the scorer of ``benchmarks/dpruner.py``)."""
+    from prunekit.eval.perplexity import gsm8k_answer_nlls as nlls
 
-    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
-    out = []
-    with torch.no_grad():
-        for r in recs:
-            ctx = tok(f"Question: {r['question']}\nAnswer:", add_special_tokens=False)["input_ids"]
-            ans = tok(f" {r['answer']}", add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([ctx + ans])
-            logits = model(input_ids=ids, use_cache=False).logits[0, len(ctx) - 1 : -1].float()
-            out.append((float(F.cross_entropy(logits, ids[0, len(ctx) :], reduction="sum")), len(ans)))
-    return out
+    return nlls(model, tok, path, n)
 
 
 def _ppl(pairs: list[tuple[float, int]]) -> float:

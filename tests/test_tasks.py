@@ -451,3 +451,29 @@ def test_long_inputs_are_cut_from_the_left_like_lm_eval(tokenizer):
     assert len(ctx) > 40 and ll == pytest.approx(want, abs=1e-4)
     with pytest.raises(DataError, match="does not fit the model window of 1"):
         T.loglikelihoods(m, [(ctx, cont)], max_length=1)
+
+
+def test_gsm8k_answer_nlls_score_only_the_answer_tokens(tmp_path, tokenizer):
+    """D-Pruner's / PASER's domain metric: the answer's NLL given the question, nothing else."""
+    import torch
+
+    from conftest import make_llama
+    from prunekit.eval.perplexity import gsm8k_answer_nlls
+
+    recs = [{"question": "How many legs have 2 cats?", "answer": "2 * 4 = 8\n#### 8"},
+            {"question": "What is 3 + 4?", "answer": "3 + 4 = 7\n#### 7"}]  # fmt: skip
+    f = tmp_path / "test.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    model = make_llama()
+    got = gsm8k_answer_nlls(model, tokenizer, f, n=1)
+    assert len(got) == 1
+    got = gsm8k_answer_nlls(model, tokenizer, f)
+    for (nll, count), r in zip(got, recs):
+        ctx = tokenizer(f"Question: {r['question']}\nAnswer:", add_special_tokens=False)["input_ids"]
+        ans = tokenizer(f" {r['answer']}", add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ctx + ans])
+        labels = ids.clone()
+        labels[0, : len(ctx)] = -100  # the context is not scored
+        with torch.no_grad():
+            mean = model(input_ids=ids, labels=labels).loss.item()
+        assert count == len(ans) and nll == pytest.approx(mean * count, rel=1e-5)

@@ -65,3 +65,25 @@ def perplexity(
         "seqlen": seqlen,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def gsm8k_answer_nlls(model, tokenizer, path, n: int | None = None) -> list[tuple[float, int]]:
+    """Domain perplexity's parts on a GSM8K-layout JSON Lines file (``question`` / ``answer``):
+    for each of the first ``n`` records, ``(summed NLL of the answer tokens, answer tokens)``,
+    the answer `` {answer}`` scored with ``Question: {question}\\nAnswer:`` as context.
+    ``exp(Σ nll / Σ tokens)`` is the answer perplexity (D-Pruner's and PASER's benchmarks)."""
+    import json
+    from pathlib import Path
+
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    recs = [json.loads(line) for line in lines if line.strip()][:n]
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for r in recs:
+            ctx = tokenizer(f"Question: {r['question']}\nAnswer:", add_special_tokens=False)["input_ids"]
+            ans = tokenizer(f" {r['answer']}", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([ctx + ans], device=dev)
+            logits = model(input_ids=ids, use_cache=False).logits[0, len(ctx) - 1 : -1].float()
+            out.append((float(F.cross_entropy(logits, ids[0, len(ctx) :], reduction="sum")), len(ans)))
+    return out
