@@ -82,14 +82,6 @@ def protocol_id(a: argparse.Namespace) -> str:
 
 
 # --- measurements ------------------------------------------------------------------------------------
-def gsm8k_answer_nlls(model, tok, path: Path, n: int) -> list[tuple[float, int]]:
-    """Per question of the first ``n`` GSM8K test records: (summed answer NLL, answer tokens)
-    (``prunekit.eval.perplexity.gsm8k_answer_nlls``, the scorer of ``benchmarks/dpruner.py``)."""
-    from prunekit.eval.perplexity import gsm8k_answer_nlls as nlls
-
-    return nlls(model, tok, path, n)
-
-
 def _ppl(pairs: list[tuple[float, int]]) -> float:
     return math.exp(sum(s for s, _ in pairs) / sum(c for _, c in pairs))
 
@@ -99,6 +91,8 @@ def measure(model, tok, wiki_ids, a: argparse.Namespace) -> dict[str, Any]:
 
     model.eval()
     t0 = time.perf_counter()
+    from prunekit.eval.perplexity import gsm8k_answer_nlls  # the scorer of benchmarks/dpruner.py
+
     g = gsm8k_answer_nlls(model, tok, GSM_TEST, a.gsm8k_questions)
     t_g = time.perf_counter() - t0
     w = pk.perplexity(model, wiki_ids, seqlen=2048, max_windows=a.wiki_windows)

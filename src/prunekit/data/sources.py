@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -70,27 +71,17 @@ def gsm8k_documents(path: str | Path, limit: int | None = None) -> list[str]:
     if not p.is_file():
         raise DataError(f"gsm8k file {p} does not exist: pass gsm8k:PATH/train.jsonl")
     docs = []
-    with open(p, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{ln} is not valid JSON ({e.msg}); expected JSON Lines") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(rec.get("answer"), str):
-                raise DataError(f"{p}:{ln} has no string 'question' and 'answer' fields (GSM8K layout expected)")
-            docs.append(f"Question: {rec['question']}\nAnswer: {rec['answer']}")
-            if limit is not None and len(docs) >= limit:
-                break
+    for rec in _jsonl_records(p, ("question", "answer"), "GSM8K"):
+        docs.append(f"Question: {rec['question']}\nAnswer: {rec['answer']}")
+        if limit is not None and len(docs) >= limit:
+            break
     if not docs:
         raise DataError(f"gsm8k file {p} holds no records")
     return docs
 
 
-def _read_jsonl(path: Path) -> list[str]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    docs = []
+def _jsonl_records(path: Path, fields: tuple[str, ...], layout: str, opener: Callable = open) -> Iterator[dict]:
+    """The records of a JSON Lines file that carry string ``fields``; a bad line is a one-line DataError."""
     with opener(path, "rt", encoding="utf-8") as f:
         for ln, line in enumerate(f, 1):
             if not line.strip():
@@ -99,10 +90,16 @@ def _read_jsonl(path: Path) -> list[str]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{ln} is not valid JSON ({e.msg}); expected JSON Lines") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise DataError(f"{path}:{ln} has no string 'text' field (C4 layout expected)")
-            docs.append(rec["text"])
-    return docs
+            if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in fields):
+                names = " and ".join(repr(k) for k in fields)
+                raise DataError(f"{path}:{ln} has no string {names} field{'s' if len(fields) > 1 else ''} "
+                                f"({layout} layout expected)")  # fmt: skip
+            yield rec
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    return [rec["text"] for rec in _jsonl_records(path, ("text",), "C4", opener)]
 
 
 def _read_file(path: Path) -> list[str]:

@@ -72,11 +72,11 @@ def gsm8k_answer_nlls(model, tokenizer, path, n: int | None = None) -> list[tupl
     for each of the first ``n`` records, ``(summed NLL of the answer tokens, answer tokens)``,
     the answer `` {answer}`` scored with ``Question: {question}\\nAnswer:`` as context.
     ``exp(Σ nll / Σ tokens)`` is the answer perplexity (D-Pruner's and PASER's benchmarks)."""
-    import json
     from pathlib import Path
 
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    recs = [json.loads(line) for line in lines if line.strip()][:n]
+    from .tasks import _read_records
+
+    recs = _read_records(Path(path), ("question", "answer"))[:n]
     dev = next(model.parameters()).device
     out = []
     with torch.no_grad():

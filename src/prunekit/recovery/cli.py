@@ -145,8 +145,8 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
         model, tok = load_model(a.pruned)
         dense = None
         if dense_spec is not None:
-            dense = _load_dense(a, dense_spec, "PASER and distillation" if a.select == "paser" and cfg.distill > 0
-                                else "PASER" if a.select == "paser" else "distillation")  # fmt: skip
+            uses = [u for u, on in (("PASER", a.select == "paser"), ("distillation", cfg.distill > 0)) if on]
+            dense = _load_dense(a, dense_spec, " and ".join(uses))
         selection = _select(a, data, model, tok, dense) if a.select != "none" else None
         if selection is not None:
             data = [data[i] for i in selection.indices]

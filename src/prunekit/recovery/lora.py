@@ -195,7 +195,7 @@ class FullTuning:
 
     def __init__(self, model: nn.Module, names: list[str], masked: bool):
         self.model = model
-        self.frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+        self.requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
         mods = dict(model.named_modules())
@@ -221,7 +221,7 @@ class FullTuning:
         for h in self.hooks:
             h.remove()
         for n, p in self.model.named_parameters():
-            p.requires_grad_(self.frozen.get(n, True))
+            p.requires_grad_(self.requires_grad_before.get(n, True))
         return self.model
 
 

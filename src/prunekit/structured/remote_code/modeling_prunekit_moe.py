@@ -109,6 +109,24 @@ def _skip_hook(router: nn.Module, args, output):
     return logits, weights.masked_fill(skip, 0.0), torch.where(skip, slot, index)
 
 
+def _eager_experts(model: nn.Module, on: bool) -> bool:
+    """Switch ``model`` to the eager experts loop (remembering the implementation before), or back
+    to that one; returns whether the eager loop is now on."""
+    if not hasattr(model, "set_experts_implementation"):
+        return False
+    if not on:
+        before = model.__dict__.pop("_prunekit_experts_before", None)
+        if before is not None:
+            model.set_experts_implementation(before)
+        return False
+    model.__dict__.setdefault("_prunekit_experts_before", getattr(model.config, "_experts_implementation", None))
+    try:
+        model.set_experts_implementation("eager")
+    except (ValueError, AttributeError, NotImplementedError):
+        return False
+    return True
+
+
 def set_dynamic_skipping(model: nn.Module, beta: float | None) -> int:
     """Install (``beta > 0``) or remove (``None``/0) dynamic skipping on every router; returns the
     number of routers. Counters restart at zero.
@@ -117,19 +135,7 @@ def set_dynamic_skipping(model: nn.Module, beta: float | None) -> int:
     the experts a token is routed to, so a skipped slot costs nothing, while the fused kernels of
     transformers 5 may leave an unused slot's rows uninitialised. The previous implementation is
     restored when skipping is removed."""
-    eager = False
-    if hasattr(model, "set_experts_implementation"):
-        if beta and not hasattr(model, "_prunekit_experts_before"):
-            model._prunekit_experts_before = getattr(model.config, "_experts_implementation", None)
-        want = "eager" if beta else getattr(model, "_prunekit_experts_before", None)
-        try:
-            if want is not None:
-                model.set_experts_implementation(want)
-            eager = bool(beta) and want == "eager"
-        except (ValueError, AttributeError, NotImplementedError):
-            eager = False
-        if not beta and hasattr(model, "_prunekit_experts_before"):
-            del model._prunekit_experts_before
+    eager = _eager_experts(model, bool(beta))
     routers = 0
     for _, _, _, router in moe_blocks(model):
         for h in getattr(router, "_prunekit_skip_handles", ()):
