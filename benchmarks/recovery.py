@@ -5,6 +5,7 @@ on C4 documents (never the evaluation text), and measure WikiText-2 perplexity a
     OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell sparsegpt-2of4 --tokens 65536
     OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell flap-20 --distill 1 --tag -distill
     OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell flap-20 --adapter full --lr 5e-5 --tag -full
+    OMP_NUM_THREADS=1 python benchmarks/recovery.py --cell flap-20 --adapter full --precision bf16 --tag=-bf16
 
 Routine protocol: calibration 32 x 2048 C4 (seed 0) from ../shared/data/c4-sample; evaluation
 WikiText-2 test (rows joined with "\\n\\n"), the first 40 windows of 2048. The curve points use
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight of distillation from dense SmolLM2 (KL to its next-token distribution); 0: off")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--adapter", choices=("lora", "full"), default="lora", help="LoRA (merged) or full fine-tuning")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: bfloat16 autocast for the training passes (float32 weights); evaluation stays float32")
     ap.add_argument("--tag", default="", help="suffix of the result files (<cell><tag>.json), e.g. -distill")
     ap.add_argument("--save", action="store_true", help="keep the recovered model in .bench/recovery/<cell>-recovered")
     ap.add_argument("--calib", default=str(SHARED / "c4-sample"))
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = pk.eval_token_ids(a.eval, tok)
     cfg = RecoveryConfig(tokens=a.tokens, seqlen=a.seqlen, batch_size=a.batch_size, lr=a.lr, r=a.r,
                          checkpoint_every=10, distill=a.distill, temperature=a.temperature,
-                         adapter=a.adapter)  # fmt: skip
+                         adapter=a.adapter, precision=a.precision)  # fmt: skip
     teacher = pk.load_model("smollm2-135m")[0] if a.distill > 0 else None
     res: dict = {
         "cell": a.cell, "protocol_id": PROTOCOL, "recovery_data": a.calib, "eval": a.eval,

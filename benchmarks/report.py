@@ -455,9 +455,11 @@ def write_report(results: Path = RESULTS, out_md: Path = REPO / "BENCHMARKS.md")
                                          P["protocol"].get("protocol", {}).get("eval_windows")) == (32, 40)]  # fmt: skip
         main_p = (routine or protos)[0]
         L += beyond_sparsegpt_section(main_p, [Q for Q in protos if Q is not main_p])
+    else:
+        main_p = None
     L += speedup_section(results / "structured_speedup")
     L += scale_section(results / "scale")
-    L += tasks_section(results / "tasks")
+    L += tasks_section(results / "tasks", main_p)
     L += recovery_section(results / "recovery")
     L += extra_sections(results / "sections")
     L += ["## Reproduce", "",
@@ -577,29 +579,49 @@ def scale_section(d: Path) -> list[str]:
     return L
 
 
-def tasks_section(d: Path) -> list[str]:
-    """``benchmarks/tasks.py``: zero-shot task scores (lm-eval's rules) of saved folders."""
+def tasks_section(d: Path, P: dict | None = None) -> list[str]:
+    """Zero-shot task scores (lm-eval's rules): ``benchmarks/tasks.py``'s saved folders, then the
+    cells of protocol ``P`` that ``run.py --tasks`` scored (their WikiText-2 perplexity beside)."""
     files = sorted(d.glob("*.json")) if d.is_dir() else []
-    if not files:
+    cells = [r for r in (P or {}).get("cells", []) if r.get("status") == "ok" and (r.get("eval") or {}).get("tasks")]
+    dense_t = ((P or {}).get("dense") or {}).get("eval") or {}
+    if dense_t.get("tasks"):
+        cells.insert(0, {"cell": {"tool": "dense"}, "eval": dense_t})
+    if not files and not cells:
         return []
     L = ["## Beyond perplexity: zero-shot tasks", "",
          "_`prunekit eval --tasks lambada,piqa` with lm-evaluation-harness's scoring rules (checked "
          "equal to lm-eval 0.4.13 in the tests): LAMBADA (OpenAI) last-word accuracy and perplexity, "
-         "PIQA acc / acc_norm, full sets, one torch thread. ± is the standard error._", "",
-         "| model | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | seconds |", "|---|---|---|---|---|---|"]
+         "PIQA acc / acc_norm, full sets, one torch thread. ± is the standard error._", ""]
+    if files:
+        L += ["| model | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | seconds |", "|---|---|---|---|---|---|"]
+
+    def pc(task, m):
+        v = (task.get("metrics") or {}).get(m)
+        se = (task.get("stderr") or {}).get(m)
+        return f"{100 * v:.2f}% ± {100 * se:.2f}" if v is not None and se is not None else "–"
+
     for f in files:
         r = _read(f) or {}
         t = r.get("tasks") or {}
         la, pi = t.get("lambada") or {}, t.get("piqa") or {}
-
-        def pc(task, m):
-            v = (task.get("metrics") or {}).get(m)
-            se = (task.get("stderr") or {}).get(m)
-            return f"{100 * v:.2f}% ± {100 * se:.2f}" if v is not None and se is not None else "–"
-
         lppl = (la.get("metrics") or {}).get("perplexity")
         L.append(f"| {f.stem} ({r.get('model', '')}) | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
                  f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(r.get('wall_seconds'), 0)} |")
+    if cells:
+        L += ["", f"Routine-protocol cells (`python benchmarks/run.py --tasks lambada,piqa`: each saved folder is "
+              f"scored right after its perplexity; _{protocol_line(P)}_):", "",
+              "| method | pattern | tool | WikiText-2 ppl | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | "
+              "seconds |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in cells:
+            c, e = r["cell"], r["eval"]
+            t = e["tasks"]
+            la, pi = t.get("lambada") or {}, t.get("piqa") or {}
+            lppl = (la.get("metrics") or {}).get("perplexity")
+            secs = sum(v.get("seconds") or 0 for v in t.values())
+            L.append(f"| {c.get('method', 'dense')} | {pattern_label(c) if c.get('kind') else '–'} | {c['tool']} | "
+                     f"{f_ppl(e['perplexity'])} | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
+                     f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(secs, 0)} |")
     pruned = [f for f in files if f.stem != "dense"]
     if pruned:
         L += ["", "Pruned rows are the recovery benchmark's folders (`.bench/recovery/<cell>-pruned`, "
@@ -641,7 +663,7 @@ def recovery_section(d: Path) -> list[str]:
         recipe = (f"full fine-tuning, lr {c.get('lr', 0):g}" if c.get("adapter") == "full"
                   else f"LoRA r={c.get('r', '?')}, lr {c.get('lr', 0):g}") + (
             f", distill λ={c['distill']:g}" + (f" T={c['temperature']:g}" if c.get("temperature", 1) != 1 else "")
-            if c.get("distill") else ", LM loss")  # fmt: skip
+            if c.get("distill") else ", LM loss") + (", bf16 autocast" if c.get("precision") == "bf16" else "")  # fmt: skip
         secs = r.get("train_seconds")
         L.append(f"| {r.get('cell')} | {recipe} | {f_ppl(dense) if dense else '–'} | {f_ppl(pruned) if pruned else '–'} | "
                  f"{f_ppl(last) if last else '–'} | {toks:,} | {f'{secs:.0f}' if secs else '–'} | {closed} | ≥ 50% |"

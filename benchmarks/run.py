@@ -427,6 +427,7 @@ class Harness:
         self.peer_env: dict[str, dict] = {}
         self.peer_err: dict[str, str] = {}
         self.speed_method = ""
+        self.task_names: list[str] = getattr(args, "task_names", [])
 
     # -- shared inputs ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -500,6 +501,10 @@ class Harness:
             say(f"  {path.name}: recorded with --threads {old.get('harness_threads', 0)}, "
                 f"now {self.a.threads}: redoing")
             return None
+        missing = [t for t in self.task_names if t not in ((old.get("eval") or {}).get("tasks") or {})]
+        if missing:  # the pruned folder is gone (unless --keep-models): the cell is pruned again
+            say(f"  {path.name}: no {','.join(missing)} scores yet (--tasks): redoing")
+            return None
         return old
 
     # -- eval --------------------------------------------------------------------------------
@@ -510,6 +515,8 @@ class Harness:
                "--windows", str(p.eval_windows), "--result", str(result),
                "--threads", str(self.a.threads),
                "--speed-runs", str(self.a.speed_runs if speed and not self.a.no_speed else 0)]
+        if self.a.tasks:
+            cmd += ["--tasks", self.a.tasks, "--tokenizer", str(p.dense_dir)]
         if speed and not self.a.no_speed and Path(folder).resolve() != Path(p.dense_dir).resolve():
             cmd += ["--reference", str(p.dense_dir)]  # timed in turns with the dense model
         return cmd
@@ -715,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-source", help="default ../shared/data/c4-sample, else builtin")
     ap.add_argument("--eval-source", help="default wikitext2:../shared/data/wikitext-2-raw/wiki.test.raw, else builtin")
     ap.add_argument("--force", action="store_true", help="redo finished cells")
+    ap.add_argument("--tasks", default="",
+                    help="also score zero-shot tasks on every saved folder, e.g. lambada,piqa (full sets, "
+                         "lm-eval's rules); finished cells without them are pruned again")
     ap.add_argument("--keep-models", action="store_true", help="keep the pruned folders under .bench/work/")
     ap.add_argument("--no-floor", action="store_true")
     ap.add_argument("--no-speed", action="store_true", help="skip the prefill/decode speed benchmark")
@@ -762,6 +772,16 @@ def main(argv: list[str] | None = None) -> int:
             os.execv(str(venv_py), [str(venv_py), str(Path(__file__).resolve()), *(argv or sys.argv[1:])])
         raise SystemExit("prunekit is not importable: run `make setup-dev` (or pip install -e .[bench])")
 
+    task_names: list[str] = []
+    if args.tasks:  # fail before any work: unknown task or missing file
+        from prunekit.errors import PrunekitError
+        from prunekit.eval.tasks import parse_task_specs, resolve_task_path
+
+        try:
+            task_names = [s.name for s in parse_task_specs(args.tasks) if resolve_task_path(s)]
+        except PrunekitError as e:
+            raise SystemExit(f"--tasks {args.tasks!r}: {e}")
+    args.task_names = task_names
     for spec in args.variant:
         name, _, rest = spec.partition("=")
         base, _, sets = rest.partition(":")

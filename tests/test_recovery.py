@@ -386,3 +386,46 @@ def test_cli_recover_with_paser_selection(tmp_path, tokenizer, calib_ids):
     with pytest.raises(ConfigError, match="needs --budget"):
         cmd_recover(ap.parse_args(["recover", str(tmp_path / "pruned"), "--data", str(txt), "--select", "random",
                                    "--out", str(tmp_path / "x")]))  # fmt: skip
+
+
+# --- mixed precision --------------------------------------------------------------------------------
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_bf16_autocast_keeps_zeros_float32_weights_and_learns(adapter, tokenizer):
+    m = _pruned("2:4")
+    before = _linear_weights(m)
+    rep = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(adapter=adapter, precision="bf16", tokens=64 * 2 * 12,
+                                                           lr=1e-3 if adapter == "full" else 5e-3), progress=False)  # fmt: skip
+    assert rep.config["precision"] == "bf16"
+    assert rep.final_loss < rep.first_loss - 0.1
+    after = _linear_weights(m)
+    assert all(W.dtype == torch.float32 for W in after.values())  # master weights stay float32
+    assert all(torch.equal(after[n] == 0, W == 0) for n, W in before.items())
+    # the updates are float32: not every trained weight is representable in bfloat16
+    assert any(not torch.equal(W, W.bfloat16().float()) for W in after.values())
+
+
+def test_bf16_step_loss_is_close_to_fp32_and_not_equal(tokenizer):
+    from prunekit.recovery.lora import _step_loss
+
+    m = _pruned("unstructured", 0.5)
+    ids = _text_ids(tokenizer)
+    with torch.no_grad():
+        l32, l16 = (float(_step_loss(m, None, ids, _cfg(precision=p))) for p in ("fp32", "bf16"))
+    assert l16 != l32 and l16 == pytest.approx(l32, rel=2e-2)
+
+
+def test_cli_recover_precision_flag(tiny_llama_dir, calib_txt, tmp_path, capsys):
+    import argparse
+
+    from prunekit.recovery.cli import add_recover_parser, cmd_recover
+
+    ap = argparse.ArgumentParser()
+    add_recover_parser(ap.add_subparsers(dest="cmd"))
+    out = tmp_path / "rec"
+    a = ap.parse_args(["recover", str(tiny_llama_dir), "--data", str(calib_txt), "--out", str(out), "--precision", "bf16",
+                       "--tokens", "128", "--seqlen", "32", "--batch-size", "2", "-q"])  # fmt: skip
+    cmd_recover(a)
+    assert json.loads((out / "prunekit.json").read_text())["recovery"]["config"]["precision"] == "bf16"
+    with pytest.raises(SystemExit):
+        ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), "--precision", "fp8"])
+    assert "invalid choice" in capsys.readouterr().err

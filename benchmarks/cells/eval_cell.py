@@ -7,7 +7,9 @@ The folder is loaded with plain transformers (float32, SDPA attention), whicheve
 it; perplexity is ``prunekit.perplexity`` on the harness's evaluation token ids; parameters are
 counted once per tensor (tied embeddings once), sparsity is the zero fraction of the Linears in
 the decoder blocks, size is the bytes of the weight files on disk.  With ``--speed-runs`` > 0
-the speed benchmark (``benchmarks/speed.py``) runs too.
+the speed benchmark (``benchmarks/speed.py``) runs too; with ``--tasks lambada,piqa`` the zero-shot
+tasks (``prunekit.eval.evaluate_tasks``, lm-eval's rules, full sets) are scored too, with the
+folder's tokenizer (else ``--tokenizer DIR``'s).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tasks", default="", help="zero-shot task specs to score too, e.g. lambada,piqa")
+    ap.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder when --model has none")
     ap.add_argument("--reference", type=Path, default=None,
                     help="dense folder timed in turns with the model (speed ratios robust to load drift)")
     args = ap.parse_args()
@@ -81,6 +85,17 @@ def main() -> int:
     model = res.pop("_model")
     log(f"perplexity {res['perplexity']:.3f} over {res['eval_windows']} windows "
         f"({res['eval_s']:.0f} s)")
+    if args.tasks:
+        from transformers import AutoTokenizer
+
+        from prunekit.eval.tasks import evaluate_tasks
+
+        has_tok = any((args.model / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        tok = AutoTokenizer.from_pretrained(str(args.model if has_tok or args.tokenizer is None else args.tokenizer))
+        t0 = time.perf_counter()
+        res["tasks"] = evaluate_tasks(model, tok, args.tasks, progress=True)
+        log("tasks " + ", ".join(f"{k} {v['metrics']}" for k, v in res["tasks"].items())
+            + f" ({time.perf_counter() - t0:.0f} s)")
     if args.speed_runs > 0:
         from speed import measure_round_robin, measure_speed
 

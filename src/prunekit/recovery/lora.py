@@ -365,14 +365,21 @@ def distill_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Te
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * T * T
 
 
+def _autocast(device: torch.device, config: RecoveryConfig):
+    """bfloat16 autocast for ``precision="bf16"`` (weights stay float32), else a no-op context."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
 def _step_loss(pm: nn.Module, teacher: nn.Module | None, x: Tensor, config: RecoveryConfig) -> Tensor:
-    out = pm(input_ids=x, labels=x if config.distill < 1 else None, use_cache=False)
+    with _autocast(x.device, config):
+        out = pm(input_ids=x, labels=x if config.distill < 1 else None, use_cache=False)
     if teacher is None:
-        return out.loss
-    with torch.no_grad():
-        t_logits = teacher(input_ids=x.to(next(teacher.parameters()).device), use_cache=False).logits
+        return out.loss.float()
+    t_device = next(teacher.parameters()).device
+    with torch.no_grad(), _autocast(t_device, config):
+        t_logits = teacher(input_ids=x.to(t_device), use_cache=False).logits
     kd = distill_loss(out.logits, t_logits.to(out.logits.device), config.temperature)
-    return kd if config.distill >= 1 else (1 - config.distill) * out.loss + config.distill * kd
+    return kd if config.distill >= 1 else (1 - config.distill) * out.loss.float() + config.distill * kd
 
 
 def _lr_lambda(steps: int, warmup: float) -> Callable[[int], float]:

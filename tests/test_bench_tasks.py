@@ -1,0 +1,72 @@
+"""Zero-shot tasks in the benchmark harness: ``eval_cell.py --tasks`` scores a saved folder with the
+library's ``evaluate_tasks`` (the same numbers), and the report lists the scored cells."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.eval.tasks import evaluate_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+ROUTINE = REPO / "benchmarks" / "results" / "smollm2-135m_c4-sample-32x2048-s0_wikitext2-test-40x2048"
+WORDS = "the a cat dog runs jumps over under red blue water fire stone tree bird".split()
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("bench_report", REPO / "benchmarks" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _piqa(path: Path) -> Path:
+    rng = random.Random(0)
+    s = lambda lo, hi: " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))  # noqa: E731
+    rows = [{"goal": s(3, 8), "sol1": s(2, 9), "sol2": s(2, 9), "label": i % 2} for i in range(10)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_eval_cell_scores_tasks_like_the_library(tiny_llama_dir, tokenizer, tmp_path):
+    piqa = _piqa(tmp_path / "piqa.jsonl")
+    ids = tmp_path / "ids.pt"
+    torch.save(torch.randint(0, 384, (1, 64), generator=torch.Generator().manual_seed(0)), ids)
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "cells" / "eval_cell.py"), "--model", str(tiny_llama_dir),
+           "--eval-ids", str(ids), "--seqlen", "32", "--windows", "2", "--result", str(out), "--threads", "1",
+           "--tasks", f"piqa:{piqa}"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    got = json.loads(out.read_text())["tasks"]["piqa"]
+    model, _ = pk.load_model(str(tiny_llama_dir))
+    want = evaluate_tasks(model, tokenizer, f"piqa:{piqa}", progress=False)["piqa"]
+    assert got["n"] == want["n"] == 10
+    assert got["metrics"] == pytest.approx(want["metrics"], abs=1e-12)
+
+
+@pytest.mark.skipif(not (ROUTINE / "protocol.json").is_file(), reason="no routine-protocol results here")
+def test_report_lists_the_scored_cells_and_only_those():
+    rep = _report()
+    P = rep.load_protocol(ROUTINE)
+    P = {**P, "cells": copy.deepcopy(P["cells"]), "dense": copy.deepcopy(P["dense"])}
+    P["dense"]["eval"].pop("tasks", None)
+    for r in P["cells"]:
+        (r.get("eval") or {}).pop("tasks", None)
+    empty = Path("/nonexistent-tasks-dir")
+    assert rep.tasks_section(empty, P) == []  # nothing scored, no section
+    ok = next(r for r in P["cells"] if r.get("status") == "ok" and r["cell"]["method"] == "sparsegpt")
+    ok["eval"]["tasks"] = {"piqa": {"metrics": {"acc": 0.5789, "acc_norm": 0.5582},
+                                    "stderr": {"acc": 0.0115, "acc_norm": 0.0116}, "n": 1838, "seconds": 378.0}}
+    text = "\n".join(rep.tasks_section(empty, P))
+    rows = [ln for ln in text.splitlines() if ln.startswith("| sparsegpt |")]
+    assert len(rows) == 1 and "57.89% ± 1.15" in rows[0] and "55.82% ± 1.16" in rows[0]
+    assert f"{ok['eval']['perplexity']:.2f}" in rows[0] and "| – | – |" in rows[0]  # no LAMBADA scored
