@@ -585,7 +585,11 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
     files = sorted(d.glob("*.json")) if d.is_dir() else []
     cells = [r for r in (P or {}).get("cells", []) if r.get("status") == "ok" and (r.get("eval") or {}).get("tasks")]
     dense_t = ((P or {}).get("dense") or {}).get("eval") or {}
-    if dense_t.get("tasks"):
+    model = (((P or {}).get("protocol") or {}).get("protocol") or {}).get("model")
+    elsewhere = _read(d / "dense.json") if cells and not dense_t.get("tasks") and (d / "dense.json").is_file() else None
+    if elsewhere and elsewhere.get("model") == model and not elsewhere.get("limit") and dense_t:
+        dense_t = {**dense_t, "tasks": elsewhere.get("tasks")}  # benchmarks/tasks.py: same model, full sets
+    if dense_t.get("tasks") and cells:
         cells.insert(0, {"cell": {"tool": "dense"}, "eval": dense_t})
     if not files and not cells:
         return []

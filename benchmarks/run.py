@@ -492,8 +492,15 @@ class Harness:
         self.peer_env[peer] = peer_versions(py, PEERS[peer]["package"])
         return py
 
-    def finished(self, path: Path) -> dict | None:
-        """The finished result at ``path`` if it can be reused (same --threads), else None."""
+    def dense_tasks_elsewhere(self) -> bool:
+        """``benchmarks/tasks.py`` already scored the dense model on every --tasks task (full sets)."""
+        d = read_json(self.a.results_dir / "tasks" / "dense.json") or {}
+        return d.get("model") == self.p.model and not d.get("limit") and all(t in (d.get("tasks") or {})
+                                                                            for t in self.task_names)
+
+    def finished(self, path: Path, tasks: bool = True) -> dict | None:
+        """The finished result at ``path`` if it can be reused (same --threads, and the --tasks
+        scores unless ``tasks`` is False), else None."""
         old = read_json(path) if path.is_file() else None
         if not old or old.get("status") != "ok" or self.a.force:
             return None
@@ -501,7 +508,7 @@ class Harness:
             say(f"  {path.name}: recorded with --threads {old.get('harness_threads', 0)}, "
                 f"now {self.a.threads}: redoing")
             return None
-        missing = [t for t in self.task_names if t not in ((old.get("eval") or {}).get("tasks") or {})]
+        missing = [t for t in self.task_names if tasks and t not in ((old.get("eval") or {}).get("tasks") or {})]
         if missing:  # the pruned folder is gone (unless --keep-models): the cell is pruned again
             say(f"  {path.name}: no {','.join(missing)} scores yet (--tasks): redoing")
             return None
@@ -523,7 +530,7 @@ class Harness:
 
     def run_dense(self) -> None:
         out = self.rdir / "dense.json"
-        old = self.finished(out)
+        old = self.finished(out, tasks=not self.dense_tasks_elsewhere())  # the report reads those
         if old:
             say(f"  dense: done (ppl {old['eval']['perplexity']:.3f}), skipped")
             return

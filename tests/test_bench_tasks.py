@@ -70,3 +70,12 @@ def test_report_lists_the_scored_cells_and_only_those():
     rows = [ln for ln in text.splitlines() if ln.startswith("| sparsegpt |")]
     assert len(rows) == 1 and "57.89% ± 1.15" in rows[0] and "55.82% ± 1.16" in rows[0]
     assert f"{ok['eval']['perplexity']:.2f}" in rows[0] and "| – | – |" in rows[0]  # no LAMBADA scored
+    # the dense row comes from benchmarks/tasks.py's full-set scores of the same model
+    d = Path(pytest.importorskip("tempfile").mkdtemp())
+    dense = {"model": P["protocol"]["protocol"]["model"], "limit": None,
+             "tasks": {"piqa": {"metrics": {"acc": 0.6431, "acc_norm": 0.6431}, "stderr": {"acc": 0.0112, "acc_norm": 0.0112}}}}
+    (d / "dense.json").write_text(json.dumps(dense))
+    rows = [ln for ln in rep.tasks_section(d, P) if ln.startswith("| dense | – | dense |")]
+    assert len(rows) == 1 and "64.31% ± 1.12" in rows[0]
+    (d / "dense.json").write_text(json.dumps({**dense, "model": "another-model"}))
+    assert not [ln for ln in rep.tasks_section(d, P) if ln.startswith("| dense | – | dense |")]
