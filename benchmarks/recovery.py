@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tok, prune_s = _pruned_model(a.cell, a.calib)
     ids = pk.eval_token_ids(a.eval, tok)
     cfg = RecoveryConfig(tokens=a.tokens, seqlen=a.seqlen, batch_size=a.batch_size, lr=a.lr, r=a.r,
-                         checkpoint_every=10, distill=a.distill, temperature=a.temperature,
+                         checkpoint_every=50, distill=a.distill, temperature=a.temperature,
                          adapter=a.adapter, precision=a.precision)  # fmt: skip
     teacher = pk.load_model("smollm2-135m")[0] if a.distill > 0 else None
     res: dict = {

@@ -646,12 +646,16 @@ def recovery_section(d: Path) -> list[str]:
     import math
 
     L = ["## Recovery (`prunekit recover`)", "",
-         "_LoRA through peft on the pruned model (sparsity mask kept exactly for unstructured / N:M), "
-         "merged back into a plain folder; recovery data: C4 documents (never the evaluation text); "
+         "_LoRA through peft on the pruned model, merged back into a plain folder, or full fine-tuning of the "
+         "block Linears (`--adapter full`); for unstructured / N:M models the sparsity mask is kept exactly "
+         "either way. `bf16 autocast` (`--precision bf16`): the training passes in bfloat16, weights, "
+         "gradients and optimizer in float32, evaluation in float32. Recovery data: C4 documents (never the evaluation text); "
          "WikiText-2 perplexity on the routine protocol's first 40 windows unless the curve says "
          "otherwise; one torch thread on a machine shared with other jobs._", "",
          "| cell | recipe | dense | pruned | recovered | tokens | train s | log-gap closed | target |",
          "|---|---|---|---|---|---|---|---|---|"]
+    best: dict[str, tuple[float, float]] = {}
+    capped = False
     for f in files:
         r = _read(f) or {}
         curve = r.get("curve") or []
@@ -661,7 +665,10 @@ def recovery_section(d: Path) -> list[str]:
         dense, pruned = r.get("dense"), r.get("pruned")
         closed = "–"
         if last and dense and pruned and pruned > dense:
-            closed = f"{(math.log(pruned) - math.log(last)) / (math.log(pruned) - math.log(dense)) * 100:.0f}%"
+            frac = (math.log(pruned) - math.log(last)) / (math.log(pruned) - math.log(dense))
+            closed = f"{frac * 100:.0f}%"
+            if frac > best.get(r.get("cell"), (-1.0, 0.0))[0]:
+                best[r.get("cell")] = (frac, last)
         toks = r.get("trained_tokens") or r.get("recovered_tokens") or (curve[-1]["tokens"] if curve else None)
         c = r.get("config") or {}
         recipe = (f"full fine-tuning, lr {c.get('lr', 0):g}" if c.get("adapter") == "full"
@@ -669,10 +676,20 @@ def recovery_section(d: Path) -> list[str]:
             f", distill λ={c['distill']:g}" + (f" T={c['temperature']:g}" if c.get("temperature", 1) != 1 else "")
             if c.get("distill") else ", LM loss") + (", bf16 autocast" if c.get("precision") == "bf16" else "")  # fmt: skip
         secs = r.get("train_seconds")
+        cap = f" of {c.get('tokens', 0):,} ‡" if r.get("stopped_early") else ""
+        capped |= bool(cap)
         L.append(f"| {r.get('cell')} | {recipe} | {f_ppl(dense) if dense else '–'} | {f_ppl(pruned) if pruned else '–'} | "
-                 f"{f_ppl(last) if last else '–'} | {toks:,} | {f'{secs:.0f}' if secs else '–'} | {closed} | ≥ 50% |"
+                 f"{f_ppl(last) if last else '–'} | {toks:,}{cap} | {f'{secs:.0f}' if secs else '–'} | {closed} | ≥ 50% |"
                  if toks else f"| {r.get('cell')} | {recipe} | – | – | – | – | – | – | ≥ 50% |")
     L.append("")
+    if capped:
+        L += ["‡ stopped by the benchmark's training-time cap (`--max-train-seconds`) before the planned budget "
+              "(trained of planned tokens); the linear schedule's learning rate was already decayed in proportion.", ""]
+    if best:
+        L += ["Best per cell against the target (≥ 50% of the log-perplexity gap closed, ≤ 1 hour of training): "
+              + "; ".join(f"{cell} {frac * 100:.1f}% ({f_ppl(ppl)}): "
+                          + ("met" if frac >= 0.5 else f"missed by {(0.5 - frac) * 100:.1f} points")
+                          for cell, (frac, ppl) in best.items()) + ".", ""]
     for f in files:
         png = f.with_suffix(".png")
         if png.is_file():
