@@ -27,6 +27,8 @@ RESULTS = HERE / "results"
 ROUTINE = "smollm2-135m_c4-sample-32x2048-s0_wikitext2-test-40x2048"
 QUICK = "smollm2-135m_c4-sample-8x2048-s0_wikitext2-test-10x2048"
 PAIRS = [("wanda", "wanda-dsnot"), ("sparsegpt", "sparsegpt-dsnot")]
+# refinement variants shown under their base when measured: (base, cell method, label)
+VARIANT_ROWS = [("wanda", "wanda-dsnot-attn", "wanda + dsnot, attention only (`refine_layers=attention`)")]
 PATTERNS = [("unstructured-50", "50%"), ("2of4", "2:4")]
 
 
@@ -56,7 +58,7 @@ def collect() -> dict:
     except (OSError, ValueError, KeyError):
         out["layers"] = {}
     for proto, key in ((ROUTINE, "routine"), (QUICK, "quick")):
-        for base, refined in [*PAIRS, ("wanda", "wanda-dsnotx")]:
+        for base, refined in [*PAIRS, ("wanda", "wanda-dsnotx"), *((b, m) for b, m, _ in VARIANT_ROWS)]:
             for pat, _ in PATTERNS:
                 for m in (base, refined):
                     d = _cell(proto, m, pat)
@@ -92,12 +94,13 @@ def section(s: dict) -> str:
     for base, refined in PAIRS:
         for pat, label in PATTERNS:
             b, x = r.get(f"{base}__{pat}"), r.get(f"{refined}__{pat}")
-            for name, row in ((base, b), (f"{base} + dsnot", x)):
+            extra = [(what, r[f"{m}__{pat}"]) for bb, m, what in VARIANT_ROWS if bb == base and f"{m}__{pat}" in r]
+            for name, row in ((base, b), (f"{base} + dsnot", x), *extra):
                 if row is None:
                     lines.append(f"| {name} | {label} | not run (time) | | | | | |")
                     continue
                 rel = ""
-                if row is x and b is not None:
+                if row is not b and b is not None:
                     rel = f"{100 * (x['perplexity'] / b['perplexity'] - 1):+.1f}%"
                     dm = None if b["method_s"] is None or x["method_s"] is None else x["method_s"] - b["method_s"]
                     ms = f"{_fmt(row['method_s'], 1)} ({'+' if (dm or 0) >= 0 else ''}{_fmt(dm, 1)})"
@@ -129,12 +132,13 @@ def section(s: dict) -> str:
                     rel = lambda v: f"{v['geomean_rel_error']:.5f} ({100 * (v['geomean_rel_error'] / b['geomean_rel_error'] - 1):+.1f}%)"  # noqa: E731
                     lines.append(f"| {base} | {label} | {b['geomean_rel_error']:.5f} | {rel(x)} | {rel(y)} | {x['refine_s']:.1f} |")
     verdict = []
-    for base, refined in PAIRS:
+    for base, refined, what in [*((b, x, f"{b}") for b, x in PAIRS), *((b, m, f"{b} (attention only)") for b, m, _ in VARIANT_ROWS)]:
         for pat, label in PATTERNS:
             b, x = r.get(f"{base}__{pat}"), r.get(f"{refined}__{pat}")
             if b and x:
                 d = 100 * (x["perplexity"] / b["perplexity"] - 1)
-                verdict.append(f"{base} {label} {'worse' if d > 0 else 'better'} by {abs(d):.1f}%")
+                verdict.append(f"{what} {label} {'worse' if d > 0 else 'better'} by {abs(d):.1f}%")
+    attn_done = any(k.startswith("wanda-dsnot-attn__") for k in r)
     if verdict:
         lines += [
             "",
@@ -143,8 +147,9 @@ def section(s: dict) -> str:
             "objective is only the mean term of the error (E[X]ᵀΔw), so a swap may raise the rest of it (the likely "
             "cause; not isolated), and "
             "after SparseGPT the kept weights are already OBS-updated, so reviving dense values works "
-            "against them. Not tried for lack of time: the reference code's default of refining attention "
-            "layers only, higher sparsities (the paper's gains grow at 60–70%), the 2:4 routine cells.",
+            "against them. Not tried for lack of time: "
+            + ("" if attn_done else "the reference code's default of refining attention layers only, ")
+            + "higher sparsities (the paper's gains grow at 60–70%), the 2:4 routine cells.",
         ]
     loads = [v["loadavg_1min"] for v in r.values() if v.get("loadavg_1min")]
     lines += [
@@ -154,7 +159,7 @@ def section(s: dict) -> str:
         + ": the refinement's own cost is the growth of the method time over the base cell (the "
         "rows are vectorised, at most 50 cycles of one gather per row), and the statistics pass "
         "also gathers E[X] and Var[X]. The reference code refines only attention layers by "
-        "default; prunekit refines every Linear.",
+        "default; prunekit refines every Linear unless `refine_layers=attention|mlp`.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -80,6 +80,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "sparsegpt-refit": ("sparsegpt", {"refit": "pcg"}),
     "wanda-dsnot": ("wanda", {"refine": "dsnot"}),
     "sparsegpt-dsnot": ("sparsegpt", {"refine": "dsnot"}),
+    "wanda-dsnot-attn": ("wanda", {"refine": "dsnot", "refine_layers": "attention"}),
     "flap-a64": ("flap", {"align": "64"}),
 }
 
