@@ -101,8 +101,8 @@ def section(s: dict) -> str:
                     continue
                 rel = ""
                 if row is not b and b is not None:
-                    rel = f"{100 * (x['perplexity'] / b['perplexity'] - 1):+.1f}%"
-                    dm = None if b["method_s"] is None or x["method_s"] is None else x["method_s"] - b["method_s"]
+                    rel = f"{100 * (row['perplexity'] / b['perplexity'] - 1):+.1f}%"
+                    dm = None if b["method_s"] is None or row["method_s"] is None else row["method_s"] - b["method_s"]
                     ms = f"{_fmt(row['method_s'], 1)} ({'+' if (dm or 0) >= 0 else ''}{_fmt(dm, 1)})"
                 else:
                     ms = _fmt(row["method_s"], 1)
