@@ -580,6 +580,12 @@ def scale_section(d: Path) -> list[str]:
     return L
 
 
+def dense_task_scores(d: Path, model: str | None) -> dict:
+    """``benchmarks/tasks.py``'s full-set task scores of the dense ``model`` in ``d`` (``{}`` if none)."""
+    r = _read(d / "dense.json") if (d / "dense.json").is_file() else None
+    return (r.get("tasks") or {}) if r and r.get("model") == model and not r.get("limit") else {}
+
+
 def tasks_section(d: Path, P: dict | None = None) -> list[str]:
     """Zero-shot task scores (lm-eval's rules): ``benchmarks/tasks.py``'s saved folders, then the
     cells of protocol ``P`` that ``run.py --tasks`` scored (their WikiText-2 perplexity beside)."""
@@ -587,9 +593,8 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
     cells = [r for r in (P or {}).get("cells", []) if r.get("status") == "ok" and (r.get("eval") or {}).get("tasks")]
     dense_t = ((P or {}).get("dense") or {}).get("eval") or {}
     model = (((P or {}).get("protocol") or {}).get("protocol") or {}).get("model")
-    elsewhere = _read(d / "dense.json") if cells and not dense_t.get("tasks") and (d / "dense.json").is_file() else None
-    if elsewhere and elsewhere.get("model") == model and not elsewhere.get("limit") and dense_t:
-        dense_t = {**dense_t, "tasks": elsewhere.get("tasks")}  # benchmarks/tasks.py: same model, full sets
+    if cells and dense_t and not dense_t.get("tasks"):
+        dense_t = {**dense_t, "tasks": dense_task_scores(d, model)}  # benchmarks/tasks.py: same model, full sets
     if dense_t.get("tasks") and cells:
         cells.insert(0, {"cell": {"tool": "dense"}, "eval": dense_t})
     if not files and not cells:

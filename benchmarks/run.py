@@ -428,7 +428,7 @@ class Harness:
         self.peer_env: dict[str, dict] = {}
         self.peer_err: dict[str, str] = {}
         self.speed_method = ""
-        self.task_names: list[str] = getattr(args, "task_names", [])
+        self.task_names: list[str] = args.task_names
 
     # -- shared inputs ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -495,9 +495,10 @@ class Harness:
 
     def dense_tasks_elsewhere(self) -> bool:
         """``benchmarks/tasks.py`` already scored the dense model on every --tasks task (full sets)."""
-        d = read_json(self.a.results_dir / "tasks" / "dense.json") or {}
-        return d.get("model") == self.p.model and not d.get("limit") and all(t in (d.get("tasks") or {})
-                                                                            for t in self.task_names)
+        from benchmarks.report import dense_task_scores
+
+        scores = dense_task_scores(self.a.results_dir / "tasks", self.p.model)
+        return all(t in scores for t in self.task_names)
 
     def finished(self, path: Path, tasks: bool = True) -> dict | None:
         """The finished result at ``path`` if it can be reused (same --threads, and the --tasks
@@ -786,7 +787,9 @@ def main(argv: list[str] | None = None) -> int:
         from prunekit.eval.tasks import parse_task_specs, resolve_task_path
 
         try:
-            task_names = [s.name for s in parse_task_specs(args.tasks) if resolve_task_path(s)]
+            for spec in parse_task_specs(args.tasks):
+                resolve_task_path(spec)  # the file must exist
+                task_names.append(spec.name)
         except PrunekitError as e:
             raise SystemExit(f"--tasks {args.tasks!r}: {e}")
     args.task_names = task_names

@@ -9,7 +9,7 @@ counted once per tensor (tied embeddings once), sparsity is the zero fraction of
 the decoder blocks, size is the bytes of the weight files on disk.  With ``--speed-runs`` > 0
 the speed benchmark (``benchmarks/speed.py``) runs too; with ``--tasks lambada,piqa`` the zero-shot
 tasks (``prunekit.eval.evaluate_tasks``, lm-eval's rules, full sets) are scored too, with the
-folder's tokenizer (else ``--tokenizer DIR``'s).
+``--tokenizer DIR``'s tokenizer (default: the folder's).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tasks", default="", help="zero-shot task specs to score too, e.g. lambada,piqa")
-    ap.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder when --model has none")
+    ap.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: --model's)")
     ap.add_argument("--reference", type=Path, default=None,
                     help="dense folder timed in turns with the model (speed ratios robust to load drift)")
     args = ap.parse_args()
@@ -90,8 +90,7 @@ def main() -> int:
 
         from prunekit.eval.tasks import evaluate_tasks
 
-        has_tok = any((args.model / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        tok = AutoTokenizer.from_pretrained(str(args.model if has_tok or args.tokenizer is None else args.tokenizer))
+        tok = AutoTokenizer.from_pretrained(str(args.tokenizer or args.model))  # the harness: one tokenizer for all
         t0 = time.perf_counter()
         res["tasks"] = evaluate_tasks(model, tok, args.tasks, progress=True)
         log("tasks " + ", ".join(f"{k} {v['metrics']}" for k, v in res["tasks"].items())
