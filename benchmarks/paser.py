@@ -77,8 +77,9 @@ def prune_id(a: argparse.Namespace) -> str:
 
 def protocol_id(a: argparse.Namespace) -> str:
     piqa = a.piqa_limit or "all"
+    sig = "" if getattr(a, "signal", "jsd") == "jsd" else f"_sig-{a.signal}"
     return (f"{prune_id(a)}_pool-gsm8k{a.pool_gsm8k}-c4{a.pool_c4}-j{a.jsd_tokens}_budget{a.budget}_tok{a.tokens}"
-            f"_wiki{a.wiki_windows}_gsm{a.gsm8k_questions}_piqa{piqa}")  # fmt: skip
+            f"_wiki{a.wiki_windows}_gsm{a.gsm8k_questions}_piqa{piqa}{sig}")  # fmt: skip
 
 
 # --- measurements ------------------------------------------------------------------------------------
@@ -180,6 +181,24 @@ def selection_stats(sel, labels: list[int], is_gsm: list[bool], jsd: list[float]
     }  # fmt: skip
 
 
+def reused_measurements(a: argparse.Namespace) -> dict[str, dict]:
+    """With ``--reuse JSON``: the dense and random-selection models of an earlier run whose settings
+    equal this one's except the PASER signal (neither depends on it). The pruned model is measured
+    again, as a check that the cached or re-made prune is the one the earlier run recovered."""
+    if not getattr(a, "reuse", None):
+        return {}
+    old = json.loads(Path(a.reuse).read_text())
+    mine = {k: getattr(a, k) for k in SIZE_FLAGS if k != "signal"}
+    theirs = {k: old["args"].get(k) for k in mine}
+    theirs["pattern"] = theirs["pattern"] or None
+    if mine != theirs:
+        diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+        raise SystemExit(f"--reuse {a.reuse}: its settings differ from this run's (theirs, mine): {diff}")
+    if not old.get("finished"):
+        raise SystemExit(f"--reuse {a.reuse}: that run did not finish")
+    return {m: old["models"][m] for m in ("dense", "random")} | {"_pruned_before": old["models"]["pruned"]}
+
+
 def run(a: argparse.Namespace) -> dict:
     import torch
 
@@ -202,6 +221,11 @@ def run(a: argparse.Namespace) -> dict:
         res["loadavg"] = list(os.getloadavg())
         out_json.write_text(json.dumps(res, indent=1) + "\n")
 
+    reused = reused_measurements(a)
+    before = reused.pop("_pruned_before", None)
+    if reused:
+        res["reused_from"] = str(a.reuse)
+        res["models"].update(reused)
     folder = pruned_folder(a, res)
     dense, tok = pk.load_model("smollm2-135m")
     wiki_ids = pk.eval_token_ids(f"wikitext2:{WIKI}", tok)
@@ -217,9 +241,16 @@ def run(a: argparse.Namespace) -> dict:
              f"PIQA {m['piqa']['acc']:.4f}/{m['piqa']['acc_norm']:.4f} ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
         save()
 
-    measured("dense", dense)
+    if "dense" not in reused:
+        measured("dense", dense)
     pruned, _ = pk.load_model(str(folder))
     measured("pruned", pruned)
+    if before is not None:  # the same prune as the reused run's? (same metrics up to float noise)
+        now = res["models"]["pruned"]["eval"]
+        res["reuse_check"] = {c: {"before": before["eval"][c]["perplexity"], "now": now[c]["perplexity"]}
+                              for c in ("gsm8k", "wikitext2")}  # fmt: skip
+        _log(f"reuse check, pruned model before/now: {res['reuse_check']}")
+        save()
 
     # the pool (GSM8K train + C4, never evaluation text) and the two selections
     gsm = pool_documents([f"gsm8k:{GSM_TRAIN}"], a.pool_gsm8k, a.seed)
@@ -229,7 +260,7 @@ def run(a: argparse.Namespace) -> dict:
     res["pool"] = {"gsm8k": len(gsm), "c4": len(c4), "tokens_gsm8k": sum(lengths[: len(gsm)]),
                    "tokens_c4": sum(lengths[len(gsm) :])}  # fmt: skip
     t0 = time.perf_counter()
-    sel_p = paser_select(pool, tok, pruned, dense, a.budget, max_tokens=a.jsd_tokens, seed=a.seed)
+    sel_p = paser_select(pool, tok, pruned, dense, a.budget, max_tokens=a.jsd_tokens, seed=a.seed, signal=a.signal)
     t_sel = time.perf_counter() - t0
     sel_r = random_select(len(pool), a.budget, a.seed)
     labels, jsd = sel_p.labels, sel_p.jsd
@@ -249,6 +280,8 @@ def run(a: argparse.Namespace) -> dict:
     del pruned
 
     for name, sel in (("random", sel_r), ("paser", sel_p)):
+        if name in reused:
+            continue
         model, _ = pk.load_model(str(folder))
         names = target_names(model)
         z0 = zero_fraction(model, names)
@@ -288,7 +321,7 @@ def _fmt_piqa(e: dict) -> str:
     return f"{100 * p['acc']:.1f} ± {100 * p['acc_stderr']:.1f} / {100 * p['acc_norm']:.1f} ± {100 * p['acc_norm_stderr']:.1f}"
 
 
-def write_section(res: dict, path: Path = SECTION) -> None:
+def write_section(res: dict, path: Path = SECTION, variant: dict | None = None) -> None:
     a = argparse.Namespace(**res["args"])
     ev = {m: res["models"][m]["eval"] for m in MODELS}
     rc, sel, v = res["recovery_config"], res["selection"], res["verdict"]
@@ -363,6 +396,8 @@ def write_section(res: dict, path: Path = SECTION) -> None:
     L.append("On the others: " + "; ".join(
         f"{CAP_NAMES[c]} {'PASER better' if v['paser_beats_random'][c] else 'random better or equal'} "
         f"({_metric_text(ev, c)})" for c in others) + ".")  # fmt: skip
+    if variant is not None:
+        L += ["", *variant_lines(res, variant)]
     for note in res.get("notes") or []:
         L += ["", note]
     cmd = (f"`{reproduce_command(res['args'])}` (wall {res['wall_seconds'] / 60:.0f} min, "
@@ -371,6 +406,43 @@ def write_section(res: dict, path: Path = SECTION) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(L))
     _log(f"wrote {path}")
+
+
+def variant_lines(res: dict, var: dict) -> list[str]:
+    """The ``--signal`` variant beside the main run: its row, selection and verdict."""
+    sig = var["args"]["signal"]
+    ev = {m: var["models"][m]["eval"] for m in MODELS}
+    v, ps = var["verdict"], var["selection"]["paser"]
+    worst = res["verdict"]["degraded_most"]
+    gc = v["gap_closed"]["paser"]
+    bs = v["gsm8k_bootstrap_paser_vs_random"]
+    e = ev["paser"]
+    won = v["paser_beats_random"][worst]
+    return [
+        f"**Variant: PASER with `signal={sig}`** (prunekit's option: the budget follows each sample's relative "
+        "damage, the pruned model's mean next-token NLL over the dense model's, instead of the JSD; same pool, "
+        "clusters, budget and LoRA; the dense and random rows reused from the run above"
+        + (", the pruned model re-made and re-measured: GSM8K " + ", WikiText-2 ".join(
+            f"{ck['now']:.3f} (above: {ck['before']:.3f})" for ck in (var["reuse_check"][c] for c in ("gsm8k", "wikitext2")))
+           if var.get("reuse_check") else "")
+        + "; "
+        f"`{reproduce_command(var['args'])} --reuse {Path(var.get('reused_from') or '').name}`, "
+        f"wall {var['wall_seconds'] / 60:.0f} min).",
+        "",
+        "| model | GSM8K answer ppl | WikiText-2 ppl | PIQA acc / acc_norm (%) |",
+        "|---|---:|---:|---:|",
+        f"| pruned + LoRA on the PASER ({sig}) selection | {e['gsm8k']['perplexity']:.3f} | "
+        f"{e['wikitext2']['perplexity']:.2f} | {_fmt_piqa(e)} |",
+        "",
+        f"Selection: {ps['selected']} samples, {100 * ps['gsm8k_fraction']:.0f}% GSM8K ({ps['tokens']:,} tokens, "
+        f"selection {ps['seconds']:.0f} s); pool mean {sig}: GSM8K {var['selection']['pool_mean_jsd']['gsm8k']:.4f}, "
+        f"C4 {var['selection']['pool_mean_jsd']['c4']:.4f}. Gap closed: "
+        + ", ".join(f"{c} {_pct(gc[c])}" for c in CAPS)
+        + f". GSM8K paired bootstrap (variant − random, ln ppl): {bs['log_ppl_diff']:+.4f}, 95% interval "
+        f"[{bs['ci95'][0]:+.4f}, {bs['ci95'][1]:+.4f}].",
+        "",
+        f"Target with the variant ({CAP_NAMES[worst]}): **{'met' if won else 'missed'}** ({_metric_text(ev, worst)}).",
+    ]
 
 
 def _pct(x: float) -> str:
@@ -384,7 +456,8 @@ def _metric_text(ev: dict, c: str) -> str:
 
 
 SIZE_FLAGS = ("method", "pattern", "sparsity", "calib_windows", "calib_seqlen", "seed", "pool_gsm8k", "pool_c4", "budget",
-              "tokens", "seqlen", "batch_size", "lr", "r", "jsd_tokens", "wiki_windows", "gsm8k_questions", "piqa_limit")  # fmt: skip
+              "tokens", "seqlen", "batch_size", "lr", "r", "jsd_tokens", "wiki_windows", "gsm8k_questions", "piqa_limit",
+              "signal")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--jsd-tokens", type=int, default=256, help="PASER: tokens of each sample embedded and scored (JSD; paser_select's default)")
+    ap.add_argument("--signal", choices=("jsd", "nll-ratio"), default="jsd",
+                    help="PASER's degradation signal: jsd (the paper's) or nll-ratio (relative NLL increase, prunekit's option)")
+    ap.add_argument("--reuse", type=Path, default=None, metavar="JSON",
+                    help="take dense, pruned and random-selection measurements from this earlier run (same settings but --signal)")
     ap.add_argument("--wiki-windows", type=int, default=10)
     ap.add_argument("--gsm8k-questions", type=int, default=100)
     ap.add_argument("--piqa-limit", type=int, default=200, help="first N PIQA questions (0: all 1838)")
@@ -411,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pilot", action="store_true", help="tiny sizes end to end (needs --results-dir)")
     ap.add_argument("--results-dir", type=Path, default=None, help="write JSON here (no section)")
     ap.add_argument("--section-only", type=Path, default=None, metavar="JSON", help="rebuild the section from a result")
+    ap.add_argument("--variant", type=Path, default=None, metavar="JSON",
+                    help="with --section-only: a --signal variant's result, shown beside the main run")
     ap.add_argument("--note", action="append", default=[],
                     help="with --section-only: a paragraph of interpretation, stored in the JSON and shown in the section")
     return ap
@@ -432,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.note:
             res["notes"] = list(a.note)
             a.section_only.write_text(json.dumps(res, indent=1) + "\n")
-        write_section(res)
+        write_section(res, variant=json.loads(a.variant.read_text()) if a.variant else None)
         return 0
     global RESULTS
     if a.pilot:
@@ -444,10 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.results_dir is not None:
         RESULTS = a.results_dir
     res = run(a)
+    base, variant = (res, None) if a.signal == "jsd" or not a.reuse else (json.loads(Path(a.reuse).read_text()), res)
     if a.results_dir is None:
-        write_section(res)
+        write_section(base, variant=variant)
     else:
-        write_section(res, a.results_dir / "section.md")
+        write_section(base, a.results_dir / "section.md", variant=variant)
     return 0
 
 

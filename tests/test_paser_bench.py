@@ -4,6 +4,7 @@ section's verdict) on hand-made inputs; the benchmark itself runs SmolLM2 and is
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,6 +86,31 @@ def test_section_states_the_verdict_on_the_worst_capability(tmp_path, paser_gsm,
     assert text.startswith("## ")
     assert sum(line.startswith("|") for line in text.splitlines()) == 6  # header, rule, four models
     assert f"GSM8K-test answer perplexity): **{verdict}**" in text
+    var = json.loads(json.dumps(res))  # a --signal variant whose PASER row wins where the main one lost
+    var["args"].update(signal="nll-ratio")
+    var["models"]["paser"]["eval"] = _ev(7.0, 45.0, 0.61)
+    var["verdict"]["paser_beats_random"]["gsm8k"] = True
+    var["reused_from"] = "/x/base.json"
+    bench.write_section(res, out, variant=var)
+    both = out.read_text()
+    assert both.startswith(text.rsplit("\n\nReproduce:", 1)[0])  # the main run's text is unchanged
+    assert sum(line.startswith("|") for line in both.splitlines()) == 9
+    assert "| pruned + LoRA on the PASER (nll-ratio) selection | 7.000 |" in both
+    assert "Target with the variant (GSM8K-test answer perplexity): **met** (7.000 vs 8.000)" in both
+    assert "--signal nll-ratio --reuse base.json" in both
+
+
+def test_reuse_refuses_a_run_with_other_settings(tmp_path):
+    base = vars(bench.build_parser().parse_args([]))
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"args": {**base, "budget": 64}, "finished": "x", "models": {}}))
+    a = bench.build_parser().parse_args(["--signal", "nll-ratio", "--reuse", str(old)])
+    a.pattern = a.pattern or None
+    with pytest.raises(SystemExit, match=r"settings differ .*'budget': \(64, 32\)"):
+        bench.reused_measurements(a)
+    old.write_text(json.dumps({"args": base, "finished": "x", "models": {m: {"eval": m} for m in bench.MODELS}}))
+    got = bench.reused_measurements(a)
+    assert got == {"dense": {"eval": "dense"}, "random": {"eval": "random"}, "_pruned_before": {"eval": "pruned"}}
 
 
 def test_reproduce_command_lists_only_the_flags_that_differ():

@@ -334,6 +334,39 @@ def test_paser_selects_budget_from_the_most_degraded(tokenizer, embedder):
     assert max(same.jsd) < 1e-6  # no pruning, no degradation
 
 
+def test_paser_nll_ratio_signal_is_the_relative_nll_increase(tokenizer):
+    import torch.nn.functional as F
+
+    from prunekit.recovery.paser import degradation_per_sample
+
+    dense, pruned = make_llama(), _pruned("unstructured", 0.5)
+    pool = _pool()[:3]
+    r = degradation_per_sample(dense, pruned, tokenizer, pool, max_tokens=48, signal="nll-ratio")
+    with torch.no_grad():  # direct: mean next-token NLL of each model on the same tokens
+        for t, got in zip(pool, r):
+            ids = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"][:48]])
+            nll = [F.cross_entropy(m(input_ids=ids).logits[0, :-1].float(), ids[0, 1:]) for m in (dense, pruned)]
+            assert float(got) == pytest.approx(float(nll[1] / nll[0] - 1), rel=1e-4, abs=1e-6)
+    same = degradation_per_sample(dense, dense, tokenizer, pool, max_tokens=48, signal="nll-ratio")
+    assert float(same.abs().max()) < 1e-6
+    with pytest.raises(ConfigError, match="signal='kl' is not one of jsd, nll-ratio"):
+        degradation_per_sample(dense, pruned, tokenizer, pool, signal="kl")
+
+
+def test_paser_select_with_nll_ratio_records_the_signal(tokenizer):
+    pytest.importorskip("sklearn")
+    from prunekit.recovery.paser import paser_select
+
+    pool = _pool()
+    sel = paser_select(pool, tokenizer, _pruned("unstructured", 0.5), make_llama(), 6, n_clusters=2, max_tokens=48,
+                       embedder="model", dup_cos=1.0, signal="nll-ratio")  # fmt: skip
+    assert len(sel.indices) == 6 and sel.signal == "nll-ratio" and sel.to_dict()["signal"] == "nll-ratio"
+    lowest = min(range(len(pool)), key=lambda i: sel.jsd[i])
+    assert lowest not in sel.indices  # the least damaged sample (by this signal) is never chosen
+    with pytest.raises(ConfigError, match="signal='x'"):
+        paser_select(pool, tokenizer, make_llama(), make_llama(), 2, signal="x")
+
+
 def test_paser_drops_duplicates(tokenizer):
     pytest.importorskip("sklearn")
     from prunekit.recovery.paser import paser_select
@@ -374,11 +407,12 @@ def test_cli_recover_with_paser_selection(tmp_path, tokenizer, calib_ids):
     out = tmp_path / "rec"
     a = ap.parse_args(["recover", str(tmp_path / "pruned"), "--data", f"gsm8k:{gsm}", "--data", str(txt),
                        "--select", "paser", "--budget", "5", "--out", str(out), "--tokens", "128", "--seqlen", "32",
-                       "--batch-size", "2", "-q"])  # fmt: skip
+                       "--batch-size", "2", "-q", "--paser-signal", "nll-ratio"])  # fmt: skip
     res = cmd_recover(a)
     meta = json.loads((out / "prunekit.json").read_text())
     assert meta["recovery"]["selection"]["selected"] == res["selection"]["selected"] == 5
     assert meta["recovery"]["selection"]["pool"] == 13  # 12 GSM8K records + 1 text file
+    assert meta["recovery"]["selection"]["signal"] == "nll-ratio"
     assert meta["recovery"]["mode"] == "masked"
     m, _ = pk.load_model(str(out))
     groups = (dict(m.named_modules())["model.layers.0.mlp.up_proj"].weight != 0).reshape(128, -1, 4).sum(-1)

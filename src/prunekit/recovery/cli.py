@@ -49,6 +49,8 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--select", choices=("none", "random", "paser"), default="none",
                    help="train on a subset of the --data documents: random or PASER (needs --budget)")
     p.add_argument("--budget", type=int_flag(1, 1 << 40), default=None, help="samples to select with --select")
+    p.add_argument("--paser-signal", choices=("jsd", "nll-ratio"), default="jsd",
+                   help="PASER's degradation signal: jsd (default, the paper's) or nll-ratio (relative NLL increase)")
     p.add_argument("--pool-limit", type=int_flag(1, 1 << 40), default=None, help="at most N documents from each --data (seeded)")
     p.add_argument("--dense", default=None,
                    help="the dense model for --select paser and --distill (default: the source in prunekit.json)")
@@ -105,7 +107,7 @@ def _select(a: argparse.Namespace, docs: list[str], model, tok, dense):
     if a.select == "random":
         return random_select(len(docs), a.budget, a.seed)
     model.eval()
-    return paser_select(docs, tok, model, dense, a.budget, seed=a.seed, progress=not a.quiet)
+    return paser_select(docs, tok, model, dense, a.budget, seed=a.seed, progress=not a.quiet, signal=a.paser_signal)
 
 
 def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:

@@ -10,8 +10,12 @@ prunekit's version, in four steps over a pool of candidate samples (documents):
    neighbour graph) then spectral clustering (``sklearn.cluster.SpectralClustering``), so that
    clusters follow the semantic structure (math word problems vs. web text, ...).
 3. **Measure degradation**: per sample, the mean over its tokens of the Jensen-Shannon divergence
-   between the dense and the pruned model's next-token distributions; a cluster's degradation is
-   the mean over its samples. The budget (a number of samples) is allocated to clusters in
+   between the dense and the pruned model's next-token distributions (``signal="jsd"``, the
+   paper's); a cluster's degradation is the mean over its samples. ``signal="nll-ratio"``
+   (prunekit's option, not in the paper) uses the relative damage instead, the pruned model's
+   mean next-token NLL of the sample over the dense model's, minus 1: JSD is an absolute
+   quantity, so low-entropy text (worked math solutions, code) shows a small JSD for the same
+   relative loss and gets less of the budget than its damage warrants. The budget (a number of samples) is allocated to clusters in
    proportion to their degradation (largest remainders), and inside a cluster the samples with
    the highest degradation per log-length are taken first.
 4. **Drop conflicting / irrelevant samples** (a simplification of the paper's concept-consistency
@@ -117,24 +121,43 @@ def _ids(tokenizer, text: str, max_tokens: int) -> list[int]:
 
 
 # --- degradation --------------------------------------------------------------------------------------
+SIGNALS = ("jsd", "nll-ratio")
+
+
 @torch.no_grad()
-def jsd_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, texts: list[str], max_tokens: int = 256,
-                   progress: bool = False) -> Tensor:  # fmt: skip
-    """Mean over tokens of JSD(P_dense ‖ P_pruned) of the next-token distributions, per sample (nats)."""
+def degradation_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, texts: list[str],
+                           max_tokens: int = 256, progress: bool = False, signal: str = "jsd") -> Tensor:  # fmt: skip
+    """Per sample: ``jsd``, the mean over tokens of JSD(P_dense ‖ P_pruned) of the next-token
+    distributions (nats); or ``nll-ratio``, NLL_pruned / NLL_dense − 1 of the sample's own next
+    tokens (mean NLL per token, the relative increase)."""
+    if signal not in SIGNALS:
+        raise ConfigError(f"paser: signal={signal!r} is not one of {', '.join(SIGNALS)}")
     it = texts
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(texts, desc="paser: JSD dense vs pruned", unit="sample", dynamic_ncols=True)
+        it = tqdm(texts, desc=f"paser: {signal} dense vs pruned", unit="sample", dynamic_ncols=True)
     out = []
     for t in it:
         ids = torch.tensor([_ids(tokenizer, t, max_tokens)])
         lp = F.log_softmax(dense(input_ids=ids, use_cache=False).logits.float()[0], -1)
         lq = F.log_softmax(pruned(input_ids=ids, use_cache=False).logits.float()[0], -1)
-        lm = torch.logsumexp(torch.stack([lp, lq]), 0) - math.log(2)
-        js = 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
-        out.append(js.clamp_min(0).mean())
+        if signal == "jsd":
+            lm = torch.logsumexp(torch.stack([lp, lq]), 0) - math.log(2)
+            js = 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
+            out.append(js.clamp_min(0).mean())
+        else:
+            nxt = ids[0, 1:, None]
+            nll_p = -lp[:-1].gather(-1, nxt).mean()
+            nll_q = -lq[:-1].gather(-1, nxt).mean()
+            out.append(nll_q / nll_p.clamp_min(1e-6) - 1)
     return torch.stack(out)
+
+
+def jsd_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, texts: list[str], max_tokens: int = 256,
+                   progress: bool = False) -> Tensor:  # fmt: skip
+    """Mean over tokens of JSD(P_dense ‖ P_pruned) of the next-token distributions, per sample (nats)."""
+    return degradation_per_sample(dense, pruned, tokenizer, texts, max_tokens, progress, "jsd")
 
 
 # --- clustering and allocation --------------------------------------------------------------------------
@@ -197,10 +220,11 @@ class Selection:
     dropped_irrelevant: int = 0
     method: str = "paser"
     notes: list[str] = field(default_factory=list)
+    signal: str = "jsd"  # what ``jsd`` / ``cluster_jsd`` hold: the degradation signal (see SIGNALS)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": self.method, "selected": len(self.indices), "pool": len(self.labels),
+            "method": self.method, "signal": self.signal, "selected": len(self.indices), "pool": len(self.labels),
             "embedder": self.embedder, "clusters": {
                 str(c): {"size": self.labels.count(c), "jsd": self.cluster_jsd.get(c), "allocated": self.allocation.get(c, 0)}
                 for c in sorted(set(self.labels))
@@ -219,17 +243,19 @@ def random_select(n_pool: int, budget: int, seed: int = 0) -> Selection:
 def paser_select(
     texts: list[str], tokenizer: Any, pruned: nn.Module, dense: nn.Module, budget: int, *,
     n_clusters: int | None = None, max_tokens: int = 256, embedder: str = "auto", dup_cos: float = 0.95,
-    irrelevant_q: float = 0.05, seed: int = 0, progress: bool = False,
+    irrelevant_q: float = 0.05, seed: int = 0, progress: bool = False, signal: str = "jsd",
 ) -> Selection:  # fmt: skip
     """Choose ``budget`` of ``texts`` to recover ``pruned`` towards ``dense`` (see the module doc)."""
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ConfigError(f"paser: budget={budget!r} must be an integer >= 1 (a number of samples)")
     if len(texts) < 2:
         raise DataError(f"paser: the candidate pool has {len(texts)} samples; it needs at least 2")
+    if signal not in SIGNALS:
+        raise ConfigError(f"paser: signal={signal!r} is not one of {', '.join(SIGNALS)}")
     emb, which = embed(texts, pruned, tokenizer, embedder=embedder, max_tokens=max_tokens)
     k = n_clusters or max(2, min(16, round(math.sqrt(len(texts) / 2))))
     labels = cluster(emb, k, seed)
-    jsd = jsd_per_sample(dense, pruned, tokenizer, texts, max_tokens, progress)
+    jsd = degradation_per_sample(dense, pruned, tokenizer, texts, max_tokens, progress, signal)
     lens = torch.tensor([len(_ids(tokenizer, t, max_tokens)) for t in texts], dtype=torch.float)
     cut = float(torch.quantile(jsd, irrelevant_q)) if irrelevant_q > 0 else -1.0
     relevant = [i for i in range(len(texts)) if float(jsd[i]) > cut]
@@ -264,7 +290,7 @@ def paser_select(
             short -= 1
     counts = {c: sum(1 for i in chosen if labels[i] == c) for c in members}
     sel = Selection(sorted(chosen), labels, [float(v) for v in jsd], counts, cluster_jsd, which,
-                    dropped_duplicates=dups, dropped_irrelevant=len(texts) - len(relevant))  # fmt: skip
+                    dropped_duplicates=dups, dropped_irrelevant=len(texts) - len(relevant), signal=signal)  # fmt: skip
     if len(chosen) < min(budget, len(texts)):
         sel.notes.append(f"{len(chosen)} of the budget {budget} chosen: the rest were duplicates or irrelevant")
     return sel
