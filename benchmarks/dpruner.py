@@ -165,6 +165,25 @@ def write_section(a: argparse.Namespace) -> None:
                       f"({d['gsm8k_answer_ppl']:.3f} vs best SparseGPT {best:.3f}, "
                       f"{100 * (d['gsm8k_answer_ppl'] / best - 1):+.1f}%); general {'met' if met_gen else 'missed'} "
                       f"({d['wikitext2_ppl']:.2f} vs {s['wikitext2_ppl']:.2f})."]  # fmt: skip
+        if not (met_dom and met_gen) and all(c in rows for c in ("dpruner-refit", "sparsegpt-mixed")):
+            r, m = rows["dpruner-refit"], rows["sparsegpt-mixed"]
+            lines += ["", "**Why it misses here, and what was tried.** D-Pruner chooses a mask and never updates the "
+                      "kept weights; every SparseGPT cell re-solves them on its calibration Hessian, and on "
+                      "SmolLM2-135M that update is worth more than the choice of mask. The domain side: SparseGPT "
+                      f"calibrated on GSM8K moves the kept weights toward the domain's activations ({best:.3f}), "
+                      f"D-Pruner's domain gradient only decides which weights survive ({d['gsm8k_answer_ppl']:.3f}). "
+                      "The general side: with the paper's λ = 0.1 and η = 0.03 the regulariser is numerically inert "
+                      "at this scale (|2λη²·G·g²| / |g| ≈ 1e-12 at the median, see the method's docstring), so S is "
+                      "the domain-gradient Taylor score alone and nothing protects general text "
+                      f"({d['wikitext2_ppl']:.2f}). Tried: the paper's defaults; the same mask with a least-squares "
+                      f"refit of the kept weights on C4 (`refit=pcg`): general {r['wikitext2_ppl']:.2f}, domain "
+                      f"{r['gsm8k_answer_ppl']:.3f} (the refit pulls the weights toward general text), still far "
+                      f"from SparseGPT on C4 with the same kind of update ({g['wikitext2_ppl']:.2f}), so the mask "
+                      "itself is the weaker one on general text. SparseGPT on half C4, half GSM8K "
+                      f"({m['gsm8k_answer_ppl']:.3f} / {m['wikitext2_ppl']:.2f}) is the better domain-aware prune on "
+                      "this model. Not tried: a much larger λ (so G matters), the refit on the domain or mixed "
+                      "Hessian, and the paper's LOMO fine-tuning while scoring, which moves the weights between "
+                      "batches."]  # fmt: skip
     if not rows:
         lines += ["", "Not run yet on this machine: the benchmark lock this work was given was held by other "
                       "benchmark jobs for the whole session (a 2 x 256-token smoke run of every cell completed; "
