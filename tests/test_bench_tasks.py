@@ -79,3 +79,16 @@ def test_report_lists_the_scored_cells_and_only_those():
     assert len(rows) == 1 and "64.31% ± 1.12" in rows[0]
     (d / "dense.json").write_text(json.dumps({**dense, "model": "another-model"}))
     assert not [ln for ln in rep.tasks_section(d, P) if ln.startswith("| dense | – | dense |")]
+
+
+def test_recovery_section_takes_the_gap_from_the_folder_actually_recovered(tmp_path):
+    rep = _report()
+    base = {"cell": "sparsegpt-2of4", "dense": 20.0, "config": {"adapter": "full", "lr": 3e-4, "tokens": 1024},
+            "trained_tokens": 1024, "train_seconds": 10.0, "recovered": {"perplexity": 40.0}}  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps({**base, "pruned": 80.0}))
+    (tmp_path / "b.json").write_text(json.dumps({**base, "pruned": 90.0, "pruned_harness": 95.0}))
+    text = "\n".join(rep.recovery_section(tmp_path))
+    assert "| 80.00 | 40.00 |" in text and "| 90.00 † | 40.00 |" in text
+    assert "sparsegpt-2of4 90.00 (harness 95.00)" in text
+    assert "| 50% |" in text and "| 54% |" in text  # log(80/40) / log(80/20); log(90/40) / log(90/20)
+    assert "sparsegpt-2of4 53.9% (40.00): met" in text  # the better of the two rows
