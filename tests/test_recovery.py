@@ -463,3 +463,37 @@ def test_cli_recover_precision_flag(tiny_llama_dir, calib_txt, tmp_path, capsys)
     with pytest.raises(SystemExit):
         ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), "--precision", "fp8"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+# --- time budget ------------------------------------------------------------------------------------
+def test_max_seconds_decays_the_lr_with_time_and_stops_with_zeros_kept(tokenizer, tmp_path, monkeypatch):
+    import prunekit.recovery.lora as lora
+
+    clock = {"t": 0.0}
+
+    def tick() -> float:  # a slow machine: every clock read is one more second
+        clock["t"] += 1.0
+        return clock["t"]
+
+    m = _pruned("2:4")
+    before = _linear_weights(m)
+    cfg = _cfg(adapter="full", lr=1e-3, tokens=64 * 2 * 100, max_seconds=30, checkpoint_every=1, warmup=0.0)
+    monkeypatch.setattr(lora.time, "perf_counter", tick)
+    rep = recover_(m, tokenizer, _text_ids(tokenizer), cfg, progress=False, checkpoint_dir=tmp_path)
+    monkeypatch.undo()
+    assert rep.time_capped and 0 < rep.steps < 100
+    assert rep.tokens == rep.steps * 2 * 64 and len(rep.losses) == rep.steps
+    assert 20 < rep.train_seconds <= 30 and "stopped by the time budget" in lora.recovery_summary(rep)
+    state = torch.load(tmp_path / lora.CHECKPOINT_FILE, weights_only=False)
+    lr_now = state["optimizer"]["param_groups"][0]["lr"]
+    token_lr = 1e-3 * (100 - state["step"]) / 100  # what the token schedule alone would give
+    assert lr_now == pytest.approx(1e-3 * (1 - state["train_seconds"] / 30))
+    assert lr_now < 0.5 * token_lr  # the time schedule, not the token one, set it
+    after = _linear_weights(m)
+    assert all(torch.equal(after[n] == 0, before[n] == 0) for n in before)  # 2:4 zeros kept
+
+
+def test_max_seconds_off_by_default_and_checked():
+    assert RecoveryConfig().max_seconds == 0
+    with pytest.raises(ConfigError, match="max_seconds"):
+        RecoveryConfig(max_seconds=-1)

@@ -45,6 +45,9 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="fp32 (default, exact) or bf16: bfloat16 autocast, float32 weights (~2.5x faster on AVX512-BF16 CPUs and GPUs)")
     p.add_argument("--seed", type=int_flag(0, 2**63 - 1), default=d["seed"], help="data order / LoRA init seed (default 0)")
     p.add_argument("--mask", choices=("auto", "on", "off"), default=d["mask"], help="masked LoRA (default auto: when the model is sparse)")
+    p.add_argument("--max-seconds", type=float_flag(0, 1e8, lo_open=False), default=d["max_seconds"],
+                   help="time budget of training in seconds (0: off): the learning rate decays with time too, "
+                        "and training stops when it is spent, e.g. 3600 for one hour")
     p.add_argument("--checkpoint-every", type=int_flag(1, 1 << 40), default=d["checkpoint_every"], help="steps between checkpoints")
     p.add_argument("--select", choices=("none", "random", "paser"), default="none",
                    help="train on a subset of the --data documents: random or PASER (needs --budget)")
@@ -123,6 +126,7 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
         r=a.r, alpha=a.alpha, dropout=a.dropout, lr=a.lr, tokens=a.tokens, seqlen=a.seqlen,
         batch_size=a.batch_size, seed=a.seed, mask=a.mask, checkpoint_every=a.checkpoint_every,
         distill=a.distill, temperature=a.temperature, adapter=a.adapter, precision=a.precision,
+        max_seconds=a.max_seconds,
     )  # fmt: skip
     _require_peft()
     if a.select != "none" and a.budget is None:

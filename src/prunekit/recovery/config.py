@@ -32,6 +32,11 @@ class RecoveryConfig:
     ``precision="bf16"`` runs the forward and backward passes (student and teacher) under bfloat16
     autocast while the weights, gradients, optimizer state and merge stay float32 (mixed precision):
     ~2.5x faster steps on CPUs with AVX512-BF16/AMX and on recent GPUs; the default ``fp32`` is exact.
+    ``max_seconds`` > 0 makes the budget a wall-clock one as well: the learning rate at each step is
+    the smaller of the token schedule's and ``peak * (1 - elapsed / max_seconds)``, and the loop stops
+    once ``max_seconds`` of training have passed, so a run that is slower than planned still ends
+    with a fully decayed learning rate instead of being cut mid-schedule (the trained tokens then
+    depend on the machine's speed: not bit-reproducible).
     """
 
     r: int = setting(8, ge=1, le=4096, help="LoRA rank")
@@ -54,6 +59,9 @@ class RecoveryConfig:
     temperature: float = setting(1.0, gt=0, le=100, help="softmax temperature of the distillation term")
     precision: str = setting("fp32", choices=PRECISIONS,
                              help="fp32, or bf16: bfloat16 autocast for the passes, float32 weights and optimizer")
+    max_seconds: float = setting(0.0, ge=0, le=10**8,
+                                 help="time budget of the training loop in seconds (0: off): the learning rate also "
+                                      "decays with elapsed time and training stops when the budget is spent")
 
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

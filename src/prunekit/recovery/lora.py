@@ -60,6 +60,8 @@ class RecoveryReport:
     trainable_parameters: int = 0
     resumed_from_step: int | None = None
     sparsity: float = 0.0  # exact zeros among the target Linears' weights (before = after in masked mode)
+    train_seconds: float = 0.0  # the training loop alone (what ``max_seconds`` bounds)
+    time_capped: bool = False  # stopped by ``max_seconds`` before the token budget (tokens/steps: done)
 
     @property
     def first_loss(self) -> float | None:
@@ -458,6 +460,7 @@ def recover_(
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
+        report.train_seconds = float(state.get("train_seconds", 0.0))
         report.losses = list(state["losses"])
         report.resumed_from_step = start
     bar = None
@@ -473,8 +476,12 @@ def recover_(
         teacher.eval()
     if use_cache is not None:
         model.config.use_cache = False
+    t_loop = time.perf_counter() - report.train_seconds  # resumed runs continue their clock
     try:
         for step in range(start, config.steps):
+            if config.max_seconds and time.perf_counter() - t_loop >= config.max_seconds:
+                report.time_capped = True
+                break
             x = windows[step * config.batch_size : (step + 1) * config.batch_size].to(device)
             loss = _step_loss(pm, teacher, x, config)
             if not torch.isfinite(loss):
@@ -487,6 +494,11 @@ def recover_(
                 torch.nn.utils.clip_grad_norm_(list(params.values()), config.grad_clip)
             opt.step()
             sched.step()
+            report.train_seconds = time.perf_counter() - t_loop
+            if config.max_seconds:  # the time schedule: never above peak * (1 - elapsed / budget)
+                left = max(0.0, 1.0 - report.train_seconds / config.max_seconds)
+                for g in opt.param_groups:
+                    g["lr"] = min(g["lr"], config.lr * left)
             report.losses.append(float(loss.item()))
             if bar is not None:
                 bar.update(1)
@@ -498,6 +510,7 @@ def recover_(
                     "params": {n: p.detach().clone() for n, p in params.items()},
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
                     "seconds": (state or {}).get("seconds", 0.0) + time.perf_counter() - t0,
+                    "train_seconds": report.train_seconds,
                 })  # fmt: skip
             if on_step is not None:
                 on_step(done, report.losses[-1])
@@ -513,6 +526,9 @@ def recover_(
             teacher.train(teacher_training)
     merged = finish(pm)
     merged.train(was_training)
+    if report.time_capped:
+        report.steps = len(report.losses)
+        report.tokens = report.steps * config.batch_size * config.seqlen
     report.seconds = (state or {}).get("seconds", 0.0) + time.perf_counter() - t0
     return report
 
@@ -526,4 +542,5 @@ def recovery_summary(report: RecoveryReport) -> str:
         f"recovery: {report.mode} {what} on {report.targets} Linears, "
         f"{report.steps} steps x {report.config['batch_size']} x {report.config['seqlen']} tokens "
         f"({report.tokens:,} tokens) of {report.data}; {loss}; {report.seconds:.1f}s"
+        + (f" (stopped by the time budget, {report.config['max_seconds']:g}s of training)" if report.time_capped else "")
     )
