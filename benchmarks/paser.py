@@ -396,10 +396,12 @@ def write_section(res: dict, path: Path = SECTION, variant: dict | None = None) 
     L.append("On the others: " + "; ".join(
         f"{CAP_NAMES[c]} {'PASER better' if v['paser_beats_random'][c] else 'random better or equal'} "
         f"({_metric_text(ev, c)})" for c in others) + ".")  # fmt: skip
-    if variant is not None:
-        L += ["", *variant_lines(res, variant)]
     for note in res.get("notes") or []:
         L += ["", note]
+    if variant is not None:
+        L += ["", *variant_lines(res, variant)]
+        for note in variant.get("notes") or []:
+            L += ["", note]
     cmd = (f"`{reproduce_command(res['args'])}` (wall {res['wall_seconds'] / 60:.0f} min, "
            f"pruning {'cached' if (res.get('prune') or {}).get('cached') else 'included'}).")  # fmt: skip
     L += ["", "Reproduce: " + cmd, ""]
@@ -489,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--results-dir", type=Path, default=None, help="write JSON here (no section)")
     ap.add_argument("--section-only", type=Path, default=None, metavar="JSON", help="rebuild the section from a result")
     ap.add_argument("--variant", type=Path, default=None, metavar="JSON",
-                    help="with --section-only: a --signal variant's result, shown beside the main run")
+                    help="with --section-only: a --signal variant's result, shown after the main run (with --variant-note)")
+    ap.add_argument("--variant-note", action="append", default=[],
+                    help="with --variant: a paragraph about the variant, stored in its JSON and shown after it")
     ap.add_argument("--note", action="append", default=[],
                     help="with --section-only: a paragraph of interpretation, stored in the JSON and shown in the section")
     return ap
@@ -511,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.note:
             res["notes"] = list(a.note)
             a.section_only.write_text(json.dumps(res, indent=1) + "\n")
-        write_section(res, variant=json.loads(a.variant.read_text()) if a.variant else None)
+        var = json.loads(a.variant.read_text()) if a.variant else None
+        if var is not None and a.variant_note:
+            var["notes"] = list(a.variant_note)
+            a.variant.write_text(json.dumps(var, indent=1) + "\n")
+        write_section(res, variant=var)
         return 0
     global RESULTS
     if a.pilot:
