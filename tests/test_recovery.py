@@ -497,3 +497,23 @@ def test_max_seconds_off_by_default_and_checked():
     assert RecoveryConfig().max_seconds == 0
     with pytest.raises(ConfigError, match="max_seconds"):
         RecoveryConfig(max_seconds=-1)
+
+
+def test_max_seconds_does_not_count_the_callers_on_step_time(tokenizer, monkeypatch):
+    import prunekit.recovery.lora as lora
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(lora.time, "perf_counter", lambda: clock["t"])
+
+    def on_step(step: int, loss: float) -> None:
+        clock["t"] += 100.0  # an evaluation far longer than the whole budget
+
+    def step_loss(*a, **k):  # each training step costs 1 s on the fake clock
+        clock["t"] += 1.0
+        return real(*a, **k)
+
+    real = lora._step_loss
+    monkeypatch.setattr(lora, "_step_loss", step_loss)
+    rep = recover_(_pruned("2:4"), tokenizer, _text_ids(tokenizer), _cfg(tokens=64 * 2 * 20, max_seconds=10.5),
+                   progress=False, on_step=on_step)  # fmt: skip
+    assert rep.time_capped and rep.steps == 11 and rep.train_seconds == pytest.approx(11.0)

@@ -419,7 +419,8 @@ def recover_(
         checkpoint_dir: save the adapter, optimizer and RNG state there every
             ``config.checkpoint_every`` steps; a checkpoint found there (same settings, data and
             model) is resumed, giving the same result as an uninterrupted run.
-        on_step: called with ``(step, loss)`` after each step (and its checkpoint).
+        on_step: called with ``(step, loss)`` after each step (and its checkpoint); its own time
+            does not count against ``config.max_seconds``.
         teacher: the dense model for ``config.distill > 0`` (same tokenizer/vocabulary; it is
             only run forward, in eval mode, without gradients, and is not modified).
 
@@ -513,7 +514,9 @@ def recover_(
                     "train_seconds": report.train_seconds,
                 })  # fmt: skip
             if on_step is not None:
+                t_cb = time.perf_counter()
                 on_step(done, report.losses[-1])
+                t_loop += time.perf_counter() - t_cb  # a caller's evaluation is not training time
     except BaseException:
         finish(pm)  # leave a plain model behind (partly trained) rather than a peft wrapper
         raise
