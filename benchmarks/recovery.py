@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-points", type=int, default=3, help="evaluations during training (besides step 0)")
     ap.add_argument("--curve-windows", type=int, default=5)
     ap.add_argument("--final-windows", type=int, default=40)
-    ap.add_argument("--max-train-seconds", type=float, default=3300, help="stop training early after this")
+    ap.add_argument("--max-train-seconds", type=float, default=3300,
+                    help="time budget of training (RecoveryConfig.max_seconds: the lr decays with time too, training stops when spent)")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="weight of distillation from dense SmolLM2 (KL to its next-token distribution); 0: off")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = pk.eval_token_ids(a.eval, tok)
     cfg = RecoveryConfig(tokens=a.tokens, seqlen=a.seqlen, batch_size=a.batch_size, lr=a.lr, r=a.r,
                          checkpoint_every=50, distill=a.distill, temperature=a.temperature,
-                         adapter=a.adapter, precision=a.precision)  # fmt: skip
+                         adapter=a.adapter, precision=a.precision, max_seconds=a.max_train_seconds)  # fmt: skip
     teacher = pk.load_model("smollm2-135m")[0] if a.distill > 0 else None
     res: dict = {
         "cell": a.cell, "protocol_id": PROTOCOL, "recovery_data": a.calib, "eval": a.eval,
@@ -193,9 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     per_step = cfg.batch_size * cfg.seqlen
     train = {"s": 0.0, "t": time.perf_counter()}
 
-    class TimeUp(Exception):
-        pass
-
     def on_step(step: int, loss: float) -> None:
         now = time.perf_counter()
         train["s"] += now - train["t"]
@@ -204,25 +202,19 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"step {step}/{steps} loss {loss:.3f} ({train['s']:.0f}s training)")
         if step in at:
             curve_point(step, step * per_step, train["s"])
-        if train["s"] > a.max_train_seconds and step < steps:
-            raise TimeUp
         train["t"] = time.perf_counter()
 
     ckpt = ROOT / ".bench" / "recovery" / f"{a.cell}{a.tag}-ckpt"
-    try:
-        rep = recover_(model, tok, a.calib, cfg, progress=False, checkpoint_dir=ckpt, on_step=on_step, teacher=teacher)
-        res["recovery"] = rep.to_dict()
-        res["trained_tokens"] = rep.tokens
-        res["stopped_early"] = False
-        import shutil
+    rep = recover_(model, tok, a.calib, cfg, progress=False, checkpoint_dir=ckpt, on_step=on_step, teacher=teacher)
+    res["recovery"] = rep.to_dict()
+    res["trained_tokens"] = rep.tokens
+    res["stopped_early"] = rep.time_capped  # the time schedule had already decayed the learning rate
+    if rep.time_capped:
+        _log(f"training stopped by the {a.max_train_seconds:.0f}s budget after {rep.steps} of {steps} steps")
+    import shutil
 
-        shutil.rmtree(ckpt, ignore_errors=True)
-    except TimeUp:  # recover_ merged what it had; evaluate that
-        done = res["curve"][-1]["step"] if res["curve"] else 0
-        res["stopped_early"] = True
-        res["trained_tokens"] = train.get("step", 0) * per_step
-        _log(f"training stopped after {train['s']:.0f}s (time cap); last curve step {done}")
-    res["train_seconds"] = train["s"]
+    shutil.rmtree(ckpt, ignore_errors=True)
+    res["train_seconds"] = rep.train_seconds
     model.eval()
     ev = pk.perplexity(model, ids, 2048, a.final_windows)
     res["recovered"] = ev

@@ -695,10 +695,16 @@ def recovery_section(d: Path) -> list[str]:
     if capped:
         L += ["‡ stopped by the benchmark's training-time cap (`--max-train-seconds`) before the planned budget "
               "(trained of planned tokens); the linear schedule's learning rate was already decayed in proportion.", ""]
+    notes = [f"`{f.stem}`: {(_read(f) or {}).get('note')}" for f in files if (_read(f) or {}).get("note")]
+    if notes:
+        L += ["Notes: " + " ".join(notes), ""]
     if rebased:
+        why = (" FLAP's default `align=64` (since 2026-12-01) keeps 1152 MLP channels, 18.7% of the block parameters "
+               "removed, where the harness's flap 20% cell kept 1126 (19.9%): the folder is the `flap-a64` cell."
+               if any(x.startswith("flap-20 ") for x in rebased) else "")
         L += ["† the pruned folder this run recovered, measured on the same 40 windows, differs from the harness's "
-              "routine cell (made by older code); the gap is taken from the folder actually recovered: "
-              + "; ".join(sorted(set(rebased))) + ".", ""]
+              "routine cell (older code or defaults); the gap is taken from the folder actually recovered: "
+              + "; ".join(sorted(set(rebased))) + "." + why, ""]
     if best:
         L += ["Best per cell against the target (≥ 50% of the log-perplexity gap closed, ≤ 1 hour of training): "
               + "; ".join(f"{cell} {frac * 100:.1f}% ({f_ppl(ppl)}): "
