@@ -196,6 +196,8 @@ def reused_measurements(a: argparse.Namespace) -> dict[str, dict]:
         raise SystemExit(f"--reuse {a.reuse}: its settings differ from this run's (theirs, mine): {diff}")
     if not old.get("finished"):
         raise SystemExit(f"--reuse {a.reuse}: that run did not finish")
+    if old["args"].get("signal", "jsd") != "jsd":
+        raise SystemExit(f"--reuse {a.reuse}: reuse the paper-signal (jsd) run, not a variant")
     return {m: old["models"][m] for m in ("dense", "random")} | {"_pruned_before": old["models"]["pruned"]}
 
 

@@ -143,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.rescore is not None:
         res = json.loads(a.rescore.read_text())
-        model, tok = pk.load_model(str(ROOT / ".bench" / "recovery" / f"{res['cell']}-pruned"))
+        folder = ROOT / ".bench" / "recovery" / f"{res['cell']}-pruned"
+        model, tok = pk.load_model(str(folder))
+        step0 = res["curve"][0]["perplexity"]  # the run's own measurement of the model it started from
+        now = pk.perplexity(model, pk.eval_token_ids(res["eval"], tok), 2048, res["curve_windows"])["perplexity"]
+        if abs(now / step0 - 1) > 1e-5:
+            raise SystemExit(f"--rescore: {folder} is not the model that run recovered (step-0 perplexity on "
+                             f"{res['curve_windows']} windows {step0:.4f}, this folder {now:.4f})")
         res.setdefault("pruned_harness", res["pruned"])
         res["pruned"] = _pruned_ppl(res["cell"], model, pk.eval_token_ids(res["eval"], tok), res["final_windows"])
         gap = math.log(res["pruned"]) - math.log(res["dense"])

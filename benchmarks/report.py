@@ -694,7 +694,9 @@ def recovery_section(d: Path) -> list[str]:
     L.append("")
     if capped:
         L += ["‡ stopped by the benchmark's training-time cap (`--max-train-seconds`) before the planned budget "
-              "(trained of planned tokens); the linear schedule's learning rate was already decayed in proportion.", ""]
+              "(trained of planned tokens): since 2026-12-02 through `max_seconds`, whose schedule has decayed the "
+              "learning rate to zero by then; earlier runs were cut on the token schedule (the one above at 99.5% "
+              "of its steps, its learning rate nearly decayed).", ""]
     notes = [f"`{f.stem}`: {(_read(f) or {}).get('note')}" for f in files if (_read(f) or {}).get("note")]
     if notes:
         L += ["Notes: " + " ".join(notes), ""]

@@ -517,3 +517,29 @@ def test_max_seconds_does_not_count_the_callers_on_step_time(tokenizer, monkeypa
     rep = recover_(_pruned("2:4"), tokenizer, _text_ids(tokenizer), _cfg(tokens=64 * 2 * 20, max_seconds=10.5),
                    progress=False, on_step=on_step)  # fmt: skip
     assert rep.time_capped and rep.steps == 11 and rep.train_seconds == pytest.approx(11.0)
+
+
+def test_a_time_capped_run_resumes_with_its_clock_and_a_larger_budget(tokenizer, tmp_path, monkeypatch):
+    import prunekit.recovery.lora as lora
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(lora.time, "perf_counter", lambda: clock["t"])
+    real = lora._step_loss
+
+    def step_loss(*a, **k):  # each training step costs 1 s on the fake clock
+        clock["t"] += 1.0
+        return real(*a, **k)
+
+    monkeypatch.setattr(lora, "_step_loss", step_loss)
+    m = _pruned("2:4")
+    base = dict(tokens=64 * 2 * 20, checkpoint_every=1, warmup=0.0)
+    first = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(**base, max_seconds=5.5), progress=False,
+                     checkpoint_dir=tmp_path)  # fmt: skip
+    assert first.time_capped and first.steps == 6
+    again = recover_(m, tokenizer, _text_ids(tokenizer), _cfg(**base, max_seconds=9.5), progress=False,
+                     checkpoint_dir=tmp_path)  # fmt: skip
+    assert again.resumed_from_step == 6  # the time budget is not part of the checkpoint's identity
+    assert again.time_capped and again.steps == 10 and again.train_seconds == pytest.approx(10.0)
+    state = torch.load(tmp_path / lora.CHECKPOINT_FILE, weights_only=False)
+    assert state["step"] == 10 and state["train_seconds"] == pytest.approx(10.0)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # the last step ran past the budget: decayed to 0

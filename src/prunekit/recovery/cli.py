@@ -178,6 +178,7 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
         "model": a.pruned, "out": str(out), "data": report.data, "mode": report.mode, "tokens": report.tokens,
         "steps": report.steps, "first_loss": report.first_loss, "final_loss": report.final_loss,
         "seconds": report.seconds, "resumed_from_step": report.resumed_from_step,
+        "train_seconds": report.train_seconds, "time_capped": report.time_capped,
         "block_linear_sparsity": summary["block_linear_sparsity"],
         "selection": selection.to_dict() if selection is not None else None,
     }  # fmt: skip

@@ -313,7 +313,8 @@ def packed_windows(docs: list[str] | tuple[str, ...], tokenizer: Any, need: int,
 
 # --- checkpoints ----------------------------------------------------------------------------------
 def _fingerprint(config: RecoveryConfig, windows: Tensor, mode: str, names: list[str]) -> str:
-    cfg = {k: v for k, v in config.to_dict().items() if k != "checkpoint_every"}
+    # the time budget may change between an interrupted run and its resume (e.g. to extend it)
+    cfg = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "max_seconds")}
     h = hashlib.sha256(json.dumps({"config": cfg, "mode": mode, "targets": names}, sort_keys=True).encode())
     h.update(windows.numpy().tobytes())
     return h.hexdigest()

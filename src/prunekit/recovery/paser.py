@@ -122,6 +122,7 @@ def _ids(tokenizer, text: str, max_tokens: int) -> list[int]:
 
 # --- degradation --------------------------------------------------------------------------------------
 SIGNALS = ("jsd", "nll-ratio")
+NLL_FLOOR = 0.05  # nats: a near-memorised sample (dense NLL ~ 0) must not get an unbounded ratio
 
 
 @torch.no_grad()
@@ -129,7 +130,7 @@ def degradation_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, 
                            max_tokens: int = 256, progress: bool = False, signal: str = "jsd") -> Tensor:  # fmt: skip
     """Per sample: ``jsd``, the mean over tokens of JSD(P_dense ‖ P_pruned) of the next-token
     distributions (nats); or ``nll-ratio``, NLL_pruned / NLL_dense − 1 of the sample's own next
-    tokens (mean NLL per token, the relative increase)."""
+    tokens (mean NLL per token, the relative increase; the dense NLL floored at ``NLL_FLOOR``)."""
     if signal not in SIGNALS:
         raise ConfigError(f"paser: signal={signal!r} is not one of {', '.join(SIGNALS)}")
     it = texts
@@ -150,7 +151,7 @@ def degradation_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, 
             nxt = ids[0, 1:, None]
             nll_p = -lp[:-1].gather(-1, nxt).mean()
             nll_q = -lq[:-1].gather(-1, nxt).mean()
-            out.append(nll_q / nll_p.clamp_min(1e-6) - 1)
+            out.append(nll_q / nll_p.clamp_min(NLL_FLOOR) - 1)
     return torch.stack(out)
 
 
@@ -257,7 +258,7 @@ def paser_select(
     labels = cluster(emb, k, seed)
     jsd = degradation_per_sample(dense, pruned, tokenizer, texts, max_tokens, progress, signal)
     lens = torch.tensor([len(_ids(tokenizer, t, max_tokens)) for t in texts], dtype=torch.float)
-    cut = float(torch.quantile(jsd, irrelevant_q)) if irrelevant_q > 0 else -1.0
+    cut = float(torch.quantile(jsd, irrelevant_q)) if irrelevant_q > 0 else -math.inf
     relevant = [i for i in range(len(texts)) if float(jsd[i]) > cut]
     members: dict[int, list[int]] = {}
     for i in relevant:
