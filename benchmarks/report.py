@@ -117,6 +117,10 @@ def machine_line(P: dict) -> str:
          f"torch threads {m.get('torch_threads', '?')}")
     if m.get("cuda"):
         s += f", GPU {m['cuda']} (not used)"
+    seen = [c for c in P["protocol"].get("cpus_seen") or [] if c != m.get("cpu")]
+    if seen:
+        s += (f"; earlier cells of this protocol ran on {', '.join(seen)} (same core count and memory; compare "
+              "times across sessions with care)")
     return s
 
 

@@ -464,6 +464,9 @@ class Harness:
             "evaluation": eval_meta,
             "dense": dense_meta,
             "machine": machine_info(self.a.threads),
+            # every CPU model this protocol's cells ran on (sessions land on different machines)
+            "cpus_seen": sorted({*old.get("cpus_seen", [(old.get("machine") or {}).get("cpu")] if old else []),
+                                 machine_info(self.a.threads).get("cpu")} - {None}),
             "versions": project_versions(),
             "peer_envs": {**old.get("peer_envs", {}), **self.peer_env},
             "settings": {"report_tokens": self.a.report_tokens, "batch_size": self.a.batch_size,
