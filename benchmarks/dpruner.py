@@ -125,6 +125,12 @@ def run_cell(a: argparse.Namespace) -> dict:
     return out
 
 
+def _versus(x: dict, d: dict) -> str:
+    """``x`` against ``d`` on both perplexities (lower is better)."""
+    worse = [x[k] > d[k] for k in ("gsm8k_answer_ppl", "wikitext2_ppl")]
+    return "worse on both" if all(worse) else "better on both" if not any(worse) else "mixed"
+
+
 def write_section(a: argparse.Namespace) -> None:
     folder = RESULTS / protocol_id(a)
     rows = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
@@ -181,9 +187,16 @@ def write_section(a: argparse.Namespace) -> None:
                       f"from SparseGPT on C4 with the same kind of update ({g['wikitext2_ppl']:.2f}), so the mask "
                       "itself is the weaker one on general text. SparseGPT on half C4, half GSM8K "
                       f"({m['gsm8k_answer_ppl']:.3f} / {m['wikitext2_ppl']:.2f}) is the better domain-aware prune on "
-                      "this model. Not tried: a much larger λ (so G matters), the refit on the domain or mixed "
-                      "Hessian, and the paper's LOMO fine-tuning while scoring, which moves the weights between "
-                      "batches."]  # fmt: skip
+                      "this model."]  # fmt: skip
+            lams = sorted((k for k in rows if k.startswith("dpruner-lam")), key=lambda k: float(k[len("dpruner-lam"):]))
+            for k in lams:  # λ probes (`--set lam=X --results-dir`, the JSON copied here as dpruner-lamX.json)
+                x = rows[k]
+                lines[-1] += (f" Tried λ = {k[len('dpruner-lam'):]} (so G is no longer negligible): general "
+                              f"{x['wikitext2_ppl']:.2f}, domain {x['gsm8k_answer_ppl']:.3f}, "
+                              f"{_versus(x, d)} than with the paper's λ.")
+            lines[-1] += (" Not tried: " + ("" if lams else "a much larger λ (so G matters), ")
+                          + "the refit on the domain or mixed Hessian, and the paper's LOMO fine-tuning while "
+                          "scoring, which moves the weights between batches.")
     if not rows:
         lines += ["", "Not run yet on this machine: the benchmark lock this work was given was held by other "
                       "benchmark jobs for the whole session (a 2 x 256-token smoke run of every cell completed; "

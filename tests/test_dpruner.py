@@ -189,3 +189,16 @@ def test_refit_keeps_the_mask_and_lowers_the_layer_error(tokenizer, calib_txt):
         err = lambda m: float((Xn @ (W - dict(m.named_modules())[n].weight.detach().double()).T).pow(2).sum())  # noqa: E731
         assert err(b) < err(a), n
     assert all(lr.info["loss_refit"] <= lr.info["loss_mask"] + 1e-9 for lr in rep.layers)
+
+
+def test_bench_section_compares_lambda_probes_on_both_metrics():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("dpruner_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "dpruner.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    d = {"gsm8k_answer_ppl": 7.0, "wikitext2_ppl": 80.0}
+    assert bench._versus({"gsm8k_answer_ppl": 7.9, "wikitext2_ppl": 96.0}, d) == "worse on both"
+    assert bench._versus({"gsm8k_answer_ppl": 6.0, "wikitext2_ppl": 70.0}, d) == "better on both"
+    assert bench._versus({"gsm8k_answer_ppl": 6.0, "wikitext2_ppl": 90.0}, d) == "mixed"
