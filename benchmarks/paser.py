@@ -484,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--signal", choices=("jsd", "nll-ratio"), default="jsd",
                     help="PASER's degradation signal: jsd (the paper's) or nll-ratio (relative NLL increase, prunekit's option)")
     ap.add_argument("--reuse", type=Path, default=None, metavar="JSON",
-                    help="take dense, pruned and random-selection measurements from this earlier run (same settings but --signal)")
+                    help="take the dense and random-selection measurements from this earlier jsd run (same settings but "
+                         "--signal); the pruned model is re-measured as a check")
     ap.add_argument("--wiki-windows", type=int, default=10)
     ap.add_argument("--gsm8k-questions", type=int, default=100)
     ap.add_argument("--piqa-limit", type=int, default=200, help="first N PIQA questions (0: all 1838)")

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -145,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads(a.rescore.read_text())
         folder = ROOT / ".bench" / "recovery" / f"{res['cell']}-pruned"
         model, tok = pk.load_model(str(folder))
+        ids = pk.eval_token_ids(res["eval"], tok)
         step0 = res["curve"][0]["perplexity"]  # the run's own measurement of the model it started from
-        now = pk.perplexity(model, pk.eval_token_ids(res["eval"], tok), 2048, res["curve_windows"])["perplexity"]
+        now = pk.perplexity(model, ids, 2048, res["curve_windows"])["perplexity"]
         if abs(now / step0 - 1) > 1e-5:
             raise SystemExit(f"--rescore: {folder} is not the model that run recovered (step-0 perplexity on "
                              f"{res['curve_windows']} windows {step0:.4f}, this folder {now:.4f})")
         res.setdefault("pruned_harness", res["pruned"])
-        res["pruned"] = _pruned_ppl(res["cell"], model, pk.eval_token_ids(res["eval"], tok), res["final_windows"])
+        res["pruned"] = _pruned_ppl(res["cell"], model, ids, res["final_windows"])
         gap = math.log(res["pruned"]) - math.log(res["dense"])
         res["gap_closed"] = (math.log(res["pruned"]) - math.log(res["recovered"]["perplexity"])) / gap
         a.rescore.write_text(json.dumps(res, indent=2) + "\n")
@@ -217,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     res["stopped_early"] = rep.time_capped  # the time schedule had already decayed the learning rate
     if rep.time_capped:
         _log(f"training stopped by the {a.max_train_seconds:.0f}s budget after {rep.steps} of {steps} steps")
-    import shutil
-
     shutil.rmtree(ckpt, ignore_errors=True)
     res["train_seconds"] = rep.train_seconds
     model.eval()

@@ -665,9 +665,11 @@ def recovery_section(d: Path) -> list[str]:
          "| cell | recipe | dense | pruned | recovered | tokens | train s | log-gap closed | target |",
          "|---|---|---|---|---|---|---|---|---|"]
     best: dict[str, tuple[float, float]] = {}
-    capped, rebased = False, []
+    capped, rebased, notes = False, [], []
     for f in files:
         r = _read(f) or {}
+        if r.get("note"):
+            notes.append(f"`{f.stem}`: {r['note']}")
         curve = r.get("curve") or []
         rec = r.get("recovered")
         last = rec.get("perplexity") if isinstance(rec, dict) else rec
@@ -701,7 +703,6 @@ def recovery_section(d: Path) -> list[str]:
               "(trained of planned tokens): since 2026-12-02 through `max_seconds`, whose schedule has decayed the "
               "learning rate to zero by then; earlier runs were cut on the token schedule (the one above at 99.5% "
               "of its steps, its learning rate nearly decayed).", ""]
-    notes = [f"`{f.stem}`: {(_read(f) or {}).get('note')}" for f in files if (_read(f) or {}).get("note")]
     if notes:
         L += ["Notes: " + " ".join(notes), ""]
     if rebased:

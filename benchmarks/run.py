@@ -455,6 +455,8 @@ class Harness:
         dense_meta = (read_json(self.p.dense_dir / "prunekit.json") or {}).get("benchmark_dense", {})
         path = self.rdir / "protocol.json"
         old = read_json(path) or {}
+        machine = machine_info(self.a.threads)
+        seen = old.get("cpus_seen") or [(old.get("machine") or {}).get("cpu")]
         data = {
             "protocol_id": self.p.id,
             "protocol": asdict(self.p),
@@ -463,10 +465,9 @@ class Harness:
             "calibration": calib_meta,
             "evaluation": eval_meta,
             "dense": dense_meta,
-            "machine": machine_info(self.a.threads),
+            "machine": machine,
             # every CPU model this protocol's cells ran on (sessions land on different machines)
-            "cpus_seen": sorted({*old.get("cpus_seen", [(old.get("machine") or {}).get("cpu")] if old else []),
-                                 machine_info(self.a.threads).get("cpu")} - {None}),
+            "cpus_seen": sorted({*seen, machine.get("cpu")} - {None}),
             "versions": project_versions(),
             "peer_envs": {**old.get("peer_envs", {}), **self.peer_env},
             "settings": {"report_tokens": self.a.report_tokens, "batch_size": self.a.batch_size,

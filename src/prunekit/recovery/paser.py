@@ -15,9 +15,9 @@ prunekit's version, in four steps over a pool of candidate samples (documents):
    (prunekit's option, not in the paper) uses the relative damage instead, the pruned model's
    mean next-token NLL of the sample over the dense model's, minus 1: JSD is an absolute
    quantity, so low-entropy text (worked math solutions, code) shows a small JSD for the same
-   relative loss and gets less of the budget than its damage warrants. The budget (a number of samples) is allocated to clusters in
-   proportion to their degradation (largest remainders), and inside a cluster the samples with
-   the highest degradation per log-length are taken first.
+   relative loss and gets less of the budget than its damage warrants. The budget (a number of
+   samples) is allocated to clusters in proportion to their degradation (largest remainders), and
+   inside a cluster the samples with the highest degradation per log-length are taken first.
 4. **Drop conflicting / irrelevant samples** (a simplification of the paper's concept-consistency
    graph): a sample whose embedding is a near-duplicate (cosine > ``dup_cos``) of one already
    chosen, and samples on which the pruned model already agrees with the dense one (JSD below
@@ -125,14 +125,18 @@ SIGNALS = ("jsd", "nll-ratio")
 NLL_FLOOR = 0.05  # nats: a near-memorised sample (dense NLL ~ 0) must not get an unbounded ratio
 
 
+def _check_signal(signal: str) -> None:
+    if signal not in SIGNALS:
+        raise ConfigError(f"paser: signal={signal!r} is not one of {', '.join(SIGNALS)}")
+
+
 @torch.no_grad()
 def degradation_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, texts: list[str],
                            max_tokens: int = 256, progress: bool = False, signal: str = "jsd") -> Tensor:  # fmt: skip
     """Per sample: ``jsd``, the mean over tokens of JSD(P_dense ‖ P_pruned) of the next-token
     distributions (nats); or ``nll-ratio``, NLL_pruned / NLL_dense − 1 of the sample's own next
     tokens (mean NLL per token, the relative increase; the dense NLL floored at ``NLL_FLOOR``)."""
-    if signal not in SIGNALS:
-        raise ConfigError(f"paser: signal={signal!r} is not one of {', '.join(SIGNALS)}")
+    _check_signal(signal)
     it = texts
     if progress:
         from tqdm.auto import tqdm
@@ -153,12 +157,6 @@ def degradation_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, 
             nll_q = -lq[:-1].gather(-1, nxt).mean()
             out.append(nll_q / nll_p.clamp_min(NLL_FLOOR) - 1)
     return torch.stack(out)
-
-
-def jsd_per_sample(dense: nn.Module, pruned: nn.Module, tokenizer: Any, texts: list[str], max_tokens: int = 256,
-                   progress: bool = False) -> Tensor:  # fmt: skip
-    """Mean over tokens of JSD(P_dense ‖ P_pruned) of the next-token distributions, per sample (nats)."""
-    return degradation_per_sample(dense, pruned, tokenizer, texts, max_tokens, progress, "jsd")
 
 
 # --- clustering and allocation --------------------------------------------------------------------------
@@ -251,8 +249,7 @@ def paser_select(
         raise ConfigError(f"paser: budget={budget!r} must be an integer >= 1 (a number of samples)")
     if len(texts) < 2:
         raise DataError(f"paser: the candidate pool has {len(texts)} samples; it needs at least 2")
-    if signal not in SIGNALS:
-        raise ConfigError(f"paser: signal={signal!r} is not one of {', '.join(SIGNALS)}")
+    _check_signal(signal)  # before the embedding and clustering work
     emb, which = embed(texts, pruned, tokenizer, embedder=embedder, max_tokens=max_tokens)
     k = n_clusters or max(2, min(16, round(math.sqrt(len(texts) / 2))))
     labels = cluster(emb, k, seed)
