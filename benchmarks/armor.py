@@ -6,10 +6,11 @@
     python benchmarks/armor.py                                 # section + PNG from stored results
 
 The perplexity cells come from the generic harness (``benchmarks/run.py --methods armor
---patterns 2:4``; iteration variants ``--variant armor-itN=armor:iters=N`` on the reduced
-``--quick`` protocol). This script reads them beside SparseGPT's and Wanda's 2:4 cells (iters = 0
-of the curve is SparseGPT: ARMOR's default core starts from SparseGPT's solution with identity
-wrappers), plots perplexity against iterations (``results/armor/ppl_vs_iters.png``) and writes
+--patterns 2:4``; iteration variants ``--variant armor-itN=armor:iters=N``, on the routine
+protocol or the reduced ``--quick`` one). This script reads them beside SparseGPT's and Wanda's
+2:4 cells of the same protocol (iters = 0 of the curve is SparseGPT: ARMOR's default core starts
+from SparseGPT's solution with identity wrappers), plots perplexity against iterations, one line
+per protocol with at least two points (``results/armor/ppl_vs_iters.png``), and writes
 ``results/sections/30-armor.md``.
 
 ``--latency`` loads SmolLM2-135M, wraps every decoder Linear in identity ARMOR wrappers of block
@@ -176,24 +177,44 @@ def _plot_curve(d: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _plot(points: list[tuple[int, float]], sgpt: float | None, wanda: float | None, path: Path) -> None:
+def _plot(curves: dict[str, tuple[list[tuple[int, float]], float | None]], path: Path) -> None:
+    """One line per protocol: ARMOR perplexity against iterations (0 = SparseGPT), Wanda dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    xs, ys = zip(*points)
-    ax.plot(xs, ys, "o-", label="ARMOR (core from SparseGPT; iters 0 = SparseGPT)")
-    if wanda is not None:
-        ax.axhline(wanda, color="gray", ls=":", label=f"Wanda 2:4 ({wanda:.1f})")
-    ax.set_xlabel("BCD iterations per matrix")
+    for i, (label, (points, wanda)) in enumerate(curves.items()):
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, "o-", color=f"C{i}", label=f"ARMOR, {label}")
+        if wanda is not None:
+            ax.axhline(wanda, color=f"C{i}", ls=":", alpha=0.6, label=f"Wanda 2:4, {label} ({wanda:.1f})")
+    ax.set_xlabel("BCD iterations per matrix (0 = SparseGPT 2:4, ARMOR's starting core)")
     ax.set_ylabel("WikiText-2 perplexity")
-    ax.set_title("SmolLM2-135M 2:4, reduced protocol (8x2048 calib, 10 eval windows)", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_title("SmolLM2-135M 2:4: ARMOR perplexity vs iterations", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+PROTOCOL_LABELS = {ROUTINE: "routine (32x2048 calib, 40 windows)", QUICK: "reduced (8x2048 calib, 10 windows)"}
+
+
+def _iters_points(protocol: str) -> dict[int, tuple[float, float]]:
+    """``{iterations: (ppl, prune wall s)}`` of a protocol's ARMOR 2:4 cells; 0 is SparseGPT 2:4."""
+    pts: dict[int, tuple[float, float]] = {}
+    sg = _cell(protocol, "prunekit__sparsegpt__2of4")
+    if sg:
+        pts[0] = (sg["eval"]["perplexity"], sg["prune"]["prune_wall_s"])
+    pdir = RESULTS / protocol
+    for f in sorted(pdir.glob("prunekit__armor*__2of4.json")) if pdir.is_dir() else []:
+        c = json.loads(f.read_text())
+        if c.get("status") == "ok" and c["prune"].get("settings", {}).get("init", "sparsegpt") == "sparsegpt":
+            pts[_iters_of(c)] = (c["eval"]["perplexity"], c["prune"]["prune_wall_s"])
+    return pts
 
 
 def section() -> str:
@@ -268,26 +289,27 @@ def section() -> str:
         L.append("The routine ARMOR cell has not finished on this machine yet (the benchmark lock was held "
                  "by other jobs); run `benchmarks/run.py --methods armor --patterns 2:4` to fill it.")
     L.append("")
-    # perplexity vs iterations (reduced protocol)
-    pts: dict[int, float] = {}
-    sgq = _cell(QUICK, "prunekit__sparsegpt__2of4")
-    if sgq:
-        pts[0] = sgq["eval"]["perplexity"]
-    qdir = RESULTS / QUICK
-    for f in sorted(qdir.glob("prunekit__armor*__2of4.json")) if qdir.is_dir() else []:
-        c = json.loads(f.read_text())
-        if c.get("status") == "ok":
-            pts[_iters_of(c)] = c["eval"]["perplexity"]
-    if len(pts) >= 2:
+    # perplexity vs iterations: every protocol with at least two points (iterations 0 = SparseGPT)
+    curves: dict[str, tuple[list[tuple[int, float]], float | None]] = {}
+    table: list[str] = []
+    for protocol, label in PROTOCOL_LABELS.items():
+        pts = _iters_points(protocol)
+        if len(pts) < 2:
+            continue
+        wq = _cell(protocol, "prunekit__wanda__2of4")
+        curves[label] = ([(k, v[0]) for k, v in sorted(pts.items())], wq["eval"]["perplexity"] if wq else None)
+        t0 = pts.get(0, (None, None))[1]
+        table.append(f"| {label} | " + " · ".join(f"{k}: {v[0]:.2f}" + (f" ({v[1] / t0:.1f}x time)" if t0 and k else "")
+                                                for k, v in sorted(pts.items())) + " |")  # fmt: skip
+    if curves:
         OUT.mkdir(parents=True, exist_ok=True)
-        wq = _cell(QUICK, "prunekit__wanda__2of4")
-        _plot(sorted(pts.items()), pts.get(0), wq["eval"]["perplexity"] if wq else None, OUT / "ppl_vs_iters.png")
-        L.append("Perplexity against iterations, reduced protocol (8 x 2048 calibration, 10 windows; "
-                 "iterations 0 = SparseGPT 2:4):")
+        _plot(curves, OUT / "ppl_vs_iters.png")
+        L.append("Perplexity against iterations (iterations: perplexity, and prune wall time over SparseGPT's on "
+                 "the same protocol; iterations 0 = SparseGPT 2:4, the core ARMOR starts from):")  # fmt: skip
         L.append("")
-        L.append("| iterations | " + " | ".join(str(k) for k in sorted(pts)) + " |")
-        L.append("|---|" + "---:|" * len(pts))
-        L.append("| ppl | " + " | ".join(f"{pts[k]:.2f}" for k in sorted(pts)) + " |")
+        L.append("| protocol | iterations: ppl |")
+        L.append("|---|---|")
+        L += table
         L.append("")
         L.append("![ARMOR perplexity vs iterations](results/armor/ppl_vs_iters.png)")
         L.append("")
