@@ -665,7 +665,7 @@ def recovery_section(d: Path) -> list[str]:
          "| cell | recipe | dense | pruned | recovered | tokens | train s | log-gap closed | target |",
          "|---|---|---|---|---|---|---|---|---|"]
     best: dict[str, tuple[float, float]] = {}
-    capped, rebased, notes = False, [], []
+    capped, stopped, rebased, notes = False, False, [], []
     for f in files:
         r = _read(f) or {}
         if r.get("note"):
@@ -673,7 +673,9 @@ def recovery_section(d: Path) -> list[str]:
         curve = r.get("curve") or []
         rec = r.get("recovered")
         last = rec.get("perplexity") if isinstance(rec, dict) else rec
-        last = last or (curve[-1]["perplexity"] if curve else None)
+        # a run stopped before its final evaluation: its curve's last point is on fewer windows,
+        # not comparable with the 40-window pruned figure, so it gets no gap and no "best"
+        partial = None if last or not curve else curve[-1]
         dense, pruned = r.get("dense"), r.get("pruned")
         closed = "–"
         if last and dense and pruned and pruned > dense:
@@ -693,9 +695,12 @@ def recovery_section(d: Path) -> list[str]:
         own = r.get("pruned_harness") and pruned and abs(r["pruned_harness"] / pruned - 1) > 1e-4
         if own:
             rebased.append(f"{r.get('cell')} {f_ppl(pruned)} (harness {f_ppl(r['pruned_harness'])})")
+        shown = (f_ppl(last) if last else f"not finished ({f_ppl(partial['perplexity'])} on the curve's "
+                                               f"{r.get('curve_windows')} windows) §" if partial else "–")  # fmt: skip
+        stopped |= bool(partial)
         L.append(f"| {r.get('cell')} | {recipe} | {f_ppl(dense) if dense else '–'} | "
                  f"{(f_ppl(pruned) + (' †' if own else '')) if pruned else '–'} | "
-                 f"{f_ppl(last) if last else '–'} | {toks:,}{cap} | {f'{secs:.0f}' if secs else '–'} | {closed} | ≥ 50% |"
+                 f"{shown} | {toks:,}{cap} | {f'{secs:.0f}' if secs else '–'} | {closed} | ≥ 50% |"
                  if toks else f"| {r.get('cell')} | {recipe} | – | – | – | – | – | – | ≥ 50% |")
     L.append("")
     if capped:
@@ -703,6 +708,9 @@ def recovery_section(d: Path) -> list[str]:
               "(trained of planned tokens): since 2026-12-02 through `max_seconds`, whose schedule has decayed the "
               "learning rate to zero by then; earlier runs were cut on the token schedule (the one above at 99.5% "
               "of its steps, its learning rate nearly decayed).", ""]
+    if stopped:
+        L += ["§ stopped before the final evaluation (see its note): the figure is the last curve point, on fewer "
+              "windows than the pruned and recovered columns, so no gap is computed from it.", ""]
     if notes:
         L += ["Notes: " + " ".join(notes), ""]
     if rebased:

@@ -92,3 +92,16 @@ def test_recovery_section_takes_the_gap_from_the_folder_actually_recovered(tmp_p
     assert "sparsegpt-2of4 90.00 (harness 95.00)" in text
     assert "| 50% |" in text and "| 54% |" in text  # log(80/40) / log(80/20); log(90/40) / log(90/20)
     assert "sparsegpt-2of4 53.9% (40.00): met" in text  # the better of the two rows
+
+
+def test_recovery_section_shows_an_unfinished_run_without_a_gap(tmp_path):
+    """A run stopped before its final evaluation has only curve points (fewer windows): the row
+    shows the last one, marked, and neither a gap nor a 'best' comes from it."""
+    rep = _report()
+    run = {"cell": "flap-20", "dense": 20.0, "pruned": 40.0, "curve_windows": 5,
+           "config": {"adapter": "full", "lr": 1e-4, "tokens": 4096, "distill": 1.0},
+           "curve": [{"tokens": 0, "perplexity": 50.0}, {"tokens": 2048, "perplexity": 21.0}]}  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps(run))
+    text = "\n".join(rep.recovery_section(tmp_path))
+    assert "not finished (21.00 on the curve's 5 windows) §" in text and "§ stopped before" in text
+    assert "Best per cell" not in text and "| – | ≥ 50% |" in text
