@@ -661,7 +661,7 @@ def recovery_section(d: Path) -> list[str]:
          "either way. `bf16 autocast` (`--precision bf16`): the training passes in bfloat16, weights, "
          "gradients and optimizer in float32, evaluation in float32. Recovery data: C4 documents (never the evaluation text); "
          "WikiText-2 perplexity on the routine protocol's first 40 windows unless the curve says "
-         "otherwise; one torch thread on a machine shared with other jobs._", "",
+         "otherwise; one torch thread on a machine shared with other jobs unless a note says otherwise._", "",
          "| cell | recipe | dense | pruned | recovered | tokens | train s | log-gap closed | target |",
          "|---|---|---|---|---|---|---|---|---|"]
     best: dict[str, tuple[float, float]] = {}
