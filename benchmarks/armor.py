@@ -7,8 +7,8 @@
 
 The perplexity cells come from the generic harness (``benchmarks/run.py --methods armor
 --patterns 2:4``; iteration variants ``--variant armor-itN=armor:iters=N``, on the routine
-protocol or the reduced ``--quick`` one). This script reads them beside SparseGPT's and Wanda's
-2:4 cells of the same protocol (iters = 0 of the curve is SparseGPT: ARMOR's default core starts
+protocol or the reduced ``--quick`` one). This script reads them beside SparseGPT's, Wanda's and
+ALPS's 2:4 cells of the same protocol (iters = 0 of the curve is SparseGPT: ARMOR's default core starts
 from SparseGPT's solution with identity wrappers), plots perplexity against iterations, one line
 per protocol with at least two points (``results/armor/ppl_vs_iters.png``), and writes
 ``results/sections/30-armor.md``.
