@@ -206,15 +206,18 @@ PROTOCOL_LABELS = {ROUTINE: "routine (32x2048 calib, 40 windows)", QUICK: "reduc
 def _iters_points(protocol: str) -> dict[int, tuple[float, float]]:
     """``{iterations: (ppl, prune CPU s)}`` of a protocol's ARMOR 2:4 cells; 0 is SparseGPT 2:4 (CPU
     seconds: one thread each, and less inflated than wall time when other jobs share the machine)."""
+    def point(c: dict) -> tuple[float, float]:
+        return c["eval"]["perplexity"], c["prune"].get("prune_cpu_s") or c["prune"]["prune_wall_s"]
+
     pts: dict[int, tuple[float, float]] = {}
     sg = _cell(protocol, "prunekit__sparsegpt__2of4")
     if sg:
-        pts[0] = (sg["eval"]["perplexity"], sg["prune"].get("prune_cpu_s") or sg["prune"]["prune_wall_s"])
+        pts[0] = point(sg)
     pdir = RESULTS / protocol
     for f in sorted(pdir.glob("prunekit__armor*__2of4.json")) if pdir.is_dir() else []:
         c = json.loads(f.read_text())
         if c.get("status") == "ok" and c["prune"].get("settings", {}).get("init", "sparsegpt") == "sparsegpt":
-            pts[_iters_of(c)] = (c["eval"]["perplexity"], c["prune"].get("prune_cpu_s") or c["prune"]["prune_wall_s"])
+            pts[_iters_of(c)] = point(c)
     return pts
 
 
@@ -293,13 +296,14 @@ def section() -> str:
     # perplexity vs iterations: every protocol with at least two points (iterations 0 = SparseGPT)
     curves: dict[str, tuple[list[tuple[int, float]], float | None]] = {}
     table: list[str] = []
+    points = {protocol: _iters_points(protocol) for protocol in PROTOCOL_LABELS}
     for protocol, label in PROTOCOL_LABELS.items():
-        pts = _iters_points(protocol)
+        pts = points[protocol]
         if len(pts) < 2:
             continue
         ref = _cell(protocol, "prunekit__alps__2of4")  # the other solver that beats SparseGPT at 2:4
         curves[label] = ([(k, v[0]) for k, v in sorted(pts.items())], ref["eval"]["perplexity"] if ref else None)
-        t0 = pts.get(0, (None, None))[1]
+        t0 = pts[0][1] if 0 in pts else None
         table.append(f"| {label} | " + " · ".join(f"{k}: {v[0]:.2f}" + (f" ({v[1] / t0:.1f}x time)" if t0 and k else "")
                                                 for k, v in sorted(pts.items())) + " |")  # fmt: skip
     if curves:
@@ -312,7 +316,7 @@ def section() -> str:
         L.append("|---|---|")
         L += table
         L.append("")
-        rp = _iters_points(ROUTINE)
+        rp = points[ROUTINE]
         if 0 in rp and DEFAULT_ITERS in rp:
             base, full = rp[0][0], rp[DEFAULT_ITERS][0]
             parts = [f"{k} iterations give {(base - v[0]) / (base - full) * 100:.0f}% of its gain over SparseGPT "
