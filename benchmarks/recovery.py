@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapter", choices=("lora", "full"), default="lora", help="LoRA (merged) or full fine-tuning")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: bfloat16 autocast for the training passes (float32 weights); evaluation stays float32")
+    ap.add_argument("--windows", choices=("random", "packed"), default="random",
+                    help="training windows: random ones from documents longer than --seqlen, or all documents packed")
     ap.add_argument("--tag", default="", help="suffix of the result files (<cell><tag>.json), e.g. -distill")
     ap.add_argument("--save", action="store_true", help="keep the recovered model in .bench/recovery/<cell>-recovered")
     ap.add_argument("--calib", default=str(SHARED / "c4-sample"))
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = pk.eval_token_ids(a.eval, tok)
     cfg = RecoveryConfig(tokens=a.tokens, seqlen=a.seqlen, batch_size=a.batch_size, lr=a.lr, r=a.r,
                          checkpoint_every=50, distill=a.distill, temperature=a.temperature,
-                         adapter=a.adapter, precision=a.precision, max_seconds=a.max_train_seconds)  # fmt: skip
+                         adapter=a.adapter, precision=a.precision, max_seconds=a.max_train_seconds,
+                         windows=a.windows)  # fmt: skip
     teacher = pk.load_model("smollm2-135m")[0] if a.distill > 0 else None
     res: dict = {
         "cell": a.cell, "protocol_id": PROTOCOL, "recovery_data": a.calib, "eval": a.eval,

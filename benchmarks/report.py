@@ -659,7 +659,10 @@ def recovery_section(d: Path) -> list[str]:
          "_LoRA through peft on the pruned model, merged back into a plain folder, or full fine-tuning of the "
          "block Linears (`--adapter full`); for unstructured / N:M models the sparsity mask is kept exactly "
          "either way. `bf16 autocast` (`--precision bf16`): the training passes in bfloat16, weights, "
-         "gradients and optimizer in float32, evaluation in float32. Recovery data: C4 documents (never the evaluation text); "
+         "gradients and optimizer in float32, evaluation in float32. `batch B × S`: B windows of S tokens per "
+         "optimizer step, random windows from the documents longer than S (`--windows random`) unless `packed` "
+         "(`--windows packed`: every document end to end with EOS between, each token once per epoch). "
+         "Recovery data: C4 documents (never the evaluation text); "
          "WikiText-2 perplexity on the routine protocol's first 40 windows unless the curve says "
          "otherwise; one torch thread on a machine shared with other jobs unless a note says otherwise._", "",
          "| cell | recipe | dense | pruned | recovered | tokens | train s | log-gap closed | target |",
@@ -688,7 +691,9 @@ def recovery_section(d: Path) -> list[str]:
         recipe = (f"full fine-tuning, lr {c.get('lr', 0):g}" if c.get("adapter") == "full"
                   else f"LoRA r={c.get('r', '?')}, lr {c.get('lr', 0):g}") + (
             f", distill λ={c['distill']:g}" + (f" T={c['temperature']:g}" if c.get("temperature", 1) != 1 else "")
-            if c.get("distill") else ", LM loss") + (", bf16 autocast" if c.get("precision") == "bf16" else "")  # fmt: skip
+            if c.get("distill") else ", LM loss") + (", bf16 autocast" if c.get("precision") == "bf16" else "") + (
+            f", batch {c['batch_size']} × {c['seqlen']}" + (" packed" if c.get("windows") == "packed" else "")
+            if c.get("batch_size") and c.get("seqlen") else "")  # fmt: skip
         secs = r.get("train_seconds")
         cap = f" of {c.get('tokens', 0):,} ‡" if r.get("stopped_early") else ""
         capped |= bool(cap)

@@ -543,3 +543,51 @@ def test_a_time_capped_run_resumes_with_its_clock_and_a_larger_budget(tokenizer,
     state = torch.load(tmp_path / lora.CHECKPOINT_FILE, weights_only=False)
     assert state["step"] == 10 and state["train_seconds"] == pytest.approx(10.0)
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # the last step ran past the budget: decayed to 0
+
+
+# --- training windows -------------------------------------------------------------------------------
+def _contains(flat: list[int], part: list[int]) -> bool:
+    return any(flat[i : i + len(part)] == part for i in range(len(flat) - len(part) + 1))
+
+
+def test_packed_windows_use_every_document_where_random_windows_skip_short_ones(tokenizer):
+    from prunekit.data.sources import TextSource, _encode
+    from prunekit.recovery.lora import training_windows
+
+    long_doc = " ".join(f"alpha{i}" for i in range(60))
+    short = [f"beta {i} gamma {i}" for i in range(6)]
+    src = TextSource("test", [long_doc, *short], "a long document and six short ones")
+    enc = [_encode(tokenizer, d) for d in src.documents]
+    seqlen = 16
+    assert len(enc[0]) > 2 * seqlen and all(len(e) < seqlen for e in enc[1:])
+    total = sum(len(e) + 1 for e in enc)  # each document and its EOS
+    tokens = 2 * seqlen * -(-total // seqlen)  # two epochs' worth: the first one is in whole
+    packed, desc = training_windows(src, tokenizer, _cfg(tokens=tokens, seqlen=seqlen, batch_size=1, windows="packed"))
+    rand, _ = training_windows(src, tokenizer, _cfg(tokens=tokens, seqlen=seqlen, batch_size=1))
+    assert packed.shape == rand.shape == (tokens // seqlen, seqlen) and desc.endswith("packed")
+    flat = packed.reshape(-1).tolist()
+    assert all(_contains(flat, e) for e in enc)
+    assert flat.count(tokenizer.eos_token_id) >= len(enc)
+    rflat = rand.reshape(-1).tolist()
+    assert not any(_contains(rflat, e) for e in enc[1:])  # the sampler only draws from the long document
+    assert tokenizer.eos_token_id not in rflat
+    with pytest.raises(ConfigError, match="windows"):
+        _cfg(windows="shuffled")
+
+
+def test_cli_recover_windows_flag(tiny_llama_dir, calib_txt, tmp_path, capsys):
+    import argparse
+
+    from prunekit.recovery.cli import add_recover_parser, cmd_recover
+
+    ap = argparse.ArgumentParser()
+    add_recover_parser(ap.add_subparsers(dest="cmd"))
+    out = tmp_path / "rec"
+    a = ap.parse_args(["recover", str(tiny_llama_dir), "--data", str(calib_txt), "--out", str(out), "--windows", "packed",
+                       "--tokens", "128", "--seqlen", "32", "--batch-size", "2", "-q"])  # fmt: skip
+    cmd_recover(a)
+    rec = json.loads((out / "prunekit.json").read_text())["recovery"]
+    assert rec["config"]["windows"] == "packed" and "packed" in rec["data"]
+    with pytest.raises(SystemExit):
+        ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), "--windows", "all"])
+    assert "invalid choice" in capsys.readouterr().err

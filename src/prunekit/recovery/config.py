@@ -13,6 +13,7 @@ from ..settings import schema_of, setting, validate_settings
 MASK_MODES = ("auto", "on", "off")
 ADAPTERS = ("lora", "full")
 PRECISIONS = ("fp32", "bf16")
+WINDOW_MODES = ("random", "packed")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,12 @@ class RecoveryConfig:
     once ``max_seconds`` of training have passed, so a run that is slower than planned still ends
     with a fully decayed learning rate instead of being cut mid-schedule (the trained tokens then
     depend on the machine's speed: not bit-reproducible).
+    ``windows`` says how a text SOURCE becomes training windows: ``random`` (the calibration
+    sampler: a random document longer than ``seqlen``, a random start in it; short documents are
+    never seen, long ones are revisited) or ``packed`` (every document end to end with EOS between,
+    in a seeded order, each token once per epoch: the usual pre-training layout, and the one that
+    keeps a budget of long windows, e.g. ``seqlen`` 2048 on short C4 documents, from a handful of
+    long documents).
     """
 
     r: int = setting(8, ge=1, le=4096, help="LoRA rank")
@@ -59,6 +66,8 @@ class RecoveryConfig:
     temperature: float = setting(1.0, gt=0, le=100, help="softmax temperature of the distillation term")
     precision: str = setting("fp32", choices=PRECISIONS,
                              help="fp32, or bf16: bfloat16 autocast for the passes, float32 weights and optimizer")
+    windows: str = setting("random", choices=WINDOW_MODES,
+                           help="random: random windows from documents longer than seqlen; packed: all documents end to end")
     max_seconds: float = setting(0.0, ge=0, le=10**8,
                                  help="time budget of the training loop in seconds (0: off): the learning rate also "
                                       "decays with elapsed time and training stops when the budget is spent")

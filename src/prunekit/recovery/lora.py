@@ -250,9 +250,10 @@ def merge_lora(peft_model) -> nn.Module:
 def training_windows(data: Any, tokenizer: Any, config: RecoveryConfig) -> tuple[Tensor, str]:
     """``[steps * batch_size, seqlen]`` token ids in training order, and a description.
 
-    ``data``: a SOURCE string, a :class:`~prunekit.data.sources.TextSource` or a list of documents
-    (e.g. a PASER selection; random windows drawn
-    with ``config.seed``, from documents longer than ``seqlen`` where there are such), or token
+    ``data``: a SOURCE string or a :class:`~prunekit.data.sources.TextSource` (random windows
+    drawn with ``config.seed`` from documents longer than ``seqlen`` where there are such, or,
+    with ``config.windows == "packed"``, all documents packed), a list of documents (e.g. a PASER
+    selection: always packed), or token
     ids (``[n, seqlen]`` rows, or any tensor cut into ``seqlen`` windows), cycled in a seeded
     order when they hold fewer windows than the budget needs.
     """
@@ -268,6 +269,9 @@ def training_windows(data: Any, tokenizer: Any, config: RecoveryConfig) -> tuple
         if tokenizer is None:
             raise ConfigError("recover: text data needs a tokenizer: pass tokenizer= or token ids")
         src = load_source(data, "calib") if isinstance(data, str) else data
+        if config.windows == "packed":
+            ids = packed_windows(src.documents, tokenizer, need, config.seqlen, config.seed)
+            return ids, f"{src.description}, packed"
         ids = calibration_windows(src, tokenizer, need, config.seqlen, config.seed)
         return ids, src.description
     if not isinstance(data, Tensor) or data.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
