@@ -608,7 +608,7 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
          "equal to lm-eval 0.4.13 in the tests): LAMBADA (OpenAI) last-word accuracy and perplexity, "
          "PIQA acc / acc_norm, full sets, one torch thread. ± is the standard error._", ""]
     if files:
-        L += ["| model | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | seconds |", "|---|---|---|---|---|---|"]
+        L += ["| model | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | scoring s |", "|---|---|---|---|---|---|"]
 
     def pc(task, m):
         v = (task.get("metrics") or {}).get(m)
@@ -621,7 +621,7 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
         la, pi = t.get("lambada") or {}, t.get("piqa") or {}
         lppl = (la.get("metrics") or {}).get("perplexity")
         L.append(f"| {f.stem} ({r.get('model', '')}) | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
-                 f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(r.get('wall_seconds'), 0)} |")
+                 f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(sum(v.get('seconds') or 0 for v in t.values()), 0)} |")
     if cells:
         L += ["", f"Routine-protocol cells (`python benchmarks/run.py --tasks lambada,piqa`: each saved folder is "
               f"scored right after its perplexity; _{protocol_line(P)}_):", "",
@@ -648,6 +648,17 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
     return L
 
 
+def _piqa_by_folder(d: Path) -> dict[str, float]:
+    """Full-set PIQA acc of ``benchmarks/tasks.py``'s results, keyed by the scored folder's name."""
+    out: dict[str, float] = {}
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        r = _read(f) or {}
+        acc = (((r.get("tasks") or {}).get("piqa") or {}).get("metrics") or {}).get("acc")
+        if acc is not None and not r.get("limit") and r.get("model"):
+            out[Path(r["model"]).name] = acc
+    return out
+
+
 def recovery_section(d: Path) -> list[str]:
     """``benchmarks/recovery.py``: perplexity against recovery tokens (LoRA, mask kept)."""
     files = sorted(d.glob("*.json")) if d.is_dir() else []
@@ -665,8 +676,9 @@ def recovery_section(d: Path) -> list[str]:
          "Recovery data: C4 documents (never the evaluation text); "
          "WikiText-2 perplexity on the routine protocol's first 40 windows unless the curve says "
          "otherwise; one torch thread on a machine shared with other jobs unless a note says otherwise._", "",
-         "| cell | recipe | dense | pruned | recovered | tokens | train s | log-gap closed | target |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         "| cell | recipe | dense | pruned | recovered | tokens | train s | log-gap closed | PIQA acc pruned → recovered | target |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    piqa = _piqa_by_folder(d.parent / "tasks")
     best: dict[str, tuple[float, float]] = {}
     capped, stopped, rebased, notes = False, False, [], []
     for f in files:
@@ -703,10 +715,12 @@ def recovery_section(d: Path) -> list[str]:
         shown = (f_ppl(last) if last else f"not finished ({f_ppl(partial['perplexity'])} on the curve's "
                                                f"{r.get('curve_windows')} windows) §" if partial else "–")  # fmt: skip
         stopped |= bool(partial)
+        p0, p1 = piqa.get(f"{r.get('cell')}-pruned"), piqa.get(f"{f.stem}-recovered")
+        tasks = f"{p0:.2%} → {p1:.2%}" if p0 is not None and p1 is not None else "–"
         L.append(f"| {r.get('cell')} | {recipe} | {f_ppl(dense) if dense else '–'} | "
                  f"{(f_ppl(pruned) + (' †' if own else '')) if pruned else '–'} | "
-                 f"{shown} | {toks:,}{cap} | {f'{secs:.0f}' if secs else '–'} | {closed} | ≥ 50% |"
-                 if toks else f"| {r.get('cell')} | {recipe} | – | – | – | – | – | – | ≥ 50% |")
+                 f"{shown} | {toks:,}{cap} | {f'{secs:.0f}' if secs else '–'} | {closed} | {tasks} | ≥ 50% |"
+                 if toks else f"| {r.get('cell')} | {recipe} | – | – | – | – | – | – | – | ≥ 50% |")
     L.append("")
     if capped:
         L += ["‡ stopped by the benchmark's training-time cap (`--max-train-seconds`) before the planned budget "

@@ -6,7 +6,8 @@
 Scores with ``prunekit.eval.evaluate_tasks`` (lm-eval's rules, see ``src/prunekit/eval/tasks.py``)
 on the full sets by default and writes ``benchmarks/results/tasks/<name>.json`` (default name:
 ``dense`` for the alias, else the folder's name), rewritten after each task so that a killed run
-keeps what it finished. Run it detached and single-threaded on the shared CPU, e.g.
+keeps what it finished; a file already there for the same model and limit keeps its other tasks
+(score PIQA now, LAMBADA later). Run it detached and single-threaded on the shared CPU, e.g.
 
     nohup setsid env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tasks.py > /tmp/tasks.log 2>&1 &
 """
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "tasks": {},
     }
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old.get("model") == args.model and old.get("limit") == args.limit:
+        payload["tasks"] = dict(old.get("tasks") or {})  # the same model and limit: keep its other tasks
+        payload["earlier_wall_seconds"] = old.get("wall_seconds", 0) + old.get("earlier_wall_seconds", 0)
     for spec in specs:
         one = f"{spec.name}:{spec.path}" if spec.path else spec.name
         res = evaluate_tasks(

@@ -105,3 +105,46 @@ def test_recovery_section_shows_an_unfinished_run_without_a_gap(tmp_path):
     text = "\n".join(rep.recovery_section(tmp_path))
     assert "not finished (21.00 on the curve's 5 windows) §" in text and "§ stopped before" in text
     assert "Best per cell" not in text and "| – | ≥ 50% |" in text
+
+
+def test_recovery_section_shows_piqa_of_the_pruned_and_recovered_folders(tmp_path):
+    """The PIQA column pairs a run (``<cell><tag>.json``) with ``benchmarks/tasks.py``'s scores of the
+    folders it started from and saved (``<cell>-pruned``, ``<cell><tag>-recovered``), by folder name."""
+    rep = _report()
+    (tmp_path / "recovery").mkdir()
+    (tmp_path / "tasks").mkdir()
+    run = {"cell": "flap-20", "dense": 20.0, "pruned": 40.0, "config": {"adapter": "full", "lr": 1e-4, "tokens": 1024},
+           "trained_tokens": 1024, "train_seconds": 10.0, "recovered": {"perplexity": 30.0}}  # fmt: skip
+    for stem in ("flap-20-x", "flap-20-y"):
+        (tmp_path / "recovery" / f"{stem}.json").write_text(json.dumps(run))
+
+    def scored(name, folder, acc, limit=None):
+        t = {"piqa": {"metrics": {"acc": acc, "acc_norm": acc}, "stderr": {"acc": 0.01, "acc_norm": 0.01}}}
+        (tmp_path / "tasks" / f"{name}.json").write_text(json.dumps({"model": folder, "limit": limit, "tasks": t}))
+
+    scored("a", ".bench/recovery/flap-20-pruned", 0.6192)
+    scored("b", ".bench/recovery/flap-20-x-recovered", 0.6246)
+    scored("c", ".bench/recovery/flap-20-y-recovered", 0.7, limit=10)  # a --limit run is not a full-set score
+    rows = [ln for ln in rep.recovery_section(tmp_path / "recovery") if ln.startswith("| flap-20 |")]
+    assert len(rows) == 2
+    assert "| 61.92% → 62.46% |" in rows[0] and "→" not in rows[1]
+
+
+def test_bench_tasks_keeps_the_other_tasks_of_the_same_model(tiny_llama_dir, tmp_path):
+    """Scoring PIQA now and LAMBADA later leaves one file with both; another model starts afresh."""
+    spec = importlib.util.spec_from_file_location("bench_tasks", REPO / "benchmarks" / "tasks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.OUT = tmp_path / "out"
+    piqa = _piqa(tmp_path / "piqa.jsonl")
+    lam = tmp_path / "lambada.jsonl"
+    lam.write_text("".join(json.dumps({"text": " ".join(random.Random(i).choices(WORDS, k=12))}) + "\n" for i in range(6)))
+    run = lambda model, task: mod.main(["--model", str(model), "--tasks", task, "--name", "m"])  # noqa: E731
+    assert run(tiny_llama_dir, f"piqa:{piqa}") == 0
+    assert run(tiny_llama_dir, f"lambada:{lam}") == 0
+    got = json.loads((mod.OUT / "m.json").read_text())
+    assert set(got["tasks"]) == {"piqa", "lambada"} and got["tasks"]["piqa"]["n"] == 10
+    other = tmp_path / "other"
+    other.symlink_to(tiny_llama_dir, target_is_directory=True)
+    assert run(other, f"lambada:{lam}") == 0
+    assert set(json.loads((mod.OUT / "m.json").read_text())["tasks"]) == {"lambada"}

@@ -636,10 +636,12 @@ def _recover(data: dict, budget: float) -> Recommendation:
     rec = _quality(data, budget, goal="recover")
     if has_recover_command():
         rec.notes.insert(0, "prune, then run `prunekit recover` on the pruned folder "
-                            "(see `prunekit recover --help`). On SmolLM2-135M FLAP 20%, full fine-tuning "
-                            "of the block Linears (`--adapter full --lr 1e-4`; zeros kept on sparse models) "
+                            "(see `prunekit recover --help`). On SmolLM2-135M, full fine-tuning of the block "
+                            "Linears (`--adapter full --precision bf16 --lr 1e-4`; zeros kept on sparse models) "
                             "closed more of the perplexity gap per token and per CPU-second than LoRA, with or "
-                            "without `--distill` (BENCHMARKS.md, Recovery).")
+                            "without `--distill`, and packing every document end to end into 2048-token "
+                            "windows (`--windows packed --seqlen 2048 --batch-size 1`) beat random 512-token "
+                            "windows at the same token budget (BENCHMARKS.md, Recovery).")
         return rec
     rec.notes.insert(0, "recovery fine-tuning (`prunekit recover`) is not yet implemented. Until "
                         "it is, lose less in the first place: SparseGPT reconstructs the remaining "
