@@ -639,12 +639,14 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
     pruned = [f for f in files if f.stem != "dense"]
     if pruned:
         L += ["", "Pruned rows are the recovery benchmark's folders (`.bench/recovery/<cell>-pruned`, "
-              "`<cell>-recovered`: their WikiText-2 perplexities are in the Recovery section); they have PIQA "
-              "only where LAMBADA shows –, because the full LAMBADA set takes ~26 minutes per model on this CPU. "
-              "`python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
+              "`<cell>-recovered`: their WikiText-2 perplexities are in the Recovery section) and routine-protocol "
+              "prunes saved for scoring (`.bench/tasks/<name>`: the method's defaults, calibration 32 × 2048 C4 "
+              "tokens, seed 0, as in the main table); they have PIQA only where LAMBADA shows –: the full LAMBADA "
+              "set takes 10–13 minutes per model on one core here with the other core busy, up to ~30 with "
+              "training beside it. `python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
     else:
-        L += ["", "Pruned rows are not measured yet (the full LAMBADA set takes ~26 minutes per model on this "
-              "CPU); `python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
+        L += ["", "Pruned rows are not measured yet (the full LAMBADA set takes 10–30 minutes per model on one "
+              "core of this CPU); `python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
     return L
 
 
