@@ -448,23 +448,6 @@ def test_bf16_step_loss_is_close_to_fp32_and_not_equal(tokenizer):
     assert l16 != l32 and l16 == pytest.approx(l32, rel=2e-2)
 
 
-def test_cli_recover_precision_flag(tiny_llama_dir, calib_txt, tmp_path, capsys):
-    import argparse
-
-    from prunekit.recovery.cli import add_recover_parser, cmd_recover
-
-    ap = argparse.ArgumentParser()
-    add_recover_parser(ap.add_subparsers(dest="cmd"))
-    out = tmp_path / "rec"
-    a = ap.parse_args(["recover", str(tiny_llama_dir), "--data", str(calib_txt), "--out", str(out), "--precision", "bf16",
-                       "--tokens", "128", "--seqlen", "32", "--batch-size", "2", "-q"])  # fmt: skip
-    cmd_recover(a)
-    assert json.loads((out / "prunekit.json").read_text())["recovery"]["config"]["precision"] == "bf16"
-    with pytest.raises(SystemExit):
-        ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), "--precision", "fp8"])
-    assert "invalid choice" in capsys.readouterr().err
-
-
 # --- time budget ------------------------------------------------------------------------------------
 def test_max_seconds_decays_the_lr_with_time_and_stops_with_zeros_kept(tokenizer, tmp_path, monkeypatch):
     import prunekit.recovery.lora as lora
@@ -575,7 +558,11 @@ def test_packed_windows_use_every_document_where_random_windows_skip_short_ones(
         _cfg(windows="shuffled")
 
 
-def test_cli_recover_windows_flag(tiny_llama_dir, calib_txt, tmp_path, capsys):
+@pytest.mark.parametrize("flag, value, bad, data_says", [("--precision", "bf16", "fp8", None),
+                                                       ("--windows", "packed", "all", "packed")])
+def test_cli_recover_choice_flags(tiny_llama_dir, calib_txt, tmp_path, capsys, flag, value, bad, data_says):
+    """A choice flag reaches the recorded RecoveryConfig (and the data description says how the
+    windows were made); a value outside the choices is argparse's error."""
     import argparse
 
     from prunekit.recovery.cli import add_recover_parser, cmd_recover
@@ -583,11 +570,12 @@ def test_cli_recover_windows_flag(tiny_llama_dir, calib_txt, tmp_path, capsys):
     ap = argparse.ArgumentParser()
     add_recover_parser(ap.add_subparsers(dest="cmd"))
     out = tmp_path / "rec"
-    a = ap.parse_args(["recover", str(tiny_llama_dir), "--data", str(calib_txt), "--out", str(out), "--windows", "packed",
+    a = ap.parse_args(["recover", str(tiny_llama_dir), "--data", str(calib_txt), "--out", str(out), flag, value,
                        "--tokens", "128", "--seqlen", "32", "--batch-size", "2", "-q"])  # fmt: skip
     cmd_recover(a)
     rec = json.loads((out / "prunekit.json").read_text())["recovery"]
-    assert rec["config"]["windows"] == "packed" and "packed" in rec["data"]
+    assert rec["config"][flag[2:]] == value
+    assert data_says is None or data_says in rec["data"]
     with pytest.raises(SystemExit):
-        ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), "--windows", "all"])
+        ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), flag, bad])
     assert "invalid choice" in capsys.readouterr().err
