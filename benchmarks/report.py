@@ -615,8 +615,11 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
         se = (task.get("stderr") or {}).get(m)
         return f"{100 * v:.2f}% ± {100 * se:.2f}" if v is not None and se is not None else "–"
 
+    notes = []
     for f in files:
         r = _read(f) or {}
+        if r.get("note"):
+            notes.append(f"`{f.stem}`: {r['note']}")
         t = r.get("tasks") or {}
         la, pi = t.get("lambada") or {}, t.get("piqa") or {}
         lppl = (la.get("metrics") or {}).get("perplexity")
@@ -636,6 +639,8 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
             L.append(f"| {c.get('method', 'dense')} | {pattern_label(c) if c.get('kind') else '–'} | {c['tool']} | "
                      f"{f_ppl(e['perplexity'])} | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
                      f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(secs, 0)} |")
+    if notes:
+        L += ["", "Notes: " + " ".join(notes)]
     pruned = [f for f in files if f.stem != "dense"]
     if pruned:
         L += ["", "Pruned rows are the recovery benchmark's folders (`.bench/recovery/<cell>-pruned`, "

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if old.get("model") == args.model and old.get("limit") == args.limit:
         payload["tasks"] = dict(old.get("tasks") or {})  # the same model and limit: keep its other tasks
         payload["earlier_wall_seconds"] = old.get("wall_seconds", 0) + old.get("earlier_wall_seconds", 0)
+        if old.get("note"):
+            payload["note"] = old["note"]
     for spec in specs:
         one = f"{spec.name}:{spec.path}" if spec.path else spec.name
         res = evaluate_tasks(
