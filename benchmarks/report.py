@@ -610,6 +610,9 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
     if files:
         L += ["| model | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | scoring s |", "|---|---|---|---|---|---|"]
 
+    def task_seconds(t):  # scoring time of the tasks in a result (a file may gather several runs)
+        return sum(v.get("seconds") or 0 for v in t.values())
+
     def pc(task, m):
         v = (task.get("metrics") or {}).get(m)
         se = (task.get("stderr") or {}).get(m)
@@ -624,7 +627,7 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
         la, pi = t.get("lambada") or {}, t.get("piqa") or {}
         lppl = (la.get("metrics") or {}).get("perplexity")
         L.append(f"| {f.stem} ({r.get('model', '')}) | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
-                 f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(sum(v.get('seconds') or 0 for v in t.values()), 0)} |")
+                 f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(task_seconds(t), 0)} |")
     if cells:
         L += ["", f"Routine-protocol cells (`python benchmarks/run.py --tasks lambada,piqa`: each saved folder is "
               f"scored right after its perplexity; _{protocol_line(P)}_):", "",
@@ -635,10 +638,9 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
             t = e["tasks"]
             la, pi = t.get("lambada") or {}, t.get("piqa") or {}
             lppl = (la.get("metrics") or {}).get("perplexity")
-            secs = sum(v.get("seconds") or 0 for v in t.values())
             L.append(f"| {c.get('method', 'dense')} | {pattern_label(c) if c.get('kind') else '–'} | {c['tool']} | "
                      f"{f_ppl(e['perplexity'])} | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
-                     f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(secs, 0)} |")
+                     f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(task_seconds(t), 0)} |")
     if notes:
         L += ["", "Notes: " + " ".join(notes)]
     pruned = [f for f in files if f.stem != "dense"]

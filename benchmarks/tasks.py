@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(path.read_text()) if path.is_file() else {}
     if old.get("model") == args.model and old.get("limit") == args.limit:
         payload["tasks"] = dict(old.get("tasks") or {})  # the same model and limit: keep its other tasks
-        payload["earlier_wall_seconds"] = old.get("wall_seconds", 0) + old.get("earlier_wall_seconds", 0)
         if old.get("note"):
             payload["note"] = old["note"]
     for spec in specs:
