@@ -323,7 +323,8 @@ def _fmt_piqa(e: dict) -> str:
     return f"{100 * p['acc']:.1f} ± {100 * p['acc_stderr']:.1f} / {100 * p['acc_norm']:.1f} ± {100 * p['acc_norm_stderr']:.1f}"
 
 
-def write_section(res: dict, path: Path = SECTION, variant: dict | None = None) -> None:
+def write_section(res: dict, path: Path = SECTION, variant: dict | None = None,
+                  replicates: list[tuple[dict, dict | None]] = ()) -> None:
     a = argparse.Namespace(**res["args"])
     ev = {m: res["models"][m]["eval"] for m in MODELS}
     rc, sel, v = res["recovery_config"], res["selection"], res["verdict"]
@@ -404,6 +405,8 @@ def write_section(res: dict, path: Path = SECTION, variant: dict | None = None) 
         L += ["", *variant_lines(res, variant)]
         for note in variant.get("notes") or []:
             L += ["", note]
+    if replicates:
+        L += ["", *replicate_lines([(res, variant), *replicates])]
     cmd = (f"`{reproduce_command(res['args'])}` (wall {res['wall_seconds'] / 60:.0f} min, "
            f"pruning {'cached' if (res.get('prune') or {}).get('cached') else 'included'}).")  # fmt: skip
     L += ["", "Reproduce: " + cmd, ""]
@@ -447,6 +450,47 @@ def variant_lines(res: dict, var: dict) -> list[str]:
         "",
         f"Target with the variant ({CAP_NAMES[worst]}): **{'met' if won else 'missed'}** ({_metric_text(ev, worst)}).",
     ]
+
+
+def replicate_lines(runs: list[tuple[dict, dict | None]]) -> list[str]:
+    """One row per (jsd run, its nll-ratio variant) pair: the seed changes the prune's calibration,
+    the pool subsets, the random selection and the LoRA's seed all at once."""
+    L = ["**Seeds.** The whole protocol again with another `--seed` (calibration windows, pool subsets, random "
+         "selection and LoRA seed all change; the dense row does not). GSM8K-test answer perplexity (the "
+         "capability that degraded most in every run) of the pruned model and after each recovery:", "",
+         "| seed | GSM8K pruned | GSM8K random | GSM8K PASER jsd (the paper's) | GSM8K PASER nll-ratio | "
+         "WikiText-2 random / jsd / nll-ratio | PIQA acc random / jsd / nll-ratio (%) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    wins, wiki_worse = {"jsd": 0, "nll-ratio": 0}, 0
+    for res, var in runs:
+        ev = {m: res["models"][m]["eval"] for m in MODELS}
+        ve = var["models"]["paser"]["eval"] if var else None
+        wins["jsd"] += ev["paser"]["gsm8k"]["perplexity"] < ev["random"]["gsm8k"]["perplexity"]
+        wins["nll-ratio"] += bool(ve) and ve["gsm8k"]["perplexity"] < ev["random"]["gsm8k"]["perplexity"]
+        wiki_worse += bool(ve) and ve["wikitext2"]["perplexity"] > ev["random"]["wikitext2"]["perplexity"]
+        cols = {c: [ev["random"], ev["paser"], ve] for c in ("gsm8k", "wikitext2", "piqa")}
+
+        def f(e, c, nd):
+            if e is None:
+                return "–"
+            return f"{100 * e['piqa']['acc']:.1f}" if c == "piqa" else f"{e[c]['perplexity']:.{nd}f}"
+
+        L.append(f"| {res['args']['seed']} | {f(ev['pruned'], 'gsm8k', 3)} | "
+                 + " | ".join(f(e, "gsm8k", 3) for e in cols["gsm8k"]) + " | "
+                 + " / ".join(f(e, "wikitext2", 2) for e in cols["wikitext2"]) + " | "
+                 + " / ".join(f(e, "piqa", 1) for e in cols["piqa"]) + " |")
+    n = len(runs)
+
+    def boot(r):
+        b = r["verdict"]["gsm8k_bootstrap_paser_vs_random"]
+        return f"{b['log_ppl_diff']:+.3f} [{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}]"
+
+    L += ["", "GSM8K paired bootstrap, PASER − random in ln ppl, 95% interval: " + "; ".join(
+        f"seed {res['args']['seed']}: jsd {boot(res)}" + (f", nll-ratio {boot(var)}" if var else "") for res, var in runs) + "."]
+    L += ["", f"PASER beats random on GSM8K in {wins['jsd']} of {n} seeds with the paper's JSD signal and in "
+          f"{wins['nll-ratio']} of {n} with `nll-ratio`; `nll-ratio`'s price is WikiText-2, worse than random in "
+          f"{wiki_worse} of {n} (it moves the budget from web text to the math). Each seed: "
+          f"`{reproduce_command(runs[-1][0]['args'])}`, then the same with `--signal nll-ratio --reuse` its JSON."]
+    return L
 
 
 def _pct(x: float) -> str:
@@ -497,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --section-only: a --signal variant's result, shown after the main run (with --variant-note)")
     ap.add_argument("--variant-note", action="append", default=[],
                     help="with --variant: a paragraph about the variant, stored in its JSON and shown after it")
+    ap.add_argument("--replicate", action="append", default=[], type=Path, metavar="JSON",
+                    help="with --section-only: another seed's jsd run (its <stem>_sig-nll-ratio.json variant beside "
+                         "it is read too), shown in a replicates table after the main run (repeatable)")
     ap.add_argument("--note", action="append", default=[],
                     help="with --section-only: a paragraph of interpretation, stored in the JSON and shown in the section")
     return ap
@@ -522,7 +569,11 @@ def main(argv: list[str] | None = None) -> int:
         if var is not None and a.variant_note:
             var["notes"] = list(a.variant_note)
             a.variant.write_text(json.dumps(var, indent=1) + "\n")
-        write_section(res, variant=var)
+        reps = []
+        for r in a.replicate:
+            vpath = r.with_name(f"{r.stem}_sig-nll-ratio.json")
+            reps.append((json.loads(r.read_text()), json.loads(vpath.read_text()) if vpath.is_file() else None))
+        write_section(res, variant=var, replicates=reps)
         return 0
     global RESULTS
     if a.pilot:

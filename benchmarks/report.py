@@ -590,25 +590,25 @@ def dense_task_scores(d: Path, model: str | None) -> dict:
     return (r.get("tasks") or {}) if r and r.get("model") == model and not r.get("limit") else {}
 
 
+def _cell_label(c: dict) -> str:
+    return f"{c.get('tool')} {c.get('method')} {pattern_label(c)}"
+
+
 def tasks_section(d: Path, P: dict | None = None) -> list[str]:
-    """Zero-shot task scores (lm-eval's rules): ``benchmarks/tasks.py``'s saved folders, then the
-    cells of protocol ``P`` that ``run.py --tasks`` scored (their WikiText-2 perplexity beside)."""
-    files = sorted(d.glob("*.json")) if d.is_dir() else []
-    cells = [r for r in (P or {}).get("cells", []) if r.get("status") == "ok" and (r.get("eval") or {}).get("tasks")]
-    dense_t = ((P or {}).get("dense") or {}).get("eval") or {}
+    """Zero-shot task scores (lm-eval's rules). First the routine-protocol rows: each cell of
+    protocol ``P`` with the scores ``run.py --tasks`` stored in it, else those of a
+    ``benchmarks/tasks.py`` result that names the cell (``"cell": KEY``, a folder pruned again for
+    scoring, its own WikiText-2 perplexity in ``wikitext2_ppl``), and the cells not scored yet;
+    then every other ``benchmarks/tasks.py`` result (the recovery benchmark's folders)."""
+    files = [(f, _read(f) or {}) for f in sorted(d.glob("*.json"))] if d.is_dir() else []
+    files = [(f, r) for f, r in files if not r.get("limit")]  # full sets only
+    cells = [r for r in (P or {}).get("cells", []) if r.get("status") == "ok"]
     model = (((P or {}).get("protocol") or {}).get("protocol") or {}).get("model")
-    if cells and dense_t and not dense_t.get("tasks"):
-        dense_t = {**dense_t, "tasks": dense_task_scores(d, model)}  # benchmarks/tasks.py: same model, full sets
-    if dense_t.get("tasks") and cells:
-        cells.insert(0, {"cell": {"tool": "dense"}, "eval": dense_t})
-    if not files and not cells:
-        return []
-    L = ["## Beyond perplexity: zero-shot tasks", "",
-         "_`prunekit eval --tasks lambada,piqa` with lm-evaluation-harness's scoring rules (checked "
-         "equal to lm-eval 0.4.13 in the tests): LAMBADA (OpenAI) last-word accuracy and perplexity, "
-         "PIQA acc / acc_norm, full sets, one torch thread. ± is the standard error._", ""]
-    if files:
-        L += ["| model | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | scoring s |", "|---|---|---|---|---|---|"]
+    by_cell = {r["cell"]: (f, r) for f, r in files if r.get("cell")}
+    dense_f = next(((f, r) for f, r in files if f.stem == "dense" and r.get("model") == model), None)
+    dense_t = dict(((P or {}).get("dense") or {}).get("eval") or {})
+    if not dense_t.get("tasks") and dense_f:
+        dense_t["tasks"] = dense_f[1].get("tasks") or {}  # benchmarks/tasks.py: same model, full sets
 
     def task_seconds(t):  # scoring time of the tasks in a result (a file may gather several runs)
         return sum(v.get("seconds") or 0 for v in t.values())
@@ -618,42 +618,62 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
         se = (task.get("stderr") or {}).get(m)
         return f"{100 * v:.2f}% ± {100 * se:.2f}" if v is not None and se is not None else "–"
 
-    notes = []
-    for f in files:
-        r = _read(f) or {}
-        if r.get("note"):
-            notes.append(f"`{f.stem}`: {r['note']}")
-        t = r.get("tasks") or {}
+    def scores(t):
         la, pi = t.get("lambada") or {}, t.get("piqa") or {}
         lppl = (la.get("metrics") or {}).get("perplexity")
-        L.append(f"| {f.stem} ({r.get('model', '')}) | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
-                 f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(task_seconds(t), 0)} |")
-    if cells:
-        L += ["", f"Routine-protocol cells (`python benchmarks/run.py --tasks lambada,piqa`: each saved folder is "
-              f"scored right after its perplexity; _{protocol_line(P)}_):", "",
-              "| method | pattern | tool | WikiText-2 ppl | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | "
-              "seconds |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in cells:
-            c, e = r["cell"], r["eval"]
-            t = e["tasks"]
-            la, pi = t.get("lambada") or {}, t.get("piqa") or {}
-            lppl = (la.get("metrics") or {}).get("perplexity")
-            L.append(f"| {c.get('method', 'dense')} | {pattern_label(c) if c.get('kind') else '–'} | {c['tool']} | "
-                     f"{f_ppl(e['perplexity'])} | {pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | "
-                     f"{pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | {f_num(task_seconds(t), 0)} |")
-    if notes:
-        L += ["", "Notes: " + " ".join(notes)]
-    pruned = [f for f in files if f.stem != "dense"]
-    if pruned:
-        L += ["", "Pruned rows are the recovery benchmark's folders (`.bench/recovery/<cell>-pruned`, "
-              "`<cell>-recovered`: their WikiText-2 perplexities are in the Recovery section) and routine-protocol "
-              "prunes saved for scoring (`.bench/tasks/<name>`: the method's defaults, calibration 32 × 2048 C4 "
-              "tokens, seed 0, as in the main table); they have PIQA only where LAMBADA shows –: the full LAMBADA "
-              "set takes 10–13 minutes per model on one core here with the other core busy, up to ~30 with "
-              "training beside it. `python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
-    else:
-        L += ["", "Pruned rows are not measured yet (the full LAMBADA set takes 10–30 minutes per model on one "
-              "core of this CPU); `python benchmarks/tasks.py --model DIR` scores a saved folder.", ""]
+        return (f"{pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | {pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | "
+                f"{f_num(task_seconds(t), 0)}")
+
+    rows, missing, notes = [], [], []
+    for r in cells:
+        c, e = r["cell"], r["eval"]
+        mine = e.get("tasks") or {}
+        f, other = by_cell.get(r.get("key"), (None, None))
+        if other is not None and len(other.get("tasks") or {}) > len(mine):  # the fuller of the two
+            ppl, t, src = other.get("wikitext2_ppl"), other.get("tasks") or {}, f"tasks.py `{f.stem}`"
+            if other.get("note"):
+                notes.append(f"`{f.stem}`: {other['note']}")
+        elif mine:
+            ppl, t, src = e.get("perplexity"), mine, "run.py"
+        else:
+            missing.append(_cell_label(c))
+            continue
+        rows.append(f"| {c['method']} | {pattern_label(c)} | {c['tool']} | {f_ppl(ppl)} | {scores(t)} | {src} |")
+    named = {f for f, _ in by_cell.values()}
+    others = [(f, r) for f, r in files if f not in named and f.stem != "dense"]
+    if not rows and not others and not dense_t.get("tasks"):
+        return []
+    L = ["## Beyond perplexity: zero-shot tasks", "",
+         "_`prunekit eval --tasks lambada,piqa` with lm-evaluation-harness's scoring rules (checked "
+         "equal to lm-eval 0.4.13 in the tests): LAMBADA (OpenAI) last-word accuracy and perplexity, "
+         "PIQA acc / acc_norm, full sets, one torch thread. ± is the standard error._", ""]
+    head = ("| method | pattern | tool | WikiText-2 ppl | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | "
+            "scoring s | scored by |")
+    if P and (rows or dense_t.get("tasks")):
+        L += [f"Routine-protocol rows ({len(rows)} of {len(cells)} cells scored; _{protocol_line(P)}_). "
+              "`python benchmarks/run.py --tasks lambada,piqa` prunes a cell again and scores the saved folder "
+              "right after its perplexity (run.py); tasks.py rows are folders pruned again with the cell's "
+              "settings and scored by `python benchmarks/tasks.py --model DIR --cell KEY`, their own "
+              "perplexity beside:", "", head, "|---|---|---|---|---|---|---|---|---|---|"]
+        if dense_t.get("tasks"):
+            L.append(f"| dense | – | dense | {f_ppl(dense_t.get('perplexity'))} | {scores(dense_t['tasks'])} | "
+                     f"{'tasks.py `dense`' if dense_f and dense_t['tasks'] is dense_f[1].get('tasks') else 'run.py'} |")
+        L += rows
+        if missing:
+            L += ["", f"Not scored yet ({len(missing)}): " + "; ".join(missing) + ". The full LAMBADA set takes "
+                  "10–13 minutes per model on one core here, PIQA 4–5, besides the prune and its perplexity."]
+        if notes:
+            L += ["", "Notes: " + " ".join(notes)]
+        L.append("")
+    if others:
+        L += ["Other scored folders (the recovery benchmark's `.bench/recovery/<cell>-pruned` and "
+              "`<cell><tag>-recovered`; their WikiText-2 perplexities are in the Recovery section):", "",
+              "| folder | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | scoring s |",
+              "|---|---|---|---|---|---|"]
+        L += [f"| {f.stem} (`{r.get('model', '')}`) | {scores(r.get('tasks') or {})} |" for f, r in others]
+        extra = [f"`{f.stem}`: {r['note']}" for f, r in others if r.get("note")]
+        L += ["", "Notes: " + " ".join(extra)] if extra else []
+        L.append("")
     return L
 
 

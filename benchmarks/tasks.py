@@ -2,12 +2,14 @@
 
     python benchmarks/tasks.py [--model smollm2-135m|DIR] [--tasks lambada,piqa] [--limit N]
         [--name dense] [--threads 1] [--batch-tokens 2048] [--num-fewshot 5]
+        [--cell KEY --wikitext2-ppl PPL] [--note TEXT]
 
 Scores with ``prunekit.eval.evaluate_tasks`` (lm-eval's rules, see ``src/prunekit/eval/tasks.py``)
 on the full sets by default and writes ``benchmarks/results/tasks/<name>.json`` (default name:
 ``dense`` for the alias, else the folder's name), rewritten after each task so that a killed run
 keeps what it finished; a file already there for the same model and limit keeps its other tasks
-(score PIQA now, LAMBADA later). Run it detached and single-threaded on the shared CPU, e.g.
+(score PIQA now, LAMBADA later). ``--cell`` names the routine-protocol cell that a folder
+pruned again re-makes, so the report puts the scores in that cell's row. Run it detached and single-threaded on the shared CPU, e.g.
 
     nohup setsid env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tasks.py > /tmp/tasks.log 2>&1 &
 """
@@ -41,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per scoring batch")
     ap.add_argument("--num-fewshot", type=int, default=5, help="gsm8k shots (default 5)")
+    ap.add_argument("--cell", default=None, metavar="KEY",
+                    help="the routine-protocol cell this folder re-makes (e.g. prunekit__wanda__2of4): the "
+                         "report shows the scores in that cell's row")
+    ap.add_argument("--wikitext2-ppl", type=float, default=None, metavar="PPL",
+                    help="the folder's own WikiText-2 perplexity on the cell's protocol (shown in its row)")
+    ap.add_argument("--note", default=None, help="a sentence about the folder, shown under the table")
     args = ap.parse_args(argv)
 
     import torch
@@ -72,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(path.read_text()) if path.is_file() else {}
     if old.get("model") == args.model and old.get("limit") == args.limit:
         payload["tasks"] = dict(old.get("tasks") or {})  # the same model and limit: keep its other tasks
-        if old.get("note"):
-            payload["note"] = old["note"]
+        for k in ("cell", "wikitext2_ppl", "note"):
+            if old.get(k) is not None:
+                payload[k] = old[k]
+    for k, v in (("cell", args.cell), ("wikitext2_ppl", args.wikitext2_ppl), ("note", args.note)):
+        if v is not None:
+            payload[k] = v
     for spec in specs:
         one = f"{spec.name}:{spec.path}" if spec.path else spec.name
         res = evaluate_tasks(

@@ -81,6 +81,34 @@ def test_report_lists_the_scored_cells_and_only_those():
     assert not [ln for ln in rep.tasks_section(d, P) if ln.startswith("| dense | – | dense |")]
 
 
+@pytest.mark.skipif(not (ROUTINE / "protocol.json").is_file(), reason="no routine-protocol results here")
+def test_report_puts_a_tasks_py_result_in_the_row_of_the_cell_it_names(tmp_path):
+    """A folder pruned again for scoring (``tasks.py --cell KEY``) fills that cell's row with its own
+    perplexity; the cells nobody scored are listed; a --limit run and an unnamed folder are not rows."""
+    rep = _report()
+    P = rep.load_protocol(ROUTINE)
+    P = {**P, "cells": copy.deepcopy(P["cells"]), "dense": copy.deepcopy(P["dense"])}
+    for r in P["cells"]:
+        (r.get("eval") or {}).pop("tasks", None)
+    ok = [r for r in P["cells"] if r.get("status") == "ok"]
+    a, b = ok[0], ok[1]
+    t = lambda acc: {"piqa": {"metrics": {"acc": acc, "acc_norm": acc}, "stderr": {"acc": 0.01, "acc_norm": 0.01},
+                              "seconds": 5.0}}  # noqa: E731
+    (tmp_path / "x.json").write_text(json.dumps({"model": "DIR", "limit": None, "cell": a["key"], "wikitext2_ppl": 12.345,
+                                                 "tasks": t(0.6111), "note": "pruned again"}))
+    (tmp_path / "y.json").write_text(json.dumps({"model": "DIR2", "limit": 10, "cell": b["key"], "tasks": t(0.7)}))
+    (tmp_path / "z.json").write_text(json.dumps({"model": ".bench/recovery/q-recovered", "limit": None, "tasks": t(0.6222)}))
+    text = "\n".join(rep.tasks_section(tmp_path, P))
+    row = [ln for ln in text.splitlines() if "tasks.py `x`" in ln]
+    assert len(row) == 1 and row[0].startswith(f"| {a['cell']['method']} |") and "| 12.35 |" in row[0]
+    assert "61.11% ± 1.00" in row[0] and "`x`: pruned again" in text
+    assert f"Routine-protocol rows (1 of {len(ok)} cells scored" in text
+    missing = text.split(f"Not scored yet ({len(ok) - 1}): ")[1].split(". The full")[0].split("; ")
+    assert rep._cell_label(b["cell"]) in missing and rep._cell_label(a["cell"]) not in missing
+    assert "70.00%" not in text  # the --limit run
+    assert "| z (`.bench/recovery/q-recovered`) | – | – | 62.22% ± 1.00 |" in text
+
+
 def test_recovery_section_takes_the_gap_from_the_folder_actually_recovered(tmp_path):
     rep = _report()
     base = {"cell": "sparsegpt-2of4", "dense": 20.0, "config": {"adapter": "full", "lr": 3e-4, "tokens": 1024},
@@ -140,11 +168,14 @@ def test_bench_tasks_keeps_the_other_tasks_of_the_same_model(tiny_llama_dir, tmp
     lam = tmp_path / "lambada.jsonl"
     lam.write_text("".join(json.dumps({"text": " ".join(random.Random(i).choices(WORDS, k=12))}) + "\n" for i in range(6)))
     run = lambda model, task: mod.main(["--model", str(model), "--tasks", task, "--name", "m"])  # noqa: E731
-    assert run(tiny_llama_dir, f"piqa:{piqa}") == 0
+    assert mod.main(["--model", str(tiny_llama_dir), "--tasks", f"piqa:{piqa}", "--name", "m",
+                     "--cell", "prunekit__wanda__2of4", "--wikitext2-ppl", "187.3"]) == 0
     assert run(tiny_llama_dir, f"lambada:{lam}") == 0
     got = json.loads((mod.OUT / "m.json").read_text())
     assert set(got["tasks"]) == {"piqa", "lambada"} and got["tasks"]["piqa"]["n"] == 10
+    assert (got["cell"], got["wikitext2_ppl"]) == ("prunekit__wanda__2of4", 187.3)  # kept by the second run
     other = tmp_path / "other"
     other.symlink_to(tiny_llama_dir, target_is_directory=True)
     assert run(other, f"lambada:{lam}") == 0
-    assert set(json.loads((mod.OUT / "m.json").read_text())["tasks"]) == {"lambada"}
+    fresh = json.loads((mod.OUT / "m.json").read_text())
+    assert set(fresh["tasks"]) == {"lambada"} and "cell" not in fresh

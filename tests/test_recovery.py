@@ -320,8 +320,9 @@ def test_paser_selects_budget_from_the_most_degraded(tokenizer, embedder):
     pruned = _pruned("unstructured", 0.5)
     pool = _pool()
     dup = 1.0 if embedder == "model" else 0.95  # a random tiny model embeds every text alike
-    sel = paser_select(pool, tokenizer, pruned, dense, 6, n_clusters=2, max_tokens=48, embedder=embedder, dup_cos=dup)
-    assert len(sel.indices) == len(set(sel.indices)) == 6
+    sel = paser_select(pool, tokenizer, pruned, dense, 6, n_clusters=2, max_tokens=48, embedder=embedder, dup_cos=dup,
+                       signal="jsd")  # the paper's signal
+    assert len(sel.indices) == len(set(sel.indices)) == 6 and sel.signal == "jsd"
     assert sum(sel.allocation.values()) == 6
     assert all(0 <= i < len(pool) for i in sel.indices)
     assert all(j > 0 for j in sel.jsd)  # pruning changed every next-token distribution
@@ -330,7 +331,7 @@ def test_paser_selects_budget_from_the_most_degraded(tokenizer, embedder):
     assert sel.allocation[hi] >= sel.allocation[lo]
     lowest = min(range(len(pool)), key=lambda i: sel.jsd[i])
     assert lowest not in sel.indices  # the least degraded sample is "irrelevant"
-    same = paser_select(pool, tokenizer, dense, dense, 6, n_clusters=2, max_tokens=48, embedder="model")
+    same = paser_select(pool, tokenizer, dense, dense, 6, n_clusters=2, max_tokens=48, embedder="model", signal="jsd")
     assert max(same.jsd) < 1e-6  # no pruning, no degradation
 
 
@@ -377,6 +378,7 @@ def test_paser_drops_duplicates(tokenizer):
     texts = [pool[i] for i in sel.indices]
     assert len(texts) == len(set(texts)) == 8
     assert sel.dropped_duplicates > 0
+    assert sel.signal == "nll-ratio"  # prunekit's default (measured better than the paper's jsd)
 
 
 def test_paser_bad_budget(tokenizer):
@@ -386,7 +388,8 @@ def test_paser_bad_budget(tokenizer):
         paser_select(_pool(), tokenizer, make_llama(), make_llama(), 0)
 
 
-def test_cli_recover_with_paser_selection(tmp_path, tokenizer, calib_ids):
+@pytest.mark.parametrize("flags,signal", [([], "nll-ratio"), (["--paser-signal", "jsd"], "jsd")])
+def test_cli_recover_with_paser_selection(tmp_path, tokenizer, calib_ids, flags, signal):
     pytest.importorskip("sklearn")
     import argparse
 
@@ -407,12 +410,12 @@ def test_cli_recover_with_paser_selection(tmp_path, tokenizer, calib_ids):
     out = tmp_path / "rec"
     a = ap.parse_args(["recover", str(tmp_path / "pruned"), "--data", f"gsm8k:{gsm}", "--data", str(txt),
                        "--select", "paser", "--budget", "5", "--out", str(out), "--tokens", "128", "--seqlen", "32",
-                       "--batch-size", "2", "-q", "--paser-signal", "nll-ratio"])  # fmt: skip
+                       "--batch-size", "2", "-q", *flags])  # fmt: skip
     res = cmd_recover(a)
     meta = json.loads((out / "prunekit.json").read_text())
     assert meta["recovery"]["selection"]["selected"] == res["selection"]["selected"] == 5
     assert meta["recovery"]["selection"]["pool"] == 13  # 12 GSM8K records + 1 text file
-    assert meta["recovery"]["selection"]["signal"] == "nll-ratio"
+    assert meta["recovery"]["selection"]["signal"] == signal
     assert meta["recovery"]["mode"] == "masked"
     m, _ = pk.load_model(str(out))
     groups = (dict(m.named_modules())["model.layers.0.mlp.up_proj"].weight != 0).reshape(128, -1, 4).sum(-1)
