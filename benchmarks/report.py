@@ -639,7 +639,7 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
             missing.append(_cell_label(c))
             continue
         rows.append(f"| {c['method']} | {pattern_label(c)} | {c['tool']} | {f_ppl(ppl)} | {scores(t)} | {src} |")
-    named = {f for f, _ in by_cell.values()}
+    named = {by_cell[r["key"]][0] for r in cells if r.get("key") in by_cell}  # a file naming no cell here stays below
     others = [(f, r) for f, r in files if f not in named and f.stem != "dense"]
     if not rows and not others and not dense_t.get("tasks"):
         return []
