@@ -190,6 +190,7 @@ def section(P: dict, png_rel: str | None) -> list[str]:
         c = r["cell"]
         groups.setdefault((c["method"], c["kind"], c["pattern"], c["sparsity"]), []).append(r)
     notes_used: set[str] = set()
+    cpus_marked: set[str] = set()
     for (method, kind, pattern, sp), rows in groups.items():
         pk_row = next((r for r in rows if r["cell"]["tool"] == "prunekit"), None)
         pk_fig = figures(pk_row, dense) if pk_row and pk_row.get("status") == "ok" else None
@@ -220,6 +221,9 @@ def section(P: dict, png_rel: str | None) -> list[str]:
             if thr and f.get("cpu_s") and f.get("prune_s") and f["cpu_s"] < 0.75 * thr * f["prune_s"]:
                 mark += " ³"
                 notes_used.add("load")
+            if r.get("machine_cpu"):
+                mark += " ⁴"
+                cpus_marked.add(r["machine_cpu"])
             L.append(f"{first}{mark} | {f_ppl(f['ppl'])} | {f_num(f['prune_s'])} | {f_num(f['cpu_s'], 0)} | "
                      f"{f_num(f['rss'], 0)} | {f_num(f['sparsity'], 3)} | {f_num(f['params'])} | "
                      f"{f_num(f['size'], 0)} | {pf} |")
@@ -269,6 +273,12 @@ def section(P: dict, png_rel: str | None) -> list[str]:
         L += ["", f"³ the machine was shared while this prune ran: its CPU time is under 75% of "
               f"wall time × {thr} thread(s), so the wall time is inflated by other jobs; compare "
               f"CPU seconds (the 1-min load average before and after each job is in the JSON)."]
+    if cpus_marked:
+        earlier = [c for c in P["protocol"].get("cpus_seen") or [] if c not in cpus_marked] or ["other CPUs"]
+        L += ["", f"⁴ pruned and timed on {', '.join(sorted(cpus_marked))} (the cell records its CPU); "
+              f"unmarked rows predate that record and ran on {' or '.join(earlier + sorted(cpus_marked))}. "
+              "Perplexity moves with the CPU by float rounding at most; compare prune times (and ratios) "
+              "between a marked and an unmarked row with care."]
     if "repeats" in notes_used:
         L += ["", "² cheap prune: repeated in fresh processes, medians of prune time and peak RSS "
               "shown (all runs are in the JSON)."]

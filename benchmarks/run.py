@@ -82,6 +82,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "sparsegpt-dsnot": ("sparsegpt", {"refine": "dsnot"}),
     "wanda-dsnot-attn": ("wanda", {"refine": "dsnot", "refine_layers": "attention"}),
     "flap-a64": ("flap", {"align": "64"}),
+    "flap-a1": ("flap", {"align": "1"}),  # no width rounding: the FLAP cells before align=64 became the default
 }
 
 ROUTINE = {"nsamples": 32, "seqlen": 2048, "eval_windows": 40}
@@ -626,7 +627,9 @@ class Harness:
         cdir = self.wdir / c.key
         model_dir = cdir / "model"
         res: dict = {"status": "failed", "cell": asdict(c), "key": c.key, "protocol_id": self.p.id,
-                     "harness_threads": self.a.threads}
+                     "harness_threads": self.a.threads,
+                     # sessions land on different CPU models: the report marks whose times came from where
+                     "machine_cpu": machine_info(self.a.threads).get("cpu")}
         t_cell = time.perf_counter()
         say(f"{head}: pruning ...")
         runs = []

@@ -179,3 +179,22 @@ def test_bench_tasks_keeps_the_other_tasks_of_the_same_model(tiny_llama_dir, tmp
     assert run(other, f"lambada:{lam}") == 0
     fresh = json.loads((mod.OUT / "m.json").read_text())
     assert set(fresh["tasks"]) == {"lambada"} and "cell" not in fresh
+
+
+@pytest.mark.skipif(not (ROUTINE / "protocol.json").is_file(), reason="no routine-protocol results here")
+def test_report_marks_the_rows_timed_on_a_recorded_cpu():
+    """Sessions land on different CPU models: a cell that records its CPU gets the ⁴ mark and the
+    footnote names that CPU; with no record anywhere there is neither."""
+    rep = _report()
+    P = rep.load_protocol(ROUTINE)
+    P = {**P, "cells": copy.deepcopy(P["cells"])}
+    for r in P["cells"]:
+        r.pop("machine_cpu", None)
+    assert not [ln for ln in rep.section(P, None) if "⁴" in ln]
+    ok = next(r for r in P["cells"] if r.get("status") == "ok" and r["cell"]["method"] == "wanda")
+    ok["machine_cpu"] = "Test CPU 9000"
+    lines = rep.section(P, None)
+    marked = [ln for ln in lines if ln.startswith("|") and "⁴" in ln]
+    assert len(marked) == 1 and f"{ok['eval']['perplexity']:.2f}" in marked[0]
+    note = [ln for ln in lines if ln.startswith("⁴ ")]
+    assert len(note) == 1 and "pruned and timed on Test CPU 9000" in note[0]
