@@ -630,6 +630,11 @@ class Harness:
                      "harness_threads": self.a.threads,
                      # sessions land on different CPU models: the report marks whose times came from where
                      "machine_cpu": machine_info(self.a.threads).get("cpu")}
+        prev = read_json(out) if out.is_file() else None
+        if prev and prev.get("status") == "ok":  # redone (--tasks, --force, ...): keep what it measured before
+            res["previous"] = {"perplexity": (prev.get("eval") or {}).get("perplexity"),
+                               "prune_wall_s": (prev.get("prune") or {}).get("prune_wall_s"),
+                               "machine_cpu": prev.get("machine_cpu"), "finished_at": prev.get("finished_at")}
         t_cell = time.perf_counter()
         say(f"{head}: pruning ...")
         runs = []

@@ -182,19 +182,28 @@ def test_bench_tasks_keeps_the_other_tasks_of_the_same_model(tiny_llama_dir, tmp
 
 
 @pytest.mark.skipif(not (ROUTINE / "protocol.json").is_file(), reason="no routine-protocol results here")
-def test_report_marks_the_rows_timed_on_a_recorded_cpu():
-    """Sessions land on different CPU models: a cell that records its CPU gets the ⁴ mark and the
-    footnote names that CPU; with no record anywhere there is neither."""
+def test_report_marks_the_rows_timed_on_another_cpu_and_the_cells_whose_ppl_moved():
+    """Sessions land on different CPU models: a row pruned on a CPU other than most rows' gets the
+    ⁴ mark and the footnote names both CPUs; a re-pruned cell whose perplexity moved is listed with
+    its earlier figure; with one CPU everywhere and nothing moved there is neither."""
     rep = _report()
     P = rep.load_protocol(ROUTINE)
     P = {**P, "cells": copy.deepcopy(P["cells"])}
     for r in P["cells"]:
-        r.pop("machine_cpu", None)
-    assert not [ln for ln in rep.section(P, None) if "⁴" in ln]
+        r["machine_cpu"] = "CPU A"
+        r.pop("previous", None)
+    lines = rep.section(P, None)
+    assert not [ln for ln in lines if "⁴" in ln or ln.startswith("Re-pruned")]
     ok = next(r for r in P["cells"] if r.get("status") == "ok" and r["cell"]["method"] == "wanda")
-    ok["machine_cpu"] = "Test CPU 9000"
+    ok["machine_cpu"] = "CPU B"
+    ppl = ok["eval"]["perplexity"]
+    ok["previous"] = {"perplexity": ppl * 0.9, "finished_at": "2026-01-02 03:04:05", "machine_cpu": "CPU A"}
     lines = rep.section(P, None)
     marked = [ln for ln in lines if ln.startswith("|") and "⁴" in ln]
-    assert len(marked) == 1 and f"{ok['eval']['perplexity']:.2f}" in marked[0]
+    assert len(marked) == 1 and f"{ppl:.2f}" in marked[0]
     note = [ln for ln in lines if ln.startswith("⁴ ")]
-    assert len(note) == 1 and "pruned and timed on Test CPU 9000" in note[0]
+    assert len(note) == 1 and "pruned and timed on CPU B; unmarked rows on CPU A" in note[0]
+    moved = [ln for ln in lines if ln.startswith("Re-pruned")]
+    assert len(moved) == 1 and f"{rep._cell_label(ok['cell'])} {ppl * 0.9:.2f} (2026-01-02, CPU A) → {ppl:.2f}" in moved[0]
+    ok["previous"]["perplexity"] = ppl  # reproduced: not listed
+    assert not [ln for ln in rep.section(P, None) if ln.startswith("Re-pruned")]
