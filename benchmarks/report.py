@@ -664,7 +664,7 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
         return (f"{pc(la, 'acc')} | {f_ppl(lppl) if lppl else '–'} | {pc(pi, 'acc')} | {pc(pi, 'acc_norm')} | "
                 f"{f_num(task_seconds(t), 0)}")
 
-    rows, missing, notes = [], [], []
+    rows, missing, notes, partial = [], [], [], []
     for r in cells:
         c, e = r["cell"], r["eval"]
         mine = e.get("tasks") or {}
@@ -679,6 +679,8 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
             missing.append(_cell_label(c))
             continue
         rows.append(f"| {c['method']} | {pattern_label(c)} | {c['tool']} | {f_ppl(ppl)} | {scores(t)} | {src} |")
+        if not {"lambada", "piqa"} <= set(t):
+            partial.append(f"{_cell_label(c)} (no {' or '.join(sorted({'lambada', 'piqa'} - set(t))).upper()} yet)")
     named = {by_cell[r["key"]][0] for r in cells if r.get("key") in by_cell}  # a file naming no cell here stays below
     others = [(f, r) for f, r in files if f not in named and f.stem != "dense"]
     if not rows and not others and not dense_t.get("tasks"):
@@ -690,7 +692,8 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
     head = ("| method | pattern | tool | WikiText-2 ppl | LAMBADA acc | LAMBADA ppl | PIQA acc | PIQA acc_norm | "
             "scoring s | scored by |")
     if P and (rows or dense_t.get("tasks")):
-        L += [f"Routine-protocol rows ({len(rows)} of {len(cells)} cells scored; _{protocol_line(P)}_). "
+        L += [f"Routine-protocol rows ({len(rows) - len(partial)} of {len(cells)} cells scored on both tasks"
+              + (f", {len(partial)} on one" if partial else "") + f"; _{protocol_line(P)}_). "
               "`python benchmarks/run.py --tasks lambada,piqa` prunes a cell again and scores the saved folder "
               "right after its perplexity (run.py); tasks.py rows are folders pruned again with the cell's "
               "settings and scored by `python benchmarks/tasks.py --model DIR --cell KEY`, their own "
@@ -702,6 +705,8 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
         if missing:
             L += ["", f"Not scored yet ({len(missing)}): " + "; ".join(missing) + ". The full LAMBADA set takes "
                   "10–13 minutes per model on one core here, PIQA 4–5, besides the prune and its perplexity."]
+        if partial:
+            L += ["", f"Scored on one task so far ({len(partial)}): " + "; ".join(partial) + "."]
         if notes:
             L += ["", "Notes: " + " ".join(notes)]
         L.append("")

@@ -102,11 +102,18 @@ def test_report_puts_a_tasks_py_result_in_the_row_of_the_cell_it_names(tmp_path)
     row = [ln for ln in text.splitlines() if "tasks.py `x`" in ln]
     assert len(row) == 1 and row[0].startswith(f"| {a['cell']['method']} |") and "| 12.35 |" in row[0]
     assert "61.11% ± 1.00" in row[0] and "`x`: pruned again" in text
-    assert f"Routine-protocol rows (1 of {len(ok)} cells scored" in text
+    # PIQA alone: a row, but counted apart from the cells scored on both tasks
+    assert f"Routine-protocol rows (0 of {len(ok)} cells scored on both tasks, 1 on one" in text
+    assert f"Scored on one task so far (1): {rep._cell_label(a['cell'])} (no LAMBADA yet)." in text
     missing = text.split(f"Not scored yet ({len(ok) - 1}): ")[1].split(". The full")[0].split("; ")
     assert rep._cell_label(b["cell"]) in missing and rep._cell_label(a["cell"]) not in missing
     assert "70.00%" not in text  # the --limit run
     assert "| z (`.bench/recovery/q-recovered`) | – | – | 62.22% ± 1.00 |" in text
+    both = {**t(0.6111), "lambada": {"metrics": {"acc": 0.1, "perplexity": 500.0}, "stderr": {"acc": 0.004}}}
+    (tmp_path / "x.json").write_text(json.dumps({"model": "DIR", "limit": None, "cell": a["key"], "tasks": both}))
+    text = "\n".join(rep.tasks_section(tmp_path, P))
+    assert f"Routine-protocol rows (1 of {len(ok)} cells scored on both tasks;" in text
+    assert "Scored on one task so far" not in text
 
 
 def test_recovery_section_takes_the_gap_from_the_folder_actually_recovered(tmp_path):
