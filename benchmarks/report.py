@@ -10,13 +10,12 @@ with the most finished cells first.  The plot of that protocol is
 
 from __future__ import annotations
 
-from collections import Counter
-
 import argparse
 import json
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -230,12 +229,10 @@ def section(P: dict, png_rel: str | None) -> list[str]:
             if r.get("machine_cpu") and r["machine_cpu"] != main_cpu:
                 mark += " ⁴"
                 cpus_marked.add(r["machine_cpu"])
-            if r.get("machine_cpu"):
-                was = (r.get("previous") or {}).get("perplexity")
-                if was and f.get("ppl") and abs(f["ppl"] / was - 1) > 0.001:
-                    moved.append(f"{_cell_label(c)} {f_ppl(was)} ({(r['previous'].get('finished_at') or '?')[:10]}"
-                                 f"{', ' + r['previous']['machine_cpu'] if r['previous'].get('machine_cpu') else ''})"
-                                 f" → {f_ppl(f['ppl'])}")
+            prev = r.get("previous") or {}
+            if prev.get("perplexity") and f.get("ppl") and abs(f["ppl"] / prev["perplexity"] - 1) > 0.001:
+                where = ", ".join(x for x in ((prev.get("finished_at") or "?")[:10], prev.get("machine_cpu")) if x)
+                moved.append(f"{_cell_label(c)} {f_ppl(prev['perplexity'])} ({where}) → {f_ppl(f['ppl'])}")
             L.append(f"{first}{mark} | {f_ppl(f['ppl'])} | {f_num(f['prune_s'])} | {f_num(f['cpu_s'], 0)} | "
                      f"{f_num(f['rss'], 0)} | {f_num(f['sparsity'], 3)} | {f_num(f['params'])} | "
                      f"{f_num(f['size'], 0)} | {pf} |")
@@ -515,8 +512,7 @@ def _cell_of(P: dict, method: str, kind: str, sparsity: float) -> dict | None:
 
 
 def _ppl_of(P: dict, method: str, kind: str, sparsity: float) -> float | None:
-    r = _cell_of(P, method, kind, sparsity)
-    return (r.get("eval") or {}).get("perplexity") if r else None
+    return ((_cell_of(P, method, kind, sparsity) or {}).get("eval") or {}).get("perplexity")
 
 
 def beyond_sparsegpt_section(P: dict, others: list[dict] | None = None) -> list[str]:
@@ -544,12 +540,12 @@ def beyond_sparsegpt_section(P: dict, others: list[dict] | None = None) -> list[
          "|---|---|---|---|---|---|---|"]
     other_cpu = False
     for label, base, kind, sp, cands, target in rows:
-        b = _ppl_of(P, base, kind, sp)
-        b_cpu = (_cell_of(P, base, kind, sp) or {}).get("machine_cpu")
+        rb = _cell_of(P, base, kind, sp) or {}
+        b, b_cpu = (rb.get("eval") or {}).get("perplexity"), rb.get("machine_cpu")
         for j, m in enumerate(cands):
-            v = _ppl_of(P, m, kind, sp)
+            rm = _cell_of(P, m, kind, sp) or {}
+            v, m_cpu = (rm.get("eval") or {}).get("perplexity"), rm.get("machine_cpu")
             cell, rel = (f_ppl(v) if v is not None else "–"), (f"{(v / b - 1) * 100:+.1f}%" if (v is not None and b) else "–")
-            m_cpu = (_cell_of(P, m, kind, sp) or {}).get("machine_cpu")
             if v is not None and b_cpu and m_cpu and m_cpu != b_cpu:
                 cell += " ⁴"
                 other_cpu = True

@@ -430,6 +430,7 @@ class Harness:
         self.peer_err: dict[str, str] = {}
         self.speed_method = ""
         self.task_names: list[str] = args.task_names
+        self.machine = machine_info(args.threads)  # once: protocol.json and every cell record name it
 
     # -- shared inputs ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -456,7 +457,7 @@ class Harness:
         dense_meta = (read_json(self.p.dense_dir / "prunekit.json") or {}).get("benchmark_dense", {})
         path = self.rdir / "protocol.json"
         old = read_json(path) or {}
-        machine = machine_info(self.a.threads)
+        machine = self.machine
         seen = old.get("cpus_seen") or [(old.get("machine") or {}).get("cpu")]
         data = {
             "protocol_id": self.p.id,
@@ -629,7 +630,7 @@ class Harness:
         res: dict = {"status": "failed", "cell": asdict(c), "key": c.key, "protocol_id": self.p.id,
                      "harness_threads": self.a.threads,
                      # sessions land on different CPU models: the report marks whose times came from where
-                     "machine_cpu": machine_info(self.a.threads).get("cpu")}
+                     "machine_cpu": self.machine.get("cpu")}
         prev = read_json(out) if out.is_file() else None
         if prev and prev.get("status") == "ok":  # redone (--tasks, --force, ...): keep what it measured before
             res["previous"] = {"perplexity": (prev.get("eval") or {}).get("perplexity"),
