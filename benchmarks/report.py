@@ -579,34 +579,44 @@ def beyond_sparsegpt_section(P: dict, others: list[dict] | None = None) -> list[
 
 
 def scale_section(d: Path) -> list[str]:
-    """``benchmarks/scale.py``: streaming prune of a 7B-shaped checkpoint (peak RSS, time)."""
+    """``benchmarks/scale.py``: streaming prune of a 7B-shaped checkpoint (peak RSS, time), and the
+    GPU runs of ``benchmarks/gpu_check.sh`` (``--device cuda``: wall, peak GPU memory, peak RSS)."""
     files = sorted(d.glob("*.json")) if d.is_dir() else []
-    if not files:
+    recs = [r for r in (_read(f) for f in files) if r]
+    cpu = [r for r in recs if not str(r.get("device") or "cpu").startswith("cuda")]
+    gpu = [r for r in recs if str(r.get("device") or "cpu").startswith("cuda")]
+    if not recs:
         return []
-    L = ["## Scale: models larger than memory (`--stream`)", "",
-         "_A Llama-2-7B-shaped bf16 checkpoint with random weights (32 blocks, hidden 4096, "
-         "intermediate 11008, vocab 32000), written tensor by tensor into shards by "
-         "`benchmarks/scale.py`, pruned by `prunekit prune DIR --stream` in its own process on this "
-         "2-core CPU, one torch thread; 2 × 128-token calibration windows (enough to prove the memory "
-         "bound; not a quality figure). Peak RSS is the child's `ru_maxrss`._", "",
-         "| method | blocks | checkpoint GB | peak RSS GB | target | wall s | output |", "|---|---|---|---|---|---|---|"]
-    est: dict[str, dict[str, float]] = {}
-    for f in files:
-        r = _read(f) or {}
-        target = "< 4 GB" if r.get("method") == "wanda" else "< 6 GB"
+
+    def ok(r: dict) -> str:
         out = r.get("output") or {}
-        ok = f"sparsity {out.get('min_linear_sparsity', '?')} in every Linear, {', '.join(out.get('dtypes') or [])}"
+        s = f"sparsity {out.get('min_linear_sparsity', '?')} in every Linear, {', '.join(out.get('dtypes') or [])}"
         if out.get("nm_2_4_valid"):
-            ok += ", valid 2:4"
-        L.append(f"| {r.get('method')} {r.get('pattern')} | {r.get('blocks')} of 32 | {r.get('checkpoint_gb')} | "
-                 f"**{r.get('peak_rss_gb')}** | {target} | {f_num(r.get('wall_s'), 0)} | {ok} |")
-        for shape, v in ((r.get("extrapolation") or {}).get("shapes") or {}).items():
-            est.setdefault(shape, {})[r.get("method")] = v.get("peak_rss_gb_estimate")
-    L += ["", "RSS after each block stays flat (Wanda: 375–555 MB between blocks), so peak memory does not "
-          "grow with the number of blocks; SparseGPT was run on 4 of the 32 blocks (same shapes; the "
-          "whole model would take about 75 minutes on this shared machine). Reproduce: "
-          "`OMP_NUM_THREADS=1 python benchmarks/scale.py --method wanda` (and `--method sparsegpt "
-          "--layers 4`).", ""]
+            s += ", valid 2:4"
+        if out.get("keys_and_shapes_match_from_pretrained") is False:
+            s += ", **keys/shapes differ from from_pretrained's**"
+        return s
+
+    L = ["## Scale: models larger than memory (`--stream`)", ""]
+    est: dict[str, dict[str, float]] = {}
+    if cpu:
+        L += ["_A Llama-2-7B-shaped bf16 checkpoint with random weights (32 blocks, hidden 4096, "
+              "intermediate 11008, vocab 32000), written tensor by tensor into shards by "
+              "`benchmarks/scale.py`, pruned by `prunekit prune DIR --stream` in its own process on this "
+              "2-core CPU, one torch thread; 2 × 128-token calibration windows (enough to prove the memory "
+              "bound; not a quality figure). Peak RSS is the child's `ru_maxrss`._", "",
+              "| method | blocks | checkpoint GB | peak RSS GB | target | wall s | output |", "|---|---|---|---|---|---|---|"]
+        for r in cpu:
+            target = "< 4 GB" if r.get("method") == "wanda" else "< 6 GB"
+            L.append(f"| {r.get('method')} {r.get('pattern')} | {r.get('blocks')} of 32 | {r.get('checkpoint_gb')} | "
+                     f"**{r.get('peak_rss_gb')}** | {target} | {f_num(r.get('wall_s'), 0)} | {ok(r)} |")
+            for shape, v in ((r.get("extrapolation") or {}).get("shapes") or {}).items():
+                est.setdefault(shape, {})[r.get("method")] = v.get("peak_rss_gb_estimate")
+        L += ["", "RSS after each block stays flat (Wanda: 375–555 MB between blocks), so peak memory does not "
+              "grow with the number of blocks; SparseGPT was run on 4 of the 32 blocks (same shapes; the "
+              "whole model would take about 75 minutes on this shared machine). Reproduce: "
+              "`OMP_NUM_THREADS=1 python benchmarks/scale.py --method wanda` (and `--method sparsegpt "
+              "--layers 4`).", ""]
     if est:
         L += ["Paper extrapolation of peak RSS (the per-step formula is in the JSON files, fitted to the "
               "7B measurement; 256 calibration tokens — more tokens add the block inputs, "
@@ -615,8 +625,26 @@ def scale_section(d: Path) -> list[str]:
         for shape, v in est.items():
             L.append(f"| {shape} | {v.get('wanda', '–')} | {v.get('sparsegpt', '–')} |")
         L.append("")
-    L += ["GPU figures (Llama-3-8B shapes, 128 × 2048 calibration): not measured — no session so far had "
-          "the GPU machine; the `--device cuda` path runs each block on the GPU and is tested on CPU only.", ""]
+    if gpu:
+        L += ["GPU runs (`bash benchmarks/gpu_check.sh` on the lent GPU machine: random bf16 weights, "
+              "`prune_streaming(..., device='cuda')`, each block on the GPU while the model stays on disk; "
+              "random calibration token ids; peak GPU memory is `torch.cuda.max_memory_allocated`, peak RSS "
+              "the child's `ru_maxrss`). Anchor: SparseGPT's paper prunes a 175B model on one 80 GB GPU in "
+              "about 4 hours.", "",
+              "| shape | method | calibration | blocks | GPU | wall s | peak GPU GB (reserved) | peak RSS GB | output |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for r in gpu:
+            g = r.get("gpu") or {}
+            L.append(f"| {r.get('shape_name', '?')}{' (tiny)' if r.get('tiny') else ''} | {r.get('method')} "
+                     f"{r.get('pattern')} | {r.get('calibration', '?').removesuffix(' random token ids')} | "
+                     f"{r.get('blocks')} | {g.get('name', '?')} | {f_num(r.get('wall_s'), 0)} | "
+                     f"**{f_num(g.get('max_allocated_gb'), 1)}** ({f_num(g.get('max_reserved_gb'), 1)}) | "
+                     f"{r.get('peak_rss_gb')} | {ok(r)} |")
+        L.append("")
+    else:
+        L += ["GPU figures (Llama-3-8B shapes, 128 × 2048 calibration): not measured — no session so far had "
+              "the GPU machine; the `--device cuda` path runs each block on the GPU and is tested on CPU only. "
+              "`bash benchmarks/gpu_check.sh` is the prepared run for a session that has one.", ""]
     return L
 
 

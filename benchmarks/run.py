@@ -83,6 +83,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "wanda-dsnot-attn": ("wanda", {"refine": "dsnot", "refine_layers": "attention"}),
     "flap-a64": ("flap", {"align": "64"}),
     "flap-a1": ("flap", {"align": "1"}),  # no width rounding: the FLAP cells before align=64 became the default
+    "wanda-sp-a1": ("wanda-sp", {"align": "1"}),  # likewise for the wanda-sp 20% cell (589.60, 1254 MLP channels)
 }
 
 ROUTINE = {"nsamples": 32, "seqlen": 2048, "eval_windows": 40}
