@@ -654,6 +654,22 @@ def dense_task_scores(d: Path, model: str | None) -> dict:
     return (r.get("tasks") or {}) if r and r.get("model") == model and not r.get("limit") else {}
 
 
+def _scoring_minutes(cells: list[dict]) -> str:
+    """How long the full sets took per model on one core, per CPU, from the cells' own records."""
+    span: dict[str, dict[str, list[float]]] = {}
+    for r in cells:
+        for task, v in ((r.get("eval") or {}).get("tasks") or {}).items():
+            if isinstance(v, dict) and v.get("seconds"):
+                span.setdefault(r.get("machine_cpu") or "an unrecorded CPU", {}).setdefault(task, []).append(v["seconds"] / 60)
+    if not span:
+        return ""
+    def one(task: str) -> str:
+        return ", ".join(f"{min(v):.0f}–{max(v):.0f} min on the {cpu.removesuffix(' Processor')}"
+                         for cpu, d in sorted(span.items()) if (v := d.get(task)))
+    return (f"Per model on one core, the full LAMBADA set took {one('lambada')}; PIQA {one('piqa')} (the run.py "
+            "cells' own records), besides the prune and its perplexity.")
+
+
 def _cell_label(c: dict) -> str:
     return f"{c.get('tool')} {c.get('method')} {pattern_label(c)}"
 
@@ -727,8 +743,7 @@ def tasks_section(d: Path, P: dict | None = None) -> list[str]:
                      f"{'tasks.py `dense`' if dense_f and dense_t['tasks'] is dense_f[1].get('tasks') else 'run.py'} |")
         L += rows
         if missing:
-            L += ["", f"Not scored yet ({len(missing)}): " + "; ".join(missing) + ". The full LAMBADA set takes "
-                  "10–13 minutes per model on one core here, PIQA 4–5, besides the prune and its perplexity."]
+            L += ["", f"Not scored yet ({len(missing)}): " + "; ".join(missing) + ". " + _scoring_minutes(cells)]
         if partial:
             L += ["", f"Scored on one task so far ({len(partial)}): " + "; ".join(partial) + "."]
         if notes:

@@ -214,3 +214,14 @@ def test_report_marks_the_rows_timed_on_another_cpu_and_the_cells_whose_ppl_move
     assert len(moved) == 1 and f"{rep._cell_label(ok['cell'])} {ppl * 0.9:.2f} (2026-01-02, CPU A) → {ppl:.2f}" in moved[0]
     ok["previous"]["perplexity"] = ppl  # reproduced: not listed
     assert not [ln for ln in rep.section(P, None) if ln.startswith("Re-pruned")]
+
+
+def test_not_scored_line_gives_the_scoring_minutes_per_cpu_from_the_records():
+    report = _report()
+    cell = lambda cpu, la, pi: {"machine_cpu": cpu, "eval": {"tasks": {"lambada": {"seconds": la}, "piqa": {"seconds": pi}}}}  # noqa: E731
+    cells = [cell("AMD EPYC", 1200, 480), cell("AMD EPYC", 1440, 420), cell("Intel(R) Xeon(R) Processor", 660, 270),
+             {"machine_cpu": "AMD EPYC", "eval": {}}]  # fmt: skip
+    text = report._scoring_minutes(cells)
+    assert "LAMBADA set took 20–24 min on the AMD EPYC, 11–11 min on the Intel(R) Xeon(R);" in text
+    assert "PIQA 7–8 min on the AMD EPYC, 4–4 min on the Intel(R) Xeon(R)" in text
+    assert report._scoring_minutes([{"eval": {}}]) == ""
