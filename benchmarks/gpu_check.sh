@@ -17,6 +17,12 @@ PY="${PY:-python3}"
 DEVICE="${DEVICE:-cuda}"
 OUTDIR="${OUT:-/tmp/prunekit-gpu-check}"
 mkdir -p "$OUTDIR"
+# the 16 GB checkpoint and its 16 GB output: in RAM (/dev/shm) where it has room, since a
+# sandboxed disk can be slow; tmpfs pages are not the prune's RSS
+if [ -z "${PRUNEKIT_SCALE_WORK:-}" ] && [ "$(df -k --output=avail /dev/shm 2>/dev/null | tail -n 1)" -gt 40000000 ] 2>/dev/null; then
+  export PRUNEKIT_SCALE_WORK=/dev/shm/prunekit-scale
+fi
+echo "checkpoints under ${PRUNEKIT_SCALE_WORK:-.bench/work}"
 if [ -n "${TINY:-}" ]; then
   SIZE=(--tiny --layers 2) CALIB=(--nsamples 4 --seqlen 64)
 else

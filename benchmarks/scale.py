@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".bench" / "work"
+WORK = Path(os.environ.get("PRUNEKIT_SCALE_WORK") or ROOT / ".bench" / "work")  # checkpoints; gpu_check.sh: /dev/shm
 RESULTS = ROOT / "benchmarks" / "results" / "scale"
 
 LLAMA2_7B = dict(
