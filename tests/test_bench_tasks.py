@@ -225,3 +225,21 @@ def test_not_scored_line_gives_the_scoring_minutes_per_cpu_from_the_records():
     assert "LAMBADA set took 20–24 min on the AMD EPYC, 11–11 min on the Intel(R) Xeon(R);" in text
     assert "PIQA 7–8 min on the AMD EPYC, 4–4 min on the Intel(R) Xeon(R)" in text
     assert report._scoring_minutes([{"eval": {}}]) == ""
+
+
+def test_harness_json_write_leaves_another_jobs_temp_file_alone(tmp_path):
+    """Two benchmark jobs write the shared protocol.json: each must rename its own temp file."""
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = run  # its dataclasses look their module up while being defined
+    try:
+        spec.loader.exec_module(run)
+    finally:
+        sys.modules.pop("bench_run", None)
+    path = tmp_path / "protocol.json"
+    other = tmp_path / "protocol.json.tmp"  # an in-flight temp of another writer (old fixed name)
+    other.write_text("{}")
+    run.write_json(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert other.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["protocol.json", "protocol.json.tmp"]
