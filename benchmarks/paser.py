@@ -191,6 +191,8 @@ def reused_measurements(a: argparse.Namespace) -> dict[str, dict]:
     mine = {k: getattr(a, k) for k in SIZE_FLAGS if k != "signal"}
     theirs = {k: old["args"].get(k) for k in mine}
     theirs["pattern"] = theirs["pattern"] or None
+    if theirs.get("embedder") is None:  # runs before --embedder: the one their selection recorded
+        theirs["embedder"] = _embedder(old)
     if mine != theirs:
         diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
         raise SystemExit(f"--reuse {a.reuse}: its settings differ from this run's (theirs, mine): {diff}")
@@ -262,7 +264,8 @@ def run(a: argparse.Namespace) -> dict:
     res["pool"] = {"gsm8k": len(gsm), "c4": len(c4), "tokens_gsm8k": sum(lengths[: len(gsm)]),
                    "tokens_c4": sum(lengths[len(gsm) :])}  # fmt: skip
     t0 = time.perf_counter()
-    sel_p = paser_select(pool, tok, pruned, dense, a.budget, max_tokens=a.jsd_tokens, seed=a.seed, signal=a.signal)
+    sel_p = paser_select(pool, tok, pruned, dense, a.budget, max_tokens=a.jsd_tokens, seed=a.seed, signal=a.signal,
+                         embedder=a.embedder)
     t_sel = time.perf_counter() - t0
     sel_r = random_select(len(pool), a.budget, a.seed)
     labels, jsd = sel_p.labels, sel_p.jsd
@@ -335,7 +338,7 @@ def write_section(res: dict, path: Path = SECTION, variant: dict | None = None,
         "## PASER: recovery data selection vs random at the same budget (issue 14)",
         "",
         "PASER (He et al., arXiv:2502.12594) spends a recovery budget on the samples the pruned model "
-        "got most wrong: candidates are embedded (all-MiniLM-L6-v2), spectrally clustered, the budget "
+        f"got most wrong: candidates are embedded ({_embedder_name(res)}), spectrally clustered, the budget "
         "is split over clusters in proportion to their mean JSD between dense and pruned next-token "
         "distributions, and the most degraded samples of each cluster are taken (near-duplicates and "
         "the least degraded 5% dropped). Baseline: the same number of samples drawn uniformly at random.",
@@ -427,8 +430,12 @@ def variant_lines(res: dict, var: dict) -> list[str]:
     won = v["paser_beats_random"][worst]
     return [
         f"**Variant: PASER with `signal={sig}`** (prunekit's option: the budget follows each sample's relative "
-        "damage, the pruned model's mean next-token NLL over the dense model's, instead of the JSD; same pool, "
-        "clusters, budget and LoRA; the dense and random rows reused from the run above"
+        "damage, the pruned model's mean next-token NLL over the dense model's, instead of the JSD; "
+        + (f"same pool, {_embedder_name(var)}, clusters, budget and LoRA"
+           if _embedder(var) == _embedder(res) else
+           f"same pool, budget and LoRA, but {_embedder_name(var)} where the run above used {_embedder_name(res)}, "
+           "so the clusters differ")
+        + "; the dense and random rows reused from the run above"
         + (", the pruned model re-made and re-measured: GSM8K " + ", WikiText-2 ".join(
             f"{ck['now']:.3f} (above: {ck['before']:.3f})" for ck in (var["reuse_check"][c] for c in ("gsm8k", "wikitext2")))
            if var.get("reuse_check") else "")
@@ -458,8 +465,8 @@ def replicate_lines(runs: list[tuple[dict, dict | None]]) -> list[str]:
     L = ["**Seeds.** The whole protocol again with another `--seed` (calibration windows, pool subsets, random "
          "selection and LoRA seed all change; the dense row does not). GSM8K-test answer perplexity (the "
          "capability that degraded most in every run) of the pruned model and after each recovery:", "",
-         "| seed | GSM8K pruned | GSM8K random | GSM8K PASER jsd (the paper's) | GSM8K PASER nll-ratio | "
-         "WikiText-2 random / jsd / nll-ratio | PIQA acc random / jsd / nll-ratio (%) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+         "| seed | embeddings jsd / nll-ratio | GSM8K pruned | GSM8K random | GSM8K PASER jsd (the paper's) | GSM8K PASER nll-ratio | "
+         "WikiText-2 random / jsd / nll-ratio | PIQA acc random / jsd / nll-ratio (%) |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     wins, wiki_worse = {"jsd": 0, "nll-ratio": 0}, 0
     for res, var in runs:
         ev = {m: res["models"][m]["eval"] for m in MODELS}
@@ -474,7 +481,8 @@ def replicate_lines(runs: list[tuple[dict, dict | None]]) -> list[str]:
                 return "–"
             return f"{100 * e['piqa']['acc']:.1f}" if c == "piqa" else f"{e[c]['perplexity']:.{nd}f}"
 
-        L.append(f"| {res['args']['seed']} | {f(ev['pruned'], 'gsm8k', 3)} | "
+        emb = _embedder(res) + " / " + (_embedder(var) if var else "–")
+        L.append(f"| {res['args']['seed']} | {emb} | {f(ev['pruned'], 'gsm8k', 3)} | "
                  + " | ".join(f(e, "gsm8k", 3) for e in cols["gsm8k"]) + " | "
                  + " / ".join(f(e, "wikitext2", 2) for e in cols["wikitext2"]) + " | "
                  + " / ".join(f(e, "piqa", 1) for e in cols["piqa"]) + " |")
@@ -493,6 +501,16 @@ def replicate_lines(runs: list[tuple[dict, dict | None]]) -> list[str]:
     return L
 
 
+def _embedder(res: dict) -> str:
+    """The embedder a run's PASER selection used ("minilm" or "model"), from its recorded summary."""
+    return res["selection"]["paser"]["summary"].get("embedder", "?")
+
+
+def _embedder_name(res: dict) -> str:
+    e = _embedder(res)
+    return {"minilm": "all-MiniLM-L6-v2 embeddings", "model": "the pruned model's own mean-pooled hidden states"}.get(e, f"embedder {e}")
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%" if math.isfinite(x) else "n/a (no gap)"
 
@@ -505,7 +523,7 @@ def _metric_text(ev: dict, c: str) -> str:
 
 SIZE_FLAGS = ("method", "pattern", "sparsity", "calib_windows", "calib_seqlen", "seed", "pool_gsm8k", "pool_c4", "budget",
               "tokens", "seqlen", "batch_size", "lr", "r", "jsd_tokens", "wiki_windows", "gsm8k_questions", "piqa_limit",
-              "signal")  # fmt: skip
+              "signal", "embedder")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -527,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jsd-tokens", type=int, default=256, help="PASER: tokens of each sample embedded and scored (JSD; paser_select's default)")
     ap.add_argument("--signal", choices=("jsd", "nll-ratio"), default="jsd",
                     help="PASER's degradation signal: jsd (the paper's) or nll-ratio (relative NLL increase, prunekit's option)")
+    ap.add_argument("--embedder", choices=("minilm", "model", "auto"), default="minilm",
+                    help="PASER's embeddings: minilm (default; needs `prunekit[paser]`, so a run never falls back "
+                         "silently), model (the pruned model's mean-pooled hidden states) or auto")
     ap.add_argument("--reuse", type=Path, default=None, metavar="JSON",
                     help="take the dense and random-selection measurements from this earlier jsd run (same settings but "
                          "--signal); the pruned model is re-measured as a check")

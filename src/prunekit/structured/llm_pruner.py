@@ -147,8 +147,9 @@ def llm_pruner(model: nn.Module, config: PruneConfig, calib: Tensor | None, toke
     settings["plan"] = {"kv_heads": plan.kk, "heads": plan.heads, "intermediate": plan.channels}
     report = C.new_report("llm-pruner", settings, sparsity, ids, config)
     report.timings.update({"gradients": t_grad, "prune": time.perf_counter() - t0})
-    report.notes.append(f"Taylor importance from {ids.shape[0]} windows x {ids.shape[1]} tokens; no recovery")
+    report.notes.append(f"Taylor importance from {ids.shape[0]} windows x {ids.shape[1]} tokens")
     return C.finish(model, adapter, geo, report, shapes, before, t_start, info)
 
 
-llm_pruner.summary = "LLM-Pruner: first-order Taylor importance of coupled head/channel groups (no recovery)"
+llm_pruner.summary = ("LLM-Pruner: first-order Taylor importance of coupled head/channel groups "
+                      "(the paper's LoRA recovery: prune --recover)")
