@@ -431,10 +431,10 @@ def variant_lines(res: dict, var: dict) -> list[str]:
     return [
         f"**Variant: PASER with `signal={sig}`** (prunekit's option: the budget follows each sample's relative "
         "damage, the pruned model's mean next-token NLL over the dense model's, instead of the JSD; "
-        + (f"same pool, {_embedder_name(var)}, clusters, budget and LoRA"
-           if _embedder(var) == _embedder(res) else
+        + (f"same pool, {_embedder_name(var)}, clusters, budget and LoRA" if _same_clusters(res, var) else
            f"same pool, budget and LoRA, but {_embedder_name(var)} where the run above used {_embedder_name(res)}, "
-           "so the clusters differ")
+           "so the clusters differ" if _embedder(var) != _embedder(res) else
+           f"same pool, {_embedder_name(var)}, budget and LoRA, but the clusters differ")
         + "; the dense and random rows reused from the run above"
         + (", the pruned model re-made and re-measured: GSM8K " + ", WikiText-2 ".join(
             f"{ck['now']:.3f} (above: {ck['before']:.3f})" for ck in (var["reuse_check"][c] for c in ("gsm8k", "wikitext2")))
@@ -503,7 +503,14 @@ def replicate_lines(runs: list[tuple[dict, dict | None]]) -> list[str]:
 
 def _embedder(res: dict) -> str:
     """The embedder a run's PASER selection used ("minilm" or "model"), from its recorded summary."""
-    return res["selection"]["paser"]["summary"].get("embedder", "?")
+    return ((res.get("selection") or {}).get("paser", {}).get("summary") or {}).get("embedder", "?")
+
+
+def _same_clusters(a: dict, b: dict) -> bool:
+    """Did two runs' PASER selections see the same clusters (embedder and cluster sizes)?"""
+    sizes = [{k: c["size"] for k, c in (r["selection"]["paser"].get("summary") or {}).get("clusters", {}).items()}
+             for r in (a, b)]  # fmt: skip
+    return _embedder(a) == _embedder(b) and sizes[0] == sizes[1]
 
 
 def _embedder_name(res: dict) -> str:

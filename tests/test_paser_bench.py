@@ -73,7 +73,8 @@ def test_section_states_the_verdict_on_the_worst_capability(tmp_path, paser_gsm,
         "recovery_config": {"r": 8, "alpha": 16.0, "dropout": 0.05, "lr": 5e-4, "tokens": 1024, "batch_size": 2,
                             "seqlen": 512, "seed": 0},
         "pool": {"gsm8k": 2, "c4": 2, "tokens_gsm8k": 50, "tokens_c4": 50},
-        "selection": {"paser": {**sel, "seconds": 1.0}, "random": sel, "pool_mean_jsd": {"gsm8k": 0.1, "c4": 0.1}},
+        "selection": {"paser": {**sel, "seconds": 1.0, "summary": {"embedder": "minilm", "clusters": {"0": {"size": 2}}}},
+                      "random": sel, "pool_mean_jsd": {"gsm8k": 0.1, "c4": 0.1}},
         "verdict": {"degradation": deg, "degraded_most": max(deg, key=deg.get),
                     "gap_closed": {m: {c: 0.5 for c in bench.CAPS} for m in ("random", "paser")},
                     "paser_beats_random": {"gsm8k": paser_gsm < 8.0, "wikitext2": False, "piqa": False},
@@ -98,6 +99,12 @@ def test_section_states_the_verdict_on_the_worst_capability(tmp_path, paser_gsm,
     assert "| pruned + LoRA on the PASER (nll-ratio) selection | 7.000 |" in both
     assert "Target with the variant (GSM8K-test answer perplexity): **met** (7.000 vs 8.000)" in both
     assert "--signal nll-ratio --reuse base.json" in both
+    assert "candidates are embedded (all-MiniLM-L6-v2 embeddings)" in both
+    assert "same pool, all-MiniLM-L6-v2 embeddings, clusters, budget and LoRA" in both
+    var["selection"]["paser"]["summary"]["embedder"] = "model"  # a run that fell back to the model's states
+    bench.write_section(res, out, variant=var)
+    assert ("but the pruned model's own mean-pooled hidden states where the run above used all-MiniLM-L6-v2 "
+            "embeddings, so the clusters differ") in out.read_text()
 
 
 def test_reuse_refuses_a_run_with_other_settings(tmp_path):
@@ -111,6 +118,15 @@ def test_reuse_refuses_a_run_with_other_settings(tmp_path):
     old.write_text(json.dumps({"args": base, "finished": "x", "models": {m: {"eval": m} for m in bench.MODELS}}))
     got = bench.reused_measurements(a)
     assert got == {"dense": {"eval": "dense"}, "random": {"eval": "random"}, "_pruned_before": {"eval": "pruned"}}
+    older = {k: v for k, v in base.items() if k != "embedder"}  # a run from before --embedder: its recorded one counts
+    for recorded, ok in (("minilm", True), ("model", False)):
+        old.write_text(json.dumps({"args": older, "finished": "x", "models": {m: {"eval": m} for m in bench.MODELS},
+                                   "selection": {"paser": {"summary": {"embedder": recorded}}}}))  # fmt: skip
+        if ok:
+            assert bench.reused_measurements(a)["dense"] == {"eval": "dense"}
+        else:
+            with pytest.raises(SystemExit, match=r"'embedder': \('model', 'minilm'\)"):
+                bench.reused_measurements(a)
 
 
 def test_reproduce_command_lists_only_the_flags_that_differ():
