@@ -191,8 +191,12 @@ def reused_measurements(a: argparse.Namespace) -> dict[str, dict]:
     mine = {k: getattr(a, k) for k in SIZE_FLAGS if k != "signal"}
     theirs = {k: old["args"].get(k) for k in mine}
     theirs["pattern"] = theirs["pattern"] or None
-    if theirs.get("embedder") is None:  # runs before --embedder: the one their selection recorded
+    if theirs.get("embedder") in (None, "auto"):  # runs before --embedder, or auto: the one they used
         theirs["embedder"] = _embedder(old)
+    if mine["embedder"] == "auto":  # the one this run will use
+        from prunekit.recovery.paser import _minilm_dir
+
+        mine["embedder"] = "minilm" if _minilm_dir() is not None else "model"
     if mine != theirs:
         diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
         raise SystemExit(f"--reuse {a.reuse}: its settings differ from this run's (theirs, mine): {diff}")

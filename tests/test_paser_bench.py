@@ -127,6 +127,10 @@ def test_reuse_refuses_a_run_with_other_settings(tmp_path):
         else:
             with pytest.raises(SystemExit, match=r"'embedder': \('model', 'minilm'\)"):
                 bench.reused_measurements(a)
+    auto = bench.build_parser().parse_args(["--signal", "nll-ratio", "--embedder", "auto", "--reuse", str(old)])
+    auto.pattern = auto.pattern or None  # auto resolves to MiniLM here (`prunekit[paser]` is installed for the tests)
+    with pytest.raises(SystemExit, match=r"'embedder': \('model', 'minilm'\)"):
+        bench.reused_measurements(auto)
 
 
 def test_reproduce_command_lists_only_the_flags_that_differ():
