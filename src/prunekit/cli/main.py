@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -129,6 +130,14 @@ def _add_info(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
+# Modules whose ``register(subparsers)`` adds their subcommands; each parser sets its handler with
+# ``p.set_defaults(_handler=fn)`` (``fn(args) -> dict``, the --json summary). A room not built yet is skipped.
+ROOM_CLIS: tuple[str, ...] = (
+    "prunekit.models.fetch",  # prunekit fetch ALIAS
+    "prunekit.text.cli",  # prunekit segment FILE
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="prunekit", description="Prune transformer models and prove what it bought.")
     ap.add_argument("--version", action="version", version=f"prunekit {_version()}")
@@ -144,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_recommend_parser(sub)
     add_recover_parser(sub)
+    for mod in ROOM_CLIS:  # subcommands of the other rooms: each module's register(sub) adds its own
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        m.register(sub)
     d = sub.add_parser("demo", help="prune the embedded default model and print before/after")
     d.add_argument("--model", default="smollm2-135m")
     d.add_argument("--method", default=None,
@@ -580,7 +597,8 @@ def _run(a) -> dict[str, Any]:
 
     handlers = {"prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "ls": cmd_ls, "demo": cmd_demo,
                 "recommend": cmd_recommend, "recover": cmd_recover}  # fmt: skip
-    return handlers[a.cmd](a)
+    room = getattr(a, "_handler", None)
+    return room(a) if room is not None else handlers[a.cmd](a)
 
 
 _SIGNALLED: list[int] = []  # signals received during this run (a library may turn the exception into its own)
