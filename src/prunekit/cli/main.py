@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:
-            if e.name != mod:
+            if not (e.name == mod or mod.startswith(f"{e.name}.")):
                 raise
             continue
         m.register(sub)
@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-windows", type=int_flag(1), default=8)
     d.add_argument("--calib", default="builtin")
     d.add_argument("--data", default="builtin")
-    d.add_argument("--out", default="demo-out")
+    d.add_argument("--out", default="demo-out", help="output folder (new, empty, or an earlier prunekit output; default demo-out)")
+    d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not a prunekit output")
     return ap
 
 
