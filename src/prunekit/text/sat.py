@@ -26,7 +26,7 @@ WINDOW = 256  # tokens per encoder window, [CLS] and [SEP] included
 MARGIN = 32  # tokens at each window edge whose scores come from the neighbouring window
 BLOCK_CHARS = 16384  # characters encoded per step of the stream
 CTX_CHARS = 512  # characters of context re-encoded on each side of a step
-N_LAYOUT = 7
+N_LAYOUT = 11
 _TERMINAL = set(".!?\u2026\u203d;:")
 _CLOSERS = set(")]}\"'\u201d\u2019\u00bb")
 
@@ -130,8 +130,26 @@ def candidates(text: str, offsets) -> list[int]:
     return out
 
 
+def text_stats(text: str) -> tuple[float, float, float]:
+    """How the text looks as a whole (so the head knows whether casing, punctuation and line
+    breaks can be trusted): share of capitalised words, punctuation marks per word, line breaks
+    per word (the last two capped at 1)."""
+    words = text.split()
+    if not words:
+        return (0.0, 0.0, 0.0)
+    caps = sum(1 for w in words if w[:1].isupper()) / len(words)
+    punct = sum(1 for ch in text if ch in ".,;:!?\"'()") / len(words)
+    return (caps, min(1.0, punct), min(1.0, text.count("\n") / len(words)))
+
+
 def layout(text: str, offsets, idx: list[int]):
-    """``[len(idx), N_LAYOUT]`` layout bits of each candidate token."""
+    """``[len(idx), N_LAYOUT]`` layout bits of each candidate token: line break after it, blank
+    line, capital next, terminal punctuation, closer, capitalised word, digit next, the ``rules``
+    splitter's decision, and the three ``text_stats``."""
+    from .rules import boundaries
+
+    rule_ends = {pos for pos, _, _ in boundaries(text, 0, len(text))}
+    stats = text_stats(text)
     rows = []
     n = len(text)
     for i in idx:
@@ -154,6 +172,8 @@ def layout(text: str, offsets, idx: list[int]):
             1.0 if last in _CLOSERS else 0.0,
             1.0 if text[ws:ws + 1].isupper() else 0.0,
             1.0 if nxt.isdigit() else 0.0,
+            1.0 if e in rule_ends else 0.0,
+            *stats,
         ))
     return rows
 
