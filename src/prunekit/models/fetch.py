@@ -33,10 +33,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -144,6 +146,9 @@ def fetched_folder(alias: str) -> Path | None:
         return None
     if src.get("alias") != alias:
         return None
+    pinned = SPECS[alias].sha256
+    if pinned is not None and (src.get("gguf") or {}).get("sha256") != pinned:
+        return None  # made from other bytes (unverified, or an older pin): fetch again
     return d
 
 
@@ -217,8 +222,6 @@ def _wheel_name(dist: str, version: str) -> str:
 
 def _copy_wheels(src: Path, packages: list[tuple[str, str]], dest: Path, on_done: Callable[[str], None]) -> None:
     """``--wheels DIR``: take the wheels from a folder (downloaded elsewhere) instead of PyPI."""
-    import shutil
-
     for name, version in packages:
         f = src / _wheel_name(name, version)
         if not f.is_file():
@@ -301,15 +304,18 @@ def concatenate(chunks: list[Chunk], out: Path, expect_size: int, progress: bool
                                      desc=desc or "concatenating", disable=None if progress else True, leave=False) as bar:  # fmt: skip
         for c in chunks:
             got = 0
-            with zipfile.ZipFile(c.wheel) as z, z.open(c.member) as src:
-                while block := src.read(BLOCK):
-                    got += len(block)
-                    done += len(block)
-                    if got > c.size or done > expect_size:
-                        raise ModelLoadError(f"{c.wheel.name}: {c.member} holds more bytes than it declares; refusing it")
-                    h.update(block)
-                    f.write(block)
-                    bar.update(len(block))
+            try:
+                with zipfile.ZipFile(c.wheel) as z, z.open(c.member) as src:
+                    while block := src.read(BLOCK):
+                        got += len(block)
+                        done += len(block)
+                        if got > c.size or done > expect_size:
+                            raise ModelLoadError(f"{c.wheel.name}: {c.member} holds more bytes than it declares; refusing it")
+                        h.update(block)
+                        f.write(block)
+                        bar.update(len(block))
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a corrupt member (bad CRC, truncated)
+                raise ModelLoadError(f"{c.wheel.name}: {c.member} is corrupt ({e}); refusing it") from None
             if got != c.size:
                 raise ModelLoadError(f"{c.wheel.name}: {c.member} holds {got:,} bytes, not the {c.size:,} it declares")
     return h.hexdigest()
@@ -393,6 +399,11 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _read_json(p: Path) -> dict:
     try:
         out = json.loads(p.read_text())
@@ -422,7 +433,7 @@ def fetch(alias: str, *, allow_unverified: bool = False, wheels: str | os.PathLi
         raise ConfigError(f"{alias}: the official sha256 of {spec.hf_file} is not pinned, so these PyPI bytes "
                           f"cannot be verified; pass --allow-unverified to accept them unverified")  # fmt: skip
     t0 = time.perf_counter()
-    c0 = time.process_time()
+    c0 = _cpu_seconds()
     summary: dict[str, Any] = {"alias": alias, "official": f"{spec.hf_repo}/{spec.hf_file}", "license": LICENSE,
                                "dtype": DTYPE}  # fmt: skip
     gdir = alias_dir(alias) / GGUF_DIR
@@ -473,8 +484,6 @@ def fetch(alias: str, *, allow_unverified: bool = False, wheels: str | os.PathLi
             tmp_gguf = slot.tmp / spec.hf_file
             digest = concatenate(chunks, tmp_gguf, spec.size, progress, desc=f"{alias}: concatenating")
             times["concatenate_hash"] = round(time.perf_counter() - t, 2)
-            import shutil
-
             shutil.rmtree(wdir)
             verified = spec.sha256 is not None
             if verified and digest != spec.sha256:
@@ -498,17 +507,15 @@ def fetch(alias: str, *, allow_unverified: bool = False, wheels: str | os.PathLi
         check_gguf(gfile, spec)
 
     # 2. the dequantised float32 Hugging Face folder
-    from ..export.hf import versions, write_hf_folder
+    from ..export.hf import model_bytes, versions, write_hf_folder
 
     t = time.perf_counter()
     _say(f"{alias}: dequantising to a {DTYPE} Hugging Face folder ...", quiet)
     model, tok = DEQUANTISER(gfile)
     times["dequantise"] = round(time.perf_counter() - t, 2)
-    from ..export.hf import model_bytes
-
     source = {
         "alias": alias, "kind": "gguf", "spec": alias, "path": str(gfile),
-        "official": fetch_meta.get("official"), "gguf": {k: v for k, v in (fetch_meta.get("gguf") or {}).items()},
+        "official": fetch_meta.get("official"), "gguf": dict(fetch_meta.get("gguf") or {}),
         "pypi": fetch_meta.get("pypi"), "license": LICENSE,
         "license_url": f"https://huggingface.co/{spec.hf_repo}/blob/main/LICENSE",
         "dequantised": {"dtype": DTYPE, "by": "transformers (gguf_file=)", "versions": versions()},
@@ -521,7 +528,7 @@ def fetch(alias: str, *, allow_unverified: bool = False, wheels: str | os.PathLi
     times["write"] = round(time.perf_counter() - t, 2)
     del model
     times["wall"] = round(time.perf_counter() - t0, 2)
-    times["cpu"] = round(time.process_time() - c0, 2)
+    times["cpu"] = round(_cpu_seconds() - c0, 2)  # this process and pip's
     g = fetch_meta.get("gguf") or {}
     summary.update(model=str(folder), gguf=str(gfile), cached=False, sha256=g.get("sha256"), verified=g.get("verified"),
                    bytes=g.get("bytes"), packages=fetch_meta.get("pypi"), seconds=times)  # fmt: skip
