@@ -88,7 +88,7 @@ def topics(text: str, method: str = "pairs", *, threshold: float | None = None, 
         raise ConfigError(f"topics() takes a str, got {type(text).__name__}")
     if not text.strip():
         return []
-    from .topics import segment
+    from .topicseg import segment
 
     return segment(text, method, threshold=threshold, k=k, progress=progress)
 

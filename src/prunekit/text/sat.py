@@ -205,7 +205,8 @@ class Head:
     meta: dict
 
     @classmethod
-    def load(cls, path: Path = SAT_HEAD) -> "Head":
+    def load(cls, path: Path | None = None) -> "Head":
+        path = SAT_HEAD if path is None else path
         if not Path(path).is_file():
             raise ConfigError(f"sat: the trained head {path} is missing (reinstall: {_hint()}, or train it: python -m prunekit.text.train sat)")
         from safetensors import safe_open

