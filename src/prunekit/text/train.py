@@ -11,7 +11,8 @@ maximises mean F1 over the clean and corrupted UD English-EWT **dev** documents 
 
 ``topics``: WikiText-2 **valid**: paragraphs are its non-heading lines; a pair of consecutive
 paragraphs is "same topic" unless an article or section heading (``= T =``, ``= = T = =``)
-separates them; trained on the first 80% of its articles, threshold = lowest P_k on the rest.
+separates them; trained on the first 80% of its articles; the threshold makes the boundary count on the other
+20% match the gold count.
 """
 
 from __future__ import annotations
