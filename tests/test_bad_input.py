@@ -124,6 +124,8 @@ def _base_argv(cmd: str, d: Path, model: Path, calib: Path) -> list:
         "recover": ["recover", model, "--data", calib, "--tokens", "64", "--seqlen", "16", "-q", "--out", d / "out"],
         "demo": ["demo", "--model", model, "--calib", calib, "--data", calib, "--nsamples", "2",
                  "--seqlen", "16", "--eval-windows", "1", "--out", d / "demo-out"],
+        "fetch": ["fetch", "qwen2.5-coder-0.5b", "--wheels", d / "no-wheels"],  # never downloads: no such folder
+        "segment": ["segment", calib, "-q"],
     }[cmd]  # fmt: skip
 
 
@@ -371,7 +373,7 @@ def test_cut_off_message_is_complete(tmp_path, capsys, calib_txt):
 
 
 # --- signals ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 @pytest.mark.parametrize("delay", [0.3, 0.8, 3.0])  # during imports / model loading / pruning
 def test_signals_exit_cleanly_and_leave_no_temp(tmp_path, tiny_llama_dir, calib_txt, sig, code, delay):
     out = tmp_path / "out"

@@ -131,6 +131,8 @@ def prune_(
     if is_structured(config.method):
         from .structured import STRUCTURED_METHODS
 
+        if calib is not None:
+            calib = check_calibration_ids(calib, model)
         return STRUCTURED_METHODS.get(config.method)(model, config, calib, tokenizer, progress)
     idle = idle_experts
     if idle not in IDLE_EXPERTS:
@@ -144,7 +146,10 @@ def prune_(
     adapter = engine_adapter(model)
     targets = target_linears(model, config)
     if not targets:
-        raise ConfigError("no Linear matches the include/exclude patterns: nothing to prune")
+        if config.targets.include or config.targets.exclude:
+            raise ConfigError("no Linear matches the include/exclude patterns: nothing to prune")
+        n_blocks = len(adapter.blocks(model))
+        raise ConfigError(f"the model has no Linear inside its decoder blocks ({n_blocks} blocks found): nothing to prune")
     allocator = get_allocator(config.allocation, config.allocation_args)
     has_experts = any(_is_expert(n, m) for n, m in targets.items())
     needs = frozenset(method.needs)
@@ -154,6 +159,11 @@ def prune_(
     }  # fmt: skip
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    if not needs and not allocator.needs_calibration:  # data-free (magnitude): no calibration at all
+        calib, report_tokens = None, 0
+        calib_desc = {"source": None, "note": f"{config.method} needs no statistics: no calibration data was read"}
+    elif calib is not None:
+        calib = check_calibration_ids(calib, model)
     if calib is None and (needs or report_tokens or allocator.needs_calibration):
         if tokenizer is None:
             raise ConfigError(f"method {config.method!r} needs calibration data: pass calib ids or a tokenizer")
@@ -162,6 +172,7 @@ def prune_(
             config.calib.source, tokenizer, config.calib.nsamples, config.calib.seqlen, config.calib.seed
         )
         timings["calib_tokenize"] = time.perf_counter() - t0
+        calib = check_calibration_ids(calib, model)  # a tokenizer larger than the model's vocabulary
     if calib is not None:
         calib_desc.update(nsamples=int(calib.shape[0]), seqlen=int(calib.shape[1]))
     t0 = time.perf_counter()
@@ -231,6 +242,48 @@ def prune_(
     if retries:
         report.notes.append(f"Cholesky needed extra dampening on {len(retries)} layers: {', '.join(retries)}")
     return report
+
+
+def needs_calibration(config: PruneConfig) -> bool:
+    """Whether pruning with ``config`` reads calibration data (data-free methods such as magnitude do not)."""
+    if is_structured(config.method):
+        return True
+    method = get_method(config.method, **config.method_args)
+    return bool(method.needs) or get_allocator(config.allocation, config.allocation_args).needs_calibration
+
+
+def check_calibration_ids(calib: Any, model: nn.Module | None = None) -> Tensor:
+    """Calibration token ids as the engine needs them: an integer tensor ``[nsamples >= 1, seqlen >= 2]``
+    whose ids are inside the model's vocabulary; anything else is one :class:`ConfigError` line."""
+    if not isinstance(calib, Tensor):
+        raise ConfigError(f"calibration ids must be a torch.Tensor [nsamples, seqlen] of token ids, got {type(calib).__name__}")
+    if calib.is_floating_point() or calib.is_complex() or calib.dtype == torch.bool:
+        raise ConfigError(f"calibration ids must be integer token ids (torch.long), got dtype {calib.dtype}: "
+                          f"tokenize the text (prunekit.data.calibration_windows)")  # fmt: skip
+    if calib.dim() != 2:
+        raise ConfigError(f"calibration ids must be 2-D [nsamples, seqlen], got shape {tuple(calib.shape)}"
+                          + (": add a batch dimension with ids.unsqueeze(0)" if calib.dim() == 1 else ""))
+    if calib.shape[0] < 1 or calib.shape[1] < 2:
+        raise ConfigError(f"calibration ids have shape {tuple(calib.shape)}: need at least 1 window of at least 2 tokens "
+                          f"(zero windows would prune nothing)")  # fmt: skip
+    vocab = _vocab_size(model)
+    lo, hi = int(calib.min()), int(calib.max())
+    if lo < 0 or (vocab is not None and hi >= vocab):
+        raise ConfigError(f"calibration ids run from {lo} to {hi}, outside the model's vocabulary [0, {vocab}): "
+                          f"tokenize with the model's own tokenizer")  # fmt: skip
+    return calib.long()
+
+
+def _vocab_size(model: nn.Module | None) -> int | None:
+    emb = getattr(model, "get_input_embeddings", None)
+    try:
+        e = emb() if emb is not None else None
+    except (AttributeError, NotImplementedError):
+        e = None
+    if e is not None and getattr(e, "num_embeddings", None):
+        return int(e.num_embeddings)
+    v = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(v) if isinstance(v, int) and v > 0 else None
 
 
 def _window_progress(it):

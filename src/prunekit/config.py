@@ -200,6 +200,8 @@ class PruneConfig:
             raise ConfigError(f"recipe {path} does not exist: pass the path of a YAML file")
         if p.is_dir():
             raise ConfigError(f"recipe {path} is a folder: pass the path of a YAML file")
+        if not p.is_file():
+            raise ConfigError(f"recipe {path} is not a regular file (a pipe, socket or device): pass the path of a YAML file")
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError:

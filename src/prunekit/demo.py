@@ -44,8 +44,18 @@ def run_demo(a) -> dict[str, Any]:
     print(f"prunekit demo: {a.method}{extra} {a.pattern} on {a.model}")
     print(f"  calibration: {calib_src.description}, {a.nsamples} x {a.seqlen} tokens, seed 0")
     print(f"  evaluation:  {eval_src.description}, first {a.eval_windows} non-overlapping windows x {a.seqlen}")
+    from .export.hf import is_prunekit_output
+    from .models import resolve_model
+
+    src = resolve_model(a.model)
+    from .models.loading import check_hub_reachable
+
+    check_hub_reachable(src)
+    # `make demo` twice replaces its own earlier output; any other non-empty folder needs --overwrite,
+    # and the input model is never a valid output (the same guards as `prune`)
+    overwrite = bool(getattr(a, "overwrite", False)) or is_prunekit_output(a.out)
     t0 = time.perf_counter()
-    with OutputSlot(a.out, overwrite=True) as slot:  # a bad --out fails now, not after the pruning
+    with OutputSlot(a.out, overwrite, protect=[src.path] if src.kind != "hub" else []) as slot:  # fails now, not after pruning
         return _run(a, slot, cfg, calib_src, eval_src, t0)
 
 

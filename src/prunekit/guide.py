@@ -447,18 +447,38 @@ def _pct(x: float) -> str:
     return f"{round(x * 100, 4):g}%"
 
 
+# Benchmark cells that are variants of a registered method -> (method, the flags that reproduce them);
+# "+ALLOCATION" may follow any cell name (benchmarks/run.py's VARIANTS; e.g. sparsegpt+owl).
+CELL_VARIANTS: dict[str, tuple[str, str]] = {
+    "sparsegpt-refit": ("sparsegpt", "--set refit=pcg"),
+    "wanda-dsnot": ("wanda", "--set refine=dsnot"),
+    "sparsegpt-dsnot": ("sparsegpt", "--set refine=dsnot"),
+    "wanda-dsnot-attn": ("wanda", "--set refine=dsnot --set refine_layers=attention"),
+    "armor-it5": ("armor", "--set iters=5"),
+    "armor-it20": ("armor", "--set iters=20"),
+}
+
+
+def cell_method(cell: str) -> tuple[str, str]:
+    """``"sparsegpt-refit+owl"`` -> ``("sparsegpt", "--set refit=pcg --allocation owl")``."""
+    base, _, alloc = cell.partition("+")
+    method, flags = CELL_VARIANTS.get(base, (base, ""))
+    return method, f"{flags} --allocation {alloc}".strip() if alloc else flags
+
+
 def _candidates(data: dict, names: set[str], pattern: str, budget: float) -> tuple[dict | None, list[dict]]:
-    """The protocol that measured the most of ``names`` at the measured sparsity nearest
-    ``budget`` (ties: the routine protocol), and its rows there, best perplexity first."""
-    best: tuple[tuple, dict | None, list[dict]] = ((0,), None, [])
+    """The protocol that measured ``names`` (and their variants: allocations, settings) at the
+    sparsity nearest ``budget`` — nearest first, then the most rows, then the routine protocol —
+    and its rows there, best perplexity first."""
+    best: tuple[tuple, dict | None, list[dict]] = ((-1.0, 0), None, [])
     for P in data.get("protocols", []):
-        rows = [r for r in P["rows"] if r["method"] in names and r["pattern"] == pattern
+        rows = [r for r in P["rows"] if cell_method(r["method"])[0] in names and r["pattern"] == pattern
                 and r["perplexity"] is not None]  # fmt: skip
         if not rows:
             continue
         sp = min({r["sparsity"] for r in rows}, key=lambda s: (abs(s - budget), s))
         at = sorted((r for r in rows if r["sparsity"] == sp), key=lambda r: r["perplexity"])
-        rank = (len(at), P["routine"])
+        rank = (-round(abs(sp - budget), 9), len(at), P["routine"])
         if rank > best[0]:
             best = (rank, P, at)
     return best[1], best[2]
@@ -549,7 +569,8 @@ def _rec_ranked(goal: str, data: dict, names: list[str], pattern: str, budget: f
 
 
 def _cmd(method: str, extra: str, calib: str = "YOUR_CALIB_DATA") -> str:
-    return f"prunekit prune MODEL --method {method} {extra} --calib {calib} --out OUT".replace("  ", " ")
+    method, flags = cell_method(method)  # a benchmark variant: the registered method and its flags
+    return f"prunekit prune MODEL --method {method} {flags} {extra} --calib {calib} --out OUT".replace("  ", " ")
 
 
 def _speed(data: dict, budget: float) -> Recommendation:
@@ -614,9 +635,9 @@ def _domain(data: dict, budget: float) -> Recommendation:
                         "calibrated method scores weights on the calibration data, so pass "
                         "--calib with a .txt/.jsonl file or folder of your domain and evaluate on "
                         "held-out domain text (prunekit eval --data).")
-    rec.notes.insert(1, "D-Pruner (Zhang et al., NAACL Findings 2024, arXiv:2405.06275: "
-                        "domain-specific importance with a dual pruning objective) is not yet "
-                        "implemented in prunekit.")
+    rec.notes.insert(1, "D-Pruner (Zhang et al., NAACL Findings 2024, arXiv:2405.06275: domain-specific "
+                        "importance regularised by general importance) is `--method dpruner --set "
+                        "domain=YOUR_DOMAIN_SOURCE` (general text from --calib); see BENCHMARKS.md, D-Pruner.")
     return rec
 
 

@@ -11,6 +11,8 @@ same on every platform and thread count.
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -19,6 +21,8 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class Pattern(Protocol):
@@ -47,8 +51,23 @@ def lowest_k(scores: Tensor, k: int) -> Tensor:
 
 
 def _prune_count(total: int, sparsity: float) -> int:
-    # round() rather than int() so that e.g. 0.3 * 10 = 2.9999... still prunes 3
-    return min(total, max(0, int(round(total * sparsity))))
+    """Weights to prune of ``total``: ``round(total·s)``, but never all of them while ``s < 1``.
+
+    round() rather than int() so that e.g. 0.3 * 10 = 2.9999... still prunes 3; a sparsity just
+    below 1 (0.9999 of a 576-wide row rounds to 576) keeps one weight per row/matrix, with a warning,
+    instead of silently zeroing the whole matrix.
+    """
+    k = min(total, max(0, int(round(total * sparsity))))
+    if k >= total > 0 and sparsity < 1.0:
+        _warn_kept_one(total, sparsity)
+        k = total - 1
+    return k
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_kept_one(total: int, sparsity: float) -> None:
+    log.warning("sparsity %g of %d weights rounds to all of them: keeping the largest-scoring one (a pattern never "
+                "prunes a whole row or matrix below sparsity 1)", sparsity, total)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,25 @@ import signal
 import sys
 
 
+_EARLY = {signal.SIGTERM: ("terminated (SIGTERM)", 143), signal.SIGINT: ("interrupted (SIGINT)", 130)}
+if hasattr(signal, "SIGHUP"):
+    _EARLY[signal.SIGHUP] = ("hung up (SIGHUP: the terminal closed)", 129)
+
+
 def _early(signum, frame) -> None:
-    sys.stderr.write(f"prunekit: {'terminated (SIGTERM)' if signum == signal.SIGTERM else 'interrupted (SIGINT)'}; nothing was written\n")
+    what, code = _EARLY.get(signum, _EARLY[signal.SIGTERM])
+    sys.stderr.write(f"prunekit: {what}; nothing was written\n")
     sys.stderr.flush()
     import os
 
-    os._exit(143 if signum == signal.SIGTERM else 130)
+    os._exit(code)
 
 
 def entry() -> None:
-    old = signal.signal(signal.SIGTERM, _early), signal.signal(signal.SIGINT, _early)
+    old = {s: signal.signal(s, _early) for s in _EARLY}
     from .main import entry as run  # main() installs its own handlers at once
     from ..export import hf  # noqa: F401  (main imports it before installing them: do it here, covered)
 
-    signal.signal(signal.SIGTERM, old[0])
-    signal.signal(signal.SIGINT, old[1])
+    for s, h in old.items():
+        signal.signal(s, h)
     run()

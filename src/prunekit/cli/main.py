@@ -24,6 +24,8 @@ from .flags import note as _note
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_SIGHUP = 129
+EXIT_PIPE = 141  # 128 + SIGPIPE, what `yes | head` gives: the reader closed our stdout
 EXIT_INTERNAL = 1
 
 
@@ -32,7 +34,7 @@ class UsageError(PrunekitError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so every cleanup path runs as for Ctrl-C."""
+    """SIGTERM or SIGHUP, raised in the main thread so every cleanup path runs as for Ctrl-C."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +61,8 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         if "=" not in it or not it.split("=", 1)[0].strip():
             raise UsageError(f"--set/--alloc-set expects KEY=VALUE (e.g. --set block_size=64), got {it!r}")
         k, v = it.split("=", 1)
+        if k.strip() in out:
+            raise UsageError(f"--set/--alloc-set {k.strip()} is given twice ({k.strip()}={out[k.strip()]} and {it}): give each setting once")
         out[k.strip()] = None if v.strip().lower() in ("null", "none", "~") else v
     return out
 
@@ -238,7 +242,8 @@ def cmd_prune(a) -> dict[str, Any]:
     from ..eval import model_size_bytes, parameter_count, perplexity, sparsity_summary
     from ..export import OutputSlot, fmt_bytes, model_bytes, versions, write_hf_folder
     from ..models import load_model, resolve_model
-    from ..models.loading import estimated_load_bytes, source_info
+    from ..models.limits import check_positions
+    from ..models.loading import check_hub_reachable, estimated_load_bytes, source_info
 
     cfg = _config_from_args(a)  # validates method, settings, sparsity, pattern before any heavy work
     rec_cfg = _recovery_from_args(a, cfg)
@@ -261,7 +266,9 @@ def cmd_prune(a) -> dict[str, Any]:
         for spec in parse_task_specs(a.eval_tasks):
             resolve_task_path(spec)  # a missing task file fails now, not after the prune
     src = resolve_model(a.model)
-    calib_src = load_source(cfg.calib.source, "calib")  # every method uses calibration tokens
+    check_hub_reachable(src)  # an unreachable hub id fails now, in seconds
+    uses_calib = api.needs_calibration(cfg)  # magnitude is data-free: it reads no calibration text
+    calib_src = load_source(cfg.calib.source, "calib") if uses_calib else None
     with OutputSlot(a.out, a.overwrite, protect=[src.path] if src.kind != "hub" else [],
                     need_bytes=estimated_load_bytes(src), notify=_note) as slot:  # fmt: skip
         t0 = time.perf_counter()
@@ -276,9 +283,12 @@ def cmd_prune(a) -> dict[str, Any]:
             from ..eval import evaluate_tasks
 
             tasks_before = evaluate_tasks(model, tok, a.eval_tasks, a.eval_limit, progress=not a.quiet)
-        calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
+        calib = None
+        if calib_src is not None:
+            calib = calibration_windows(calib_src, tok, cfg.calib.nsamples, cfg.calib.seqlen, cfg.calib.seed)
+            check_positions(model, cfg.calib.seqlen, "--seqlen", notify=_note)
         report = api.prune_(model, cfg, calib, tok, progress=not a.quiet, idle_experts=a.idle_experts)
-        report.calib["description"] = calib_src.description
+        report.calib["description"] = calib_src.description if calib_src is not None else "none (data-free method)"
         recovery = None
         if rec_cfg is not None:
             from ..recovery.lora import recover_
@@ -333,7 +343,10 @@ def cmd_prune(a) -> dict[str, Any]:
     result["size_bytes"] = model_size_bytes(out)
     if not a.quiet:
         print(report.table())
-        print(f"calibration: {calib_src.description}; {calib.shape[0]} x {calib.shape[1]} tokens, seed {cfg.calib.seed}")
+        if calib is not None:
+            print(f"calibration: {calib_src.description}; {calib.shape[0]} x {calib.shape[1]} tokens, seed {cfg.calib.seed}")
+        else:
+            print(f"calibration: none ({cfg.method} needs no statistics)")
         t = report.timings
         print(
             f"time: prune {t.get('total', 0):.1f}s (block forwards {t.get('stats_forward', 0) + t.get('propagate_forward', 0):.1f}s, "
@@ -423,6 +436,10 @@ def _nonzero(model) -> int:
     return int(sum(int((p != 0).sum()) for p in seen.values()))
 
 
+def _spec_name(spec: Any) -> str:
+    return str(getattr(spec, "name", spec)).split(":", 1)[0].lower()
+
+
 def _task_settings(fewshot: int | None) -> dict[str, Any]:
     return {} if fewshot is None else {"num_fewshot": fewshot}
 
@@ -448,14 +465,28 @@ def cmd_eval(a) -> dict[str, Any]:
     from ..eval import evaluate_tasks, parse_task_specs, perplexity
     from ..models import load_model, resolve_model
 
-    resolve_model(a.model)
+    from ..models.limits import check_positions
+
+    from ..models.loading import check_hub_reachable
+
+    check_hub_reachable(resolve_model(a.model))
     specs = parse_task_specs(a.tasks) if a.tasks else None  # unknown task: fail before loading
+    if a.fewshot is not None and not a.lm_eval and not any(_spec_name(t) == "gsm8k" for t in specs or []):
+        raise ConfigError(f"--fewshot {a.fewshot} applies to gsm8k and --lm-eval tasks; "
+                          f"{a.tasks or 'perplexity'} is scored zero-shot: drop --fewshot")  # fmt: skip
+    if a.lm_eval_include is not None:
+        if not a.lm_eval:
+            raise ConfigError("--lm-eval-include adds task YAMLs for --lm-eval: add --lm-eval TASKS")
+        if not os.path.isdir(a.lm_eval_include):
+            raise ConfigError(f"--lm-eval-include {a.lm_eval_include!r} is not a folder: give the folder of task YAMLs")
     data = a.data if a.data is not None else (None if (a.tasks or a.lm_eval) else "builtin")
     src = load_source(data, "eval") if data else None
     model, tok = load_model(a.model, dynamic_experts=a.dynamic_experts)
     res: dict[str, Any] = {"model": a.model}
     if src is not None:
         ids = eval_token_ids(src, tok)
+        if ids.shape[1] > a.seqlen:  # (too short a text is the perplexity function's one-line error)
+            check_positions(model, a.seqlen, "--seqlen", notify=_note)
         ppl = perplexity(model, ids, a.seqlen, a.max_windows, progress=not (a.quiet or a.json))
         res.update(ppl, data=data, data_description=src.description)
         if not a.json:
@@ -598,6 +629,7 @@ def _run(a) -> dict[str, Any]:
 
     handlers = {"prune": cmd_prune, "eval": cmd_eval, "info": cmd_info, "ls": cmd_ls, "demo": cmd_demo,
                 "recommend": cmd_recommend, "recover": cmd_recover}  # fmt: skip
+    _check_launcher(a)
     room = getattr(a, "_handler", None)
     return room(a) if room is not None else handlers[a.cmd](a)
 
@@ -620,7 +652,7 @@ def _raise_if_signalled() -> None:
     import signal
 
     if _SIGNALLED:
-        raise Terminated() if _SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()
+        raise KeyboardInterrupt() if _SIGNALLED[0] == signal.SIGINT else Terminated()
 
 
 def _unraisable(hook):
@@ -632,19 +664,57 @@ def _unraisable(hook):
     return quiet
 
 
-def _signal_exit() -> int | None:
+def _signal_exit(default: int | None = None) -> int | None:
     import signal
 
-    if not _SIGNALLED:
+    signum = _SIGNALLED[0] if _SIGNALLED else default
+    if signum is None:
         return None
-    if _SIGNALLED[0] == signal.SIGTERM:
+    if signum == signal.SIGHUP:
+        return _fail("hung up (SIGHUP: the terminal closed); nothing was written", EXIT_SIGHUP)
+    if signum == signal.SIGTERM:
         return _fail("terminated (SIGTERM); nothing was written", EXIT_SIGTERM)
     return _fail("interrupted (SIGINT); nothing was written", EXIT_SIGINT)
 
 
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``prunekit ls | head``): stop quietly, as `yes | head` does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return EXIT_PIPE
+
+
 def _fail(msg: str, code: int) -> int:
-    print(f"prunekit: {msg}", file=sys.stderr, flush=True)
+    if code == EXIT_INTERNAL or _rank() == 0:  # under torchrun every rank fails alike: say it once
+        print(f"prunekit: {msg}", file=sys.stderr, flush=True)
     return code
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return 1
+
+
+def _check_launcher(a) -> None:
+    """Under torchrun only a streamed prune splits its work; any other writer would run whole on
+    every rank and race for the same --out."""
+    world = _world_size()
+    if world > 1 and getattr(a, "out", None) is not None and not getattr(a, "stream", False):
+        raise ConfigError(f"`{a.cmd}` under torchrun ({world} ranks) would run whole on every rank and race for --out: "
+                          + ("add --stream (each rank then forwards its share of the calibration windows and rank 0 writes)"
+                             if a.cmd == "prune" else "run it as one process, without torchrun"))  # fmt: skip
 
 
 def _one_line(e: BaseException) -> str:
@@ -659,13 +729,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("PRUNEKIT_DEBUG"))
     from ..export.hf import OutputSlot
 
-    old_term = old_int = None
+    old_term = old_int = old_hup = None
     _SIGNALLED.clear()
     old_hook, old_check = sys.unraisablehook, OutputSlot.pre_commit
     sys.unraisablehook = _unraisable(old_hook)
     OutputSlot.pre_commit = staticmethod(_raise_if_signalled)
     try:
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        old_hup = signal.signal(signal.SIGHUP, _on_sigterm) if hasattr(signal, "SIGHUP") else None
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             old_int = signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # not the main thread: leave the handlers alone
@@ -681,9 +752,11 @@ def main(argv: list[str] | None = None) -> int:
     except PrunekitError as e:  # (a signal that a library turned into a load error is still a signal)
         return _signal_exit() or _fail(f"error: {_one_line(e)}", EXIT_USAGE)
     except Terminated:
-        return _fail("terminated (SIGTERM); nothing was written", EXIT_SIGTERM)
+        return _signal_exit(signal.SIGTERM)
     except KeyboardInterrupt:
-        return _fail("interrupted (SIGINT); nothing was written", EXIT_SIGINT)
+        return _signal_exit(signal.SIGINT)
+    except BrokenPipeError:
+        return _stdout_closed()
     except MemoryError:
         return _fail("error: out of memory: use fewer --nsamples, a smaller --batch-size or --seqlen", EXIT_USAGE)
     except OSError as e:  # an input vanished or became unreadable mid-run
@@ -705,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.unraisablehook, OutputSlot.pre_commit = old_hook, old_check
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if old_hup is not None:
+            signal.signal(signal.SIGHUP, old_hup)
         if old_int is not None:
             signal.signal(signal.SIGINT, old_int)
 
@@ -714,7 +789,7 @@ def entry() -> None:
     import signal
 
     code = main()
-    if code in (EXIT_SIGINT, EXIT_SIGTERM):
+    if code in (EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGHUP, EXIT_PIPE):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sys.stdout.flush()

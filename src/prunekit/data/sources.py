@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,20 +82,39 @@ def gsm8k_documents(path: str | Path, limit: int | None = None) -> list[str]:
 
 
 def _jsonl_records(path: Path, fields: tuple[str, ...], layout: str, opener: Callable = open) -> Iterator[dict]:
-    """The records of a JSON Lines file that carry string ``fields``; a bad line is a one-line DataError."""
-    with opener(path, "rt", encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{ln} is not valid JSON ({e.msg}); expected JSON Lines") from None
-            if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in fields):
-                names = " and ".join(repr(k) for k in fields)
-                raise DataError(f"{path}:{ln} has no string {names} field{'s' if len(fields) > 1 else ''} "
-                                f"({layout} layout expected)")  # fmt: skip
-            yield rec
+    """The records of a JSON Lines file that carry string ``fields``; a bad line, bytes that are not
+    UTF-8 or a truncated/corrupt ``.gz`` is a one-line DataError."""
+    ln = 0
+    try:
+        with opener(path, "rb") as f:
+            for ln, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{ln} is not UTF-8 text ({raw[e.start:e.start + 1]!r} at column {e.start + 1}): "
+                                    f"re-encode the file as UTF-8") from None  # fmt: skip
+                if not line.strip():
+                    continue
+                yield _json_record(path, ln, line, fields, layout)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path} is a truncated or corrupt gzip file after line {ln} ({_reason(e)}): "
+                        f"download or compress it again") from None  # fmt: skip
+
+
+def _reason(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _json_record(path: Path, ln: int, line: str, fields: tuple[str, ...], layout: str) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{ln} is not valid JSON ({e.msg}); expected JSON Lines") from None
+    if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in fields):
+        names = " and ".join(repr(k) for k in fields)
+        raise DataError(f"{path}:{ln} has no string {names} field{'s' if len(fields) > 1 else ''} "
+                        f"({layout} layout expected)")  # fmt: skip
+    return rec
 
 
 def _read_jsonl(path: Path) -> list[str]:
@@ -110,6 +130,13 @@ def _read_file(path: Path) -> list[str]:
         return [path.read_text(encoding="utf-8")]
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text") from None
+
+
+def _regular_file(p: Path, spec: str) -> None:
+    """A FIFO, socket or device would block or never end: only regular files (and folders) are sources."""
+    if not p.is_file():
+        raise DataError(f"data source {spec!r} is not a regular file (a pipe, socket or device): "
+                        f"write the text to a file first")  # fmt: skip
 
 
 def _builtin(purpose: Purpose) -> TextSource:
@@ -128,10 +155,21 @@ def _builtin(purpose: Purpose) -> TextSource:
     return TextSource("builtin", half, f"builtin (pydoc_data.topics, {which} half, {len(half)} topics)")
 
 
-def _wikitext_file(path: Path) -> TextSource:
-    if not path.is_file():
+def _wikitext_file(spec: str) -> TextSource:
+    if not spec.strip():
+        raise DataError("wikitext2: needs the raw file's path after the colon, e.g. wikitext2:wikitext-2-raw/wiki.test.raw")
+    path = Path(spec.strip()).expanduser()
+    if path.is_dir():
+        raws = sorted(q.name for q in path.glob("*.raw"))
+        hint = f" (it holds {', '.join(raws)})" if raws else ""
+        raise DataError(f"wikitext2:{spec} is a folder{hint}: give the file, e.g. wikitext2:{path / 'wiki.test.raw'}")
+    if not path.exists():
         raise DataError(f"wikitext2 file {path} does not exist")
-    rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    _regular_file(path, f"wikitext2:{spec}")
+    try:
+        rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as e:
+        raise DataError(f"wikitext2 file {path} is not UTF-8 text (byte {e.start}): re-encode it as UTF-8") from None
     # The standard protocol is "\n\n".join(rows): keep it as one document.
     return TextSource(f"wikitext2:{path}", ["\n\n".join(rows)], f"WikiText-2 raw {path.name} (rows joined with \\n\\n)")
 
@@ -172,7 +210,7 @@ def load_source(spec: str, purpose: Purpose = "calib") -> TextSource:
     if s == "builtin":
         src = _builtin(purpose)
     elif s.lower().startswith("wikitext2:"):
-        src = _wikitext_file(Path(s.split(":", 1)[1]).expanduser())
+        src = _wikitext_file(s.split(":", 1)[1])
     elif s.lower() in ("wikitext2", "c4"):
         src = _hf_dataset(s.lower(), purpose)
     else:
@@ -182,6 +220,8 @@ def load_source(spec: str, purpose: Purpose = "calib") -> TextSource:
                 f"data source {s!r} not found: use 'builtin', a .txt/.raw/.jsonl file, a folder, "
                 f"'wikitext2:PATH', 'wikitext2' or 'c4'"
             )
+        if not p.is_dir():
+            _regular_file(p, s)
         if p.is_dir():
             files = sorted(
                 f for f in p.rglob("*")

@@ -274,7 +274,8 @@ def _inputs_path(state: Path, block: int, rank: int) -> Path:
 
 def _save_inputs(inputs: list[BlockInputs], path: Path) -> None:
     part = path.with_name(path.name + ".partial")
-    torch.save([inp.hidden.detach().to("cpu") for inp in inputs], part)
+    with shards.disk_full_is_resumable(part):
+        torch.save([inp.hidden.detach().to("cpu") for inp in inputs], part)
     os.replace(part, path)
 
 
@@ -557,11 +558,13 @@ def prune_streaming(
     if group.on and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", group.rank % torch.cuda.device_count())))
     t_start = time.perf_counter()
-    run = _Run(model_dir, config, dev, override, group, report_tokens)
     from ..methods import get_method
 
     method = get_method(config.method, **config.method_args)
     needs = frozenset(method.needs)
+    if not needs:  # data-free (magnitude): no calibration and no forward, as in memory
+        report_tokens = 0
+    run = _Run(model_dir, config, dev, override, group, report_tokens)
     forward = bool(needs) or report_tokens > 0
     timings: dict[str, float] = {k: 0.0 for k in ("capture", "stats_forward", "prune", "propagate_forward", "write")}
     if calib is None and forward:

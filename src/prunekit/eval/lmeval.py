@@ -81,11 +81,22 @@ def run_lm_eval(
         raise ConfigError(f"no lm-eval task given in {tasks!r}: use e.g. 'piqa'")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"limit must be a whole number >= 1 (or None), got {limit!r}")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
-    res = lm_eval.simple_evaluate(
-        model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, task_manager=manager, **kw
-    )
+    import logging
+
+    # lm-eval warns about passing an in-memory model (what prunekit means to do) before any error of
+    # its own: keep stderr for results and the one error line (PRUNEKIT_LOG=INFO shows them again)
+    quiet = logging.getLogger("lm_eval")
+    old_level = quiet.level
+    if quiet.getEffectiveLevel() >= logging.WARNING:
+        quiet.setLevel(logging.ERROR)
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+        res = lm_eval.simple_evaluate(
+            model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, task_manager=manager, **kw
+        )
+    finally:
+        quiet.setLevel(old_level)
     if res is None:  # only on non-zero ranks in distributed runs
         return {"tasks": {}, "n": {}, "versions": {}, "raw": {}}
     n = {t: v.get("effective", v.get("original")) for t, v in res.get("n-samples", {}).items()}

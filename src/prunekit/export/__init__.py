@@ -2,7 +2,9 @@
 
 from .hf import (
     OutputSlot,
+    atomic_file,
     check_output_dir,
+    check_output_file,
     fmt_bytes,
     model_bytes,
     save_pretrained_atomic,
@@ -13,7 +15,9 @@ from .hf import (
 
 __all__ = [
     "OutputSlot",
+    "atomic_file",
     "check_output_dir",
+    "check_output_file",
     "fmt_bytes",
     "model_bytes",
     "save_pretrained_atomic",

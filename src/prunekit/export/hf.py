@@ -64,9 +64,16 @@ def os_reason(e: OSError) -> str:
 
 
 def check_output_dir(out: str | os.PathLike, overwrite: bool = False, protect: list[str] | None = None) -> Path:
-    """Validate ``--out`` before any work is done; returns the resolved path (nothing created)."""
+    """Validate ``--out`` before any work is done; returns the resolved path (nothing created).
+
+    Refused, whatever ``overwrite`` says: an empty path (an unset ``$OUT`` would otherwise mean the
+    current folder), a folder that holds or is inside an input in ``protect``, and replacing the
+    current folder, the home folder or a folder above either (``--overwrite`` of ``.`` or ``..``).
+    """
+    if not str(out).strip():
+        raise OutputError("--out is empty (an unset variable?): give the output folder, e.g. --out out/pruned")
     p = Path(out).expanduser().absolute()
-    p = p.parent.resolve() / p.name if p.name else p.resolve()
+    p = p.parent.resolve() / p.name if p.name not in ("", "..") else p.resolve()  # "..": the folder above
     for q in protect or []:
         qp = Path(q).expanduser().resolve()
         if p == qp or qp.is_relative_to(p) or (qp.is_dir() and p.is_relative_to(qp)):
@@ -82,9 +89,103 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False, protect: l
             nonempty = any(p.iterdir())
         except OSError as e:
             raise OutputError(f"cannot read --out {out}: {os_reason(e)}") from None
+        for what, q in (("the current folder", _cwd()), ("your home folder", Path.home())):
+            if q is not None and (q.resolve() == p or q.resolve().is_relative_to(p) or not p.name):
+                raise OutputError(f"--out {out} is {what} or a folder above it, which an output would replace "
+                                  f"(nothing was changed): choose a new folder")  # fmt: skip
         if nonempty and not overwrite:
             raise OutputError(f"--out {out} exists and is not empty: choose a new folder or pass --overwrite")
     return p
+
+
+def _cwd() -> Path | None:
+    try:
+        return Path.cwd()
+    except OSError:  # the current folder was deleted
+        return None
+
+
+def check_output_file(out: str | os.PathLike, overwrite: bool = False, protect: list[str] | None = None) -> Path:
+    """Validate a single-file ``--out`` (a JSON Lines, a GGUF, ...) before any work; returns its path.
+
+    Refused: an empty path, a folder, one of the inputs in ``protect`` (the same file, also through
+    a link), and an existing file without ``overwrite``. Write it with :func:`atomic_file`.
+    """
+    if not str(out).strip():
+        raise OutputError("--out is empty (an unset variable?): give the output file, e.g. --out out/spans.jsonl")
+    p = Path(out).expanduser().absolute()
+    if p.is_dir() or str(out).endswith(os.sep) or p.name in ("", ".", ".."):
+        raise OutputError(f"--out {out} is a folder: give a file path")
+    for q in protect or []:
+        qp = Path(q).expanduser()
+        if qp.exists() and p.exists() and os.path.samefile(p, qp) or p.resolve() == qp.resolve():
+            raise OutputError(f"--out {out} is the input {q}: choose another file")
+    for anc in p.parents:
+        if anc.exists():
+            if not anc.is_dir():
+                raise OutputError(f"--out {out} is under {anc}, which is a file: give a path in a folder")
+            break
+    if p.exists() and not overwrite:
+        raise OutputError(f"--out {out} exists: choose a new file or pass --overwrite")
+    return p
+
+
+class atomic_file:  # noqa: N801 - used like open()
+    """``with atomic_file(path) as fh:`` writes ``.NAME.tmp-prunekit-PID-XXXX`` beside ``path`` and
+    renames it into place only when the block ends without an error (else it is removed)."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> None:
+        self.path, self.mode, self.encoding = Path(path), mode, (None if "b" in mode else encoding)
+        self.created: list[Path] = []
+
+    def __enter__(self):
+        missing = [a for a in self.path.parents if not a.exists()]
+        try:
+            for a in reversed(missing):
+                a.mkdir()
+                self.created.append(a)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}{TMP_TAG}{os.getpid()}-", dir=self.path.parent)
+        except OSError as e:
+            self._cleanup_dirs()
+            raise OutputError(f"cannot write --out {self.path}: {e.filename or self.path.parent}: {os_reason(e)}") from None
+        self.fh = os.fdopen(fd, self.mode, encoding=self.encoding)
+        return self.fh
+
+    def __exit__(self, et, ev, tb) -> None:
+        try:
+            self.fh.close()
+            if et is None:
+                os.chmod(self.tmp, 0o666 & ~_umask())
+                os.replace(self.tmp, self.path)
+                return
+        except OSError as e:
+            Path(self.tmp).unlink(missing_ok=True)
+            self._cleanup_dirs()
+            raise OutputError(f"could not write --out {self.path}: {os_reason(e)}") from None
+        Path(self.tmp).unlink(missing_ok=True)
+        self._cleanup_dirs()
+
+    def _cleanup_dirs(self) -> None:
+        for a in reversed(self.created):
+            try:
+                a.rmdir()
+            except OSError:
+                break
+
+
+def is_prunekit_output(out: str | os.PathLike) -> bool:
+    """Whether ``out`` is a folder that a prunekit run wrote (it holds ``prunekit.json``)."""
+    p = Path(out).expanduser()
+    return bool(str(out).strip()) and p.is_dir() and (p / "prunekit.json").is_file()
+
+
+def model_source_dirs(model) -> list[str]:
+    """The local folder or file a loaded model came from (``name_or_path``), to protect from overwriting."""
+    out = []
+    for name in (getattr(model, "name_or_path", None), getattr(getattr(model, "config", None), "_name_or_path", None)):
+        if isinstance(name, str) and name.strip() and Path(name).expanduser().exists() and name not in out:
+            out.append(name)
+    return out
 
 
 def pid_alive(pid: int) -> bool:
@@ -319,9 +420,10 @@ def save_pretrained_atomic(
     """Save ``model`` (safetensors) and ``tokenizer`` plus ``prunekit.json`` into ``out``.
 
     Raises:
-        OutputError: ``out`` is not writable, not empty (without ``overwrite``), on a full disk, ...
+        OutputError: ``out`` is not writable, not empty (without ``overwrite``), the folder the model
+            was loaded from (or holds it), the current folder or one above it, on a full disk, ...
     """
-    with OutputSlot(out, overwrite, need_bytes=model_bytes(model)) as slot:
+    with OutputSlot(out, overwrite, protect=model_source_dirs(model), need_bytes=model_bytes(model)) as slot:
         return slot.commit(lambda tmp: write_hf_folder(model, tokenizer, tmp, meta, extra_files))
 
 

@@ -8,13 +8,14 @@ hyperparameters are the fields of a frozen dataclass, so the method *is* its con
 from __future__ import annotations
 
 import dataclasses
+import functools
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from torch import Tensor
 
 from ..engine.stats import LayerStats, Stat
-from ..patterns import NM, Unstructured
+from ..patterns import NM, Unstructured, parse_pattern
 from ..registry import Registry
 
 METHODS: Registry[type[PruningMethod]] = Registry("method")
@@ -26,6 +27,22 @@ class PruningMethod(ABC):
     needs: ClassVar[frozenset[Stat]] = frozenset()
     default_scope: ClassVar[str] = "row"  # comparison group for "unstructured"
     summary: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Every ``prune`` also takes the pattern as text (``"2:4"``, ``"unstructured"``), as the CLI does."""
+        super().__init_subclass__(**kw)
+        fn = cls.__dict__.get("prune")
+        if fn is None or getattr(fn, "_parses_pattern", False) or getattr(fn, "__isabstractmethod__", False):
+            return
+
+        @functools.wraps(fn)
+        def prune(self, weight, stats, pattern, sparsity=0.5, *args, **kwargs):
+            if isinstance(pattern, str):
+                pattern = parse_pattern(pattern)
+            return fn(self, weight, stats, pattern, sparsity, *args, **kwargs)
+
+        prune._parses_pattern = True  # type: ignore[attr-defined]
+        cls.prune = prune  # type: ignore[method-assign]
 
     @abstractmethod
     def prune(

@@ -85,6 +85,57 @@ def resolve_model(spec: str | os.PathLike) -> ModelSource:
     )
 
 
+def _hub_cached(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # noqa: BLE001 - no huggingface_hub, a malformed id: not cached
+        return False
+
+
+def _hub_offline_reason(timeout: float = 3.0) -> str | None:
+    """Why the model hub cannot be reached (``None`` when it can): the offline switches, or a
+    connection that fails within ``timeout`` seconds (instead of transformers' minute of retries)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var}=1 is set"
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT)
+    except Exception:  # noqa: BLE001
+        return None  # cannot tell: let transformers try
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"no network ({os_reason_short(e)})"
+
+
+def os_reason_short(e: OSError) -> str:
+    if getattr(e, "strerror", None):  # socket.gaierror: "Name or service not known"
+        return str(e.strerror)
+    return os.strerror(e.errno) if e.errno else (" ".join(str(e).split()) or type(e).__name__)
+
+
+def check_hub_reachable(src: ModelSource) -> None:
+    """A hub id that is neither cached nor reachable is one line at once, saying it is not a local
+    path either (``work/typo`` looks like an ``org/name`` id) — not a minute of retry warnings."""
+    if src.kind != "hub" or _hub_cached(src.path):
+        return
+    reason = _hub_offline_reason()
+    if reason is None:
+        return
+    first = Path(src.spec).parts[0] if Path(src.spec).parts else ""
+    hint = f" ({first}/ is a local folder: a typo in the path?)" if first and Path(first).is_dir() else ""
+    raise ModelLoadError(f"model {src.spec!r} is not a local path either{hint}, and the model hub cannot be reached "
+                         f"({reason}): pass an existing folder or .gguf file, or an alias ({', '.join(ALIASES)})")  # fmt: skip
+
+
 def _strip_gguf_quantization(model) -> None:
     """A GGUF is dequantized on load; drop the marker so save_pretrained writes a plain folder."""
     cfg = model.config
@@ -164,6 +215,7 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = resolve_model(spec)
+    check_hub_reachable(src)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     try:
         if src.kind == "gguf":

@@ -14,6 +14,7 @@ of the input stays resident between blocks.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError, OutputError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -379,10 +380,29 @@ def write_shard(tensors: Mapping[str, Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     part = path.with_name(path.name + ".partial")
-    save_file(dict(tensors), str(part), metadata={"format": "pt"})
-    with open(part, "rb") as fh:
-        os.fsync(fh.fileno())
+    with disk_full_is_resumable(part):
+        save_file(dict(tensors), str(part), metadata={"format": "pt"})
+        with open(part, "rb") as fh:
+            os.fsync(fh.fileno())
     os.replace(part, path)
+
+
+@contextlib.contextmanager
+def disk_full_is_resumable(part: Path) -> Iterator[None]:
+    """A full disk while a streamed block is written (safetensors raises its own ``SafetensorError``,
+    torch.save a ``RuntimeError``) is one :class:`OutputError` line that says ``--resume`` continues;
+    the half-written ``part`` is removed, finished blocks stay."""
+    try:
+        yield
+    except Exception as e:
+        reason = " ".join(str(e).split())
+        if not (isinstance(e, OSError) and e.errno == errno.ENOSPC) and "No space left" not in reason \
+                and "os error 28" not in reason and "file write failed" not in reason:  # fmt: skip
+            raise
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise OutputError(f"disk full while writing {part.parent}: free some space, then rerun the same command "
+                          f"with --resume to continue from the last finished block") from None  # fmt: skip
 
 
 def shard_name(i: int, n: int) -> str:

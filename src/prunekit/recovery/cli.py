@@ -139,7 +139,12 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
     _require_peft()
     if a.select != "none" and a.budget is None:
         raise ConfigError(f"--select {a.select} needs --budget N (the number of samples to train on)")
+    if a.select == "none" and a.budget is not None:
+        raise ConfigError(f"--budget {a.budget} sets how many samples --select picks: add --select paser (or drop --budget)")
     src = resolve_model(a.pruned)
+    from ..models.loading import check_hub_reachable
+
+    check_hub_reachable(src)
     in_meta = _input_meta(src)
     dense_spec = _dense_spec(a, in_meta) if a.select == "paser" or cfg.distill > 0 else None
     if len(a.data) == 1 and a.select == "none" and not a.data[0].lower().startswith("gsm8k:"):
