@@ -193,6 +193,7 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_one_line(tmp_path, capsys, to
     d = tmp_path / "small-vocab"
     make_llama(vocab=64, layers=1).save_pretrained(d)
     tokenizer.save_pretrained(d)  # 384 tokens
+    capsys.readouterr()
     rc, _, err = _run(capsys, _prune(d, calib_txt, tmp_path / "out"))
     _one_line(rc, err, "outside the model's vocabulary")
     assert not (tmp_path / "out").exists()
@@ -426,3 +427,42 @@ def test_lm_eval_errors_come_without_its_warnings(capsys, tiny1_dir):
     pytest.importorskip("lm_eval")
     rc, _, err = _run(capsys, ["eval", tiny1_dir, "--lm-eval", "no_such_task_xyz", "--limit", "1", "-q"])
     _one_line(rc, err, "no_such_task_xyz")
+
+
+def test_eval_with_a_tokenizer_larger_than_the_vocabulary_is_one_line(tmp_path, capsys, tokenizer, calib_txt):
+    from conftest import make_llama
+
+    d = tmp_path / "small-vocab"
+    make_llama(vocab=64, layers=1).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    capsys.readouterr()
+    rc, _, err = _run(capsys, ["eval", d, "--data", calib_txt, "--seqlen", "16", "--max-windows", "2"])
+    _one_line(rc, err, "outside the model's vocabulary")
+
+
+def test_grad_checkpointing_gives_the_same_steps(tokenizer):
+    """Recomputed activations: the first block runs twice per step (forward, then again in the
+    backward pass), and the losses are those of the plain run."""
+    pytest.importorskip("peft")
+    from conftest import _corpus, make_llama
+
+    from prunekit.recovery.lora import RecoveryConfig, recover_
+
+    docs = _corpus()[:40]
+    reports, calls = [], []
+    for gc in (False, True):
+        model = make_llama()
+        n, mlp = [0], model.model.layers[0].mlp
+        real = mlp.forward
+
+        def counted(*a, n=n, real=real, **k):
+            n[0] += 1
+            return real(*a, **k)
+
+        mlp.forward = counted  # (recomputation bypasses forward hooks)
+        cfg = RecoveryConfig(tokens=4 * 2 * 32, seqlen=32, batch_size=2, grad_checkpointing=gc, dropout=0.0)
+        reports.append(recover_(model, tokenizer, docs, cfg, progress=False))
+        calls.append(n[0])
+        assert not getattr(model, "is_gradient_checkpointing", False)  # switched off again
+    assert calls == [4, 8], calls
+    assert reports[0].losses == pytest.approx(reports[1].losses, rel=1e-5)

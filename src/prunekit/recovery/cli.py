@@ -43,6 +43,8 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float_flag(0, 100), default=d["temperature"], help="distillation temperature (default 1)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=d["precision"],
                    help="fp32 (default, exact) or bf16: bfloat16 autocast, float32 weights (~2.5x faster on AVX512-BF16 CPUs and GPUs)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: a fraction of the peak memory, ~30%% slower steps")
     p.add_argument("--windows", choices=("random", "packed"), default=d["windows"],
                    help="random (default): random windows from documents longer than --seqlen; "
                         "packed: all documents end to end with EOS, each token once per epoch")
@@ -134,7 +136,7 @@ def cmd_recover(a: argparse.Namespace) -> dict[str, Any]:
         r=a.r, alpha=a.alpha, dropout=a.dropout, lr=a.lr, tokens=a.tokens, seqlen=a.seqlen,
         batch_size=a.batch_size, seed=a.seed, mask=a.mask, checkpoint_every=a.checkpoint_every,
         distill=a.distill, temperature=a.temperature, adapter=a.adapter, precision=a.precision,
-        max_seconds=a.max_seconds, windows=a.windows,
+        max_seconds=a.max_seconds, windows=a.windows, grad_checkpointing=a.grad_checkpointing,
     )  # fmt: skip
     _require_peft()
     if a.select != "none" and a.budget is None:

@@ -477,6 +477,13 @@ def recover_(
         bar = tqdm(total=config.steps, initial=start, desc=f"recover ({mode} {what})", unit="step",
                    dynamic_ncols=True)  # fmt: skip
     pm.train()
+    checkpointing = config.grad_checkpointing and hasattr(model, "gradient_checkpointing_enable")
+    if checkpointing:  # keep only each block's input; recompute the rest during backward
+        kw = {"use_reentrant": False}  # no input needs requires_grad (LoRA on frozen embeddings)
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x: the new name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
     teacher_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher.eval()
@@ -528,6 +535,8 @@ def recover_(
     finally:
         if bar is not None:
             bar.close()
+        if checkpointing:
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
         if use_cache is not None:
             model.config.use_cache = use_cache
         if teacher is not None:
