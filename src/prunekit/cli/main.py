@@ -139,6 +139,8 @@ def _add_info(sub) -> None:
 ROOM_CLIS: tuple[str, ...] = (
     "prunekit.models.fetch",  # prunekit fetch ALIAS
     "prunekit.text.cli",  # prunekit segment FILE
+    "prunekit.export.gguf",  # prunekit export DIR --format gguf
+    "prunekit.decoding.cli",  # prunekit decode MODEL --draft DRAFT
 )
 
 
