@@ -40,7 +40,11 @@ GOLDEN = [
     # lists and line structure
     ("Items:\n1. Apples\n2. Pears\n- Plums\n", ["Items:", "1. Apples", "2. Pears", "- Plums"]),
     ("1. ELECTRONIC COMMUNICATIONS\n\nWhen you use it, you agree.", ["1. ELECTRONIC COMMUNICATIONS", "When you use it, you agree."]),
-    ("A line that\nwraps onto the next line. And ends.", ["A line that\nwraps onto the next line.", "And ends."]),
+    ("This paragraph was hard-wrapped by an old mail client so it\nwraps onto the next line. And ends.",
+     ["This paragraph was hard-wrapped by an old mail client so it\nwraps onto the next line.", "And ends."]),
+    ("Let me know\nyou can come", ["Let me know", "you can come"]),  # short lines are units
+    ("I have a box. other boxes are red.", ["I have a box.", "other boxes are red."]),
+    ("Prices rose, etc. and then fell.", ["Prices rose, etc. and then fell."]),
     ("Is it? Yes! Really?! OK.", ["Is it?", "Yes!", "Really?!", "OK."]),
     ("does it have wifi? i want to use it.", ["does it have wifi?", "i want to use it."]),
 ]
@@ -225,3 +229,13 @@ def test_cli_50mb_single_line_streams(tmp_path, capsys):
     res = json.loads(out.strip().splitlines()[-1])
     assert res["spans_count"] == res["chars"] // len(unit) and "spans" not in res
     assert peak < 32 * (1 << 20)  # far below the 50 MB file: nothing holds the whole text
+
+
+def test_cli_topic_refuses_text_over_its_limit(tmp_path, capsys, monkeypatch):
+    from prunekit.text import cli as text_cli
+
+    monkeypatch.setattr(text_cli, "MAX_TOPIC_CHARS", 100)
+    f = tmp_path / "a.txt"
+    f.write_text("A line.\n" * 20)
+    rc, out, err = _run(capsys, "segment", str(f), "--unit", "topic", "--method", "tiling")
+    assert rc == 2 and out == "" and "--unit sentence, which streams" in err and len(err.strip().splitlines()) == 1

@@ -7,6 +7,8 @@
     spans = pk.text.sentences(text)                     # method="auto": sat if installed, else rules
     [s.of(text) for s in spans]                         # the sentences, sliced from text
     blocks = pk.text.topics(text, method="pairs")       # topic blocks over paragraphs
+    for s in pk.text.iter_sentences(pk.text.iter_blocks("big.txt"), "rules"):
+        ...                                             # any size, bounded memory
 
 Every span is ``Span(start, end, score)``: ``text[start:end]`` without surrounding whitespace and
 ``score`` the confidence of the boundary that ends it. Spans never overlap, are in order, and
@@ -18,13 +20,14 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from ..errors import ConfigError
+from .io import iter_blocks, read_text
 from .spans import Span, gaps, reconstruct
 
 SENTENCE_METHODS = ("auto", "rules", "sat")
 TOPIC_METHODS = ("pairs", "tiling")
 INSTALL_HINT = "pip install 'prunekit[text]'"
 
-__all__ = ["Span", "sentences", "iter_sentences", "topics", "gaps", "reconstruct", "resolve_method",
+__all__ = ["Span", "sentences", "iter_sentences", "topics", "gaps", "reconstruct", "resolve_method", "iter_blocks", "read_text",
            "SENTENCE_METHODS", "TOPIC_METHODS", "INSTALL_HINT"]
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.flags import float_flag, int_flag
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, DataError, OutputError
 
 PREVIEW = 80
+MAX_TOPIC_CHARS = 16_000_000  # topic segmentation reads the whole text (sentences stream)
 
 
 def register(sub) -> None:
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--method", "-m", default=None,
                    help="sentence: auto (default: sat if installed, else rules) | rules | sat; topic: pairs (default) | tiling")
     p.add_argument("--threshold", type=float_flag(0, 1), default=None,
-                   help="boundary probability above which a unit ends (sat, pairs, tiling; default: the trained head's)")
+                   help="sat, pairs: boundary probability at or above which a unit ends (default: the trained head's); tiling: depth score (default mean - std/2)")
     p.add_argument("--k", type=int_flag(1), default=None, help="topic: exactly this many boundaries (top-k) instead of a threshold")
     p.add_argument("--out", "-o", default=None, help="also write the spans as JSON lines to this file (written atomically)")
     p.add_argument("--json", action="store_true", help="print a JSON summary (with the spans unless --out) as the last line")
@@ -51,6 +52,9 @@ def cmd_segment(args) -> dict[str, Any]:
     if out is not None and out.is_dir():
         raise OutputError(f"--out {out} is a folder; give a file path")
     n_chars = check_file(args.file)  # one streaming pass: nothing is printed for a bad file
+    if args.unit == "topic" and n_chars > MAX_TOPIC_CHARS:
+        raise DataError(f"segment: --unit topic reads the whole text and {args.file} has {n_chars:,} characters "
+                        f"(limit {MAX_TOPIC_CHARS:,}); split it, or use --unit sentence, which streams")
     t0, c0 = time.perf_counter(), time.process_time()
     progress = not (args.quiet or args.json) and sys.stderr.isatty()
     if args.unit == "sentence":

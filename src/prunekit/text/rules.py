@@ -30,7 +30,8 @@ _OPENERS = "([{\"'\u201c\u2018\u00ab"
 _CAND = re.compile(r"(?P<p>[.!?\u203d\u2026]+[)\]}\"'\u201d\u2019\u00bb]*)(?=\s|$)|(?P<nl>\n)")
 _WS_CHARS = " \t\r\f\v\u00a0\u2028\u2029\u3000"
 LOOK = 256  # characters of lookahead a decision may read
-CTX = 64  # characters of lookbehind a decision may read
+CTX = 128  # characters of lookbehind a decision may read
+WRAP_MIN, WRAP_MAX = 40, 100  # line widths of hard-wrapped text
 BLOCK = 1 << 16
 
 
@@ -74,14 +75,14 @@ def _decide_punct(buf: str, i: int, end: int, lo: int) -> float | None:
     if first.islower():
         # "e.g. apples", "... and then", '"Stop!" he said' go on; "wifi? i want" ends (web text
         # often starts a sentence in lower case): only before a common sentence opener
-        if nword not in STARTERS or cluster != buf[i:end] or ".." in cluster or "\u2026" in cluster:
-            return None
+        if cluster != buf[i:end] or ".." in cluster or "\u2026" in cluster:
+            return None  # a quotation ('"Stop!" he said') or an ellipsis goes on
         if "!" in cluster or "?" in cluster:
             return 0.6
         ws, word = _prev_word(buf, i, lo)
         core = word.lstrip(_OPENERS).lower()
         if len(core) >= 2 and core.isalpha() and core not in NEVER_END and core not in MAYBE_END:
-            return 0.5
+            return 0.6 if nword in STARTERS else 0.5
         return None
     if "!" in cluster or "?" in cluster or "\u203d" in cluster:
         return 1.0
@@ -123,8 +124,12 @@ def _decide_newline(buf: str, i: int, lo: int) -> float | None:
     while p > lim and buf[p - 1] in _WS_CHARS:
         p -= 1
     prev = buf[p - 1] if p > lo else ""
-    if nx.islower() and prev not in ".!?:;\u2026" and prev.isalnum():
-        return None
+    if nx.islower() and (prev.isalnum() or prev in ",-"):
+        # a hard wrap goes on: the line before is of a typical wrap width (40-100 characters)
+        k = buf.rfind("\n", max(lo, i - WRAP_MAX - 1), i)
+        width = i - (k + 1) if k >= 0 else (i if i - lo <= WRAP_MAX else WRAP_MAX + 1)
+        if WRAP_MIN <= width <= WRAP_MAX:
+            return None
     return 0.9
 
 

