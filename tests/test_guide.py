@@ -137,7 +137,9 @@ def test_two_four_ignores_budget_and_carries_the_kernel_note():
 def test_domain_and_recover_say_what_is_missing():
     dom = G.recommend("domain", data=EMPTY)
     assert "--calib path/to/your-domain.jsonl" in dom.command
-    assert any("D-Pruner" in n and "not yet implemented" in n for n in dom.notes)
+    assert "dpruner" in G.registered_methods()  # registered, so the guide points at it
+    assert any("D-Pruner" in n and "--method dpruner" in n for n in dom.notes)
+    assert not any("not yet implemented" in n for n in dom.notes)
     rec = G.recommend("recover", data=EMPTY)
     if not G.has_recover_command():
         assert "not yet implemented" in rec.notes[0]

@@ -466,3 +466,26 @@ def test_grad_checkpointing_gives_the_same_steps(tokenizer):
         assert not getattr(model, "is_gradient_checkpointing", False)  # switched off again
     assert calls == [4, 8], calls
     assert reports[0].losses == pytest.approx(reports[1].losses, rel=1e-5)
+
+
+# --- issue 35, loose ends: discoverable allocators/refiners, no import circle below the CLI ----------
+def test_ls_lists_allocations_and_refiners_with_their_settings(capsys):
+    from prunekit.allocation import ALLOCATORS
+    from prunekit.methods.dsnot import REFINERS
+
+    rc, out, _ = _run(capsys, ["ls"])
+    assert rc == 0
+    for name in ALLOCATORS.names():
+        assert f"\n  {name} " in out, name
+    for name in REFINERS:
+        assert f"\n  {name} " in out and "refine_cycles=" in out
+    assert "M=5" in out and "levels" in out
+    rc, out, _ = _run(capsys, ["ls", "--json"])
+    d = json.loads(out.strip().splitlines()[-1])
+    assert set(d["allocations"]) == set(ALLOCATORS.names()) and set(d["refiners"]) == set(REFINERS)
+
+
+def test_demo_and_guide_do_not_import_the_cli():
+    code = "import sys, prunekit.demo, prunekit.guide; prunekit.guide.has_recover_command(); print('prunekit.cli.main' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

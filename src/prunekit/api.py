@@ -19,7 +19,6 @@ from .engine.targets import ExpertSlice, prunable_in, unsupported_experts, weigh
 from .errors import ConfigError
 from .methods import get_method, is_structured
 from .models.discovery import engine_adapter
-from .patterns import parse_pattern
 from .report import LayerReport, PruneReport
 
 log = logging.getLogger(__name__)
@@ -127,8 +126,8 @@ def prune_(
     Example:
         >>> report = prune_(model, PruneConfig(method="wanda", pattern="2:4"), tokenizer=tok)
     """
-    config.validate()
-    if is_structured(config.method):
+    resolved = config.resolve()  # what the config names, looked up and checked once
+    if resolved.structured:
         from .structured import STRUCTURED_METHODS
 
         if calib is not None:
@@ -141,8 +140,7 @@ def prune_(
     check_model = getattr(method, "check_model", None)  # a method that cannot take every model says so now
     if check_model is not None:
         check_model(model)
-    pattern = parse_pattern(config.pattern)
-    sparsity = config.resolved_sparsity()
+    pattern, sparsity = resolved.pattern, resolved.sparsity
     adapter = engine_adapter(model)
     targets = target_linears(model, config)
     if not targets:
@@ -150,7 +148,7 @@ def prune_(
             raise ConfigError("no Linear matches the include/exclude patterns: nothing to prune")
         n_blocks = len(adapter.blocks(model))
         raise ConfigError(f"the model has no Linear inside its decoder blocks ({n_blocks} blocks found): nothing to prune")
-    allocator = get_allocator(config.allocation, config.allocation_args)
+    allocator = resolved.allocator
     has_experts = any(_is_expert(n, m) for n, m in targets.items())
     needs = frozenset(method.needs)
     calib_desc: dict[str, Any] = {

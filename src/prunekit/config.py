@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .patterns import NM, check_sparsity, parse_pattern
+from .patterns import NM, Unstructured, check_sparsity, parse_pattern
 from .settings import Setting, did_you_mean, schema_of, setting
 
 RECIPE_VERSION = 1
@@ -108,9 +108,58 @@ class PruneConfig:
         Raises:
             ConfigError: one line naming the field, the bad value and what is allowed.
         """
+        self.resolve()
+        return self
+
+    def resolve(self) -> ResolvedConfig:
+        """Look up what the config names, once (method kind and settings, pattern, sparsity,
+        allocator), then check the combinations on those objects, top to bottom.
+
+        Raises:
+            ConfigError: one line naming the field, the bad value and what is allowed.
+        """
         from .allocation import get_allocator
         from .methods import check_settings, is_structured
 
+        self._check_types()
+        structured = is_structured(self.method)  # unknown method: check_settings names it below
+        settings = check_settings(self.method, self.method_args)  # unknown method / setting, type, range
+        pattern = parse_pattern(self.pattern)
+        nm = isinstance(pattern, NM)
+        if structured:
+            if str(pattern) != "unstructured":
+                raise ConfigError(
+                    f"{self.method} is a structured method (it removes whole heads, channels or "
+                    f"blocks); --pattern {self.pattern} applies to unstructured methods only: drop it"
+                )
+            if self.targets.include or self.targets.exclude:
+                raise ConfigError(
+                    f"{self.method} is a structured method and prunes every decoder block; "
+                    f"--include/--exclude apply to unstructured methods only: drop them"
+                )
+            sparsity = check_sparsity(0.2 if self.sparsity is None else self.sparsity)
+        else:
+            sparsity = self.resolved_sparsity()
+        allocator = get_allocator(self.allocation, self.allocation_args)  # unknown allocator / setting
+        if self.allocation.lower() != "uniform":
+            if structured:
+                raise ConfigError(
+                    f"--allocation {self.allocation} spreads unstructured sparsity over layers; "
+                    f"{self.method} is a structured method: drop --allocation"
+                )
+            if nm:
+                raise ConfigError(
+                    f"--allocation {self.allocation} varies sparsity per layer, but pattern "
+                    f"{self.pattern} fixes it at {pattern.sparsity():g} everywhere: "
+                    f"use --pattern unstructured or drop --allocation"
+                )
+        if self.propagate not in ("pruned", "dense"):
+            raise ConfigError(f"propagate must be 'pruned' or 'dense', got {self.propagate!r}")
+        self.targets.validate()
+        self.calib.validate()
+        return ResolvedConfig(self, self.method.lower(), structured, settings, pattern, sparsity, allocator)
+
+    def _check_types(self) -> None:
         for name in ("method", "pattern", "allocation", "propagate"):
             v = getattr(self, name)
             if not isinstance(v, str) or not v.strip():
@@ -121,42 +170,8 @@ class PruneConfig:
             raise ConfigError("targets must be a TargetSpec and calib a CalibConfig")
         if not isinstance(self.method_args, Mapping):
             raise ConfigError(f"method_args must be a mapping of setting: value, got {self.method_args!r}")
-        check_settings(self.method, self.method_args)  # unknown method / setting, type, range
-        if is_structured(self.method):
-            pat = parse_pattern(self.pattern)
-            if str(pat) != "unstructured":
-                raise ConfigError(
-                    f"{self.method} is a structured method (it removes whole heads, channels or "
-                    f"blocks); --pattern {self.pattern} applies to unstructured methods only: drop it"
-                )
-            if self.targets.include or self.targets.exclude:
-                raise ConfigError(
-                    f"{self.method} is a structured method and prunes every decoder block; "
-                    f"--include/--exclude apply to unstructured methods only: drop them"
-                )
-            check_sparsity(0.2 if self.sparsity is None else self.sparsity)
-        else:
-            self.resolved_sparsity()
         if not isinstance(self.allocation_args, Mapping):
             raise ConfigError(f"allocation_args must be a mapping of setting: value, got {self.allocation_args!r}")
-        get_allocator(self.allocation, self.allocation_args)  # unknown allocator / setting, type, range
-        if self.allocation.lower() != "uniform":
-            if is_structured(self.method):
-                raise ConfigError(
-                    f"--allocation {self.allocation} spreads unstructured sparsity over layers; "
-                    f"{self.method} is a structured method: drop --allocation"
-                )
-            if isinstance(parse_pattern(self.pattern), NM):
-                raise ConfigError(
-                    f"--allocation {self.allocation} varies sparsity per layer, but pattern "
-                    f"{self.pattern} fixes it at {parse_pattern(self.pattern).sparsity():g} everywhere: "
-                    f"use --pattern unstructured or drop --allocation"
-                )
-        if self.propagate not in ("pruned", "dense"):
-            raise ConfigError(f"propagate must be 'pruned' or 'dense', got {self.propagate!r}")
-        self.targets.validate()
-        self.calib.validate()
-        return self
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -276,3 +291,16 @@ def _build(cls: type, d: Mapping[str, Any], where: str, path: str) -> Any:
 
 def _kind(v: Any) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(v), type(v).__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A validated :class:`PruneConfig` with what it names looked up once (``PruneConfig.resolve``)."""
+
+    config: PruneConfig
+    method: str  # the registered name, lower-case
+    structured: bool  # removes heads/channels/blocks (prunekit.structured) rather than weights
+    settings: dict[str, Any]  # every method setting, typed, defaults filled in
+    pattern: Unstructured | NM
+    sparsity: float  # the target: implied by N:M, else the config's or the kind's default
+    allocator: Any  # the per-layer sparsity allocator object

@@ -25,7 +25,7 @@ def run_demo(a) -> dict[str, Any]:
     from .export import OutputSlot
 
     from .allocation import get_allocator
-    from .cli.main import _parse_set
+    from .settings import parse_key_values as _parse_set
     from .methods import check_settings
 
     default = a.method is None

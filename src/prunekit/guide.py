@@ -642,15 +642,14 @@ def _domain(data: dict, budget: float) -> Recommendation:
 
 
 def has_recover_command() -> bool:
-    """Whether the installed CLI has a ``prunekit recover`` subcommand."""
+    """Whether the installed prunekit has the ``prunekit recover`` subcommand (its room is importable;
+    asked without importing the CLI, which imports this module)."""
+    import importlib.util
+
     try:
-        from .cli.main import build_parser
-    except Exception:  # pragma: no cover - a broken CLI module is not the guide's business
+        return importlib.util.find_spec("prunekit.recovery.cli") is not None
+    except (ImportError, ValueError):  # pragma: no cover
         return False
-    for a in build_parser()._actions:
-        if isinstance(a, argparse._SubParsersAction) and "recover" in a.choices:
-            return True
-    return False
 
 
 def _recover(data: dict, budget: float) -> Recommendation:

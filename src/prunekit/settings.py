@@ -176,3 +176,19 @@ def validate_settings(owner: str, schema: Mapping[str, Setting], args: Mapping[s
     return {
         n: s.coerce(f"{owner}: setting {n}", args[n]) if n in args else s.default for n, s in schema.items()
     }
+
+
+def parse_key_values(items: list[str] | None, flag: str = "--set/--alloc-set") -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--set``, ``--alloc-set``, ``--recover-set``) to a mapping; values stay
+    strings (``null``/``none``/``~`` → None) and are typed later by the owner's settings. A malformed
+    item or a key given twice is one :class:`ConfigError` line."""
+    out: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it or not it.split("=", 1)[0].strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE (e.g. --set block_size=64), got {it!r}")
+        k, v = it.split("=", 1)
+        k = k.strip()
+        if k in out:
+            raise ConfigError(f"{flag} {k} is given twice ({k}={out[k]} and {it}): give each setting once")
+        out[k] = None if v.strip().lower() in ("null", "none", "~") else v
+    return out

@@ -56,15 +56,9 @@ def _fraction_flag(text: str) -> float:
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` pairs; values stay strings and are typed by the method's settings."""
-    out: dict[str, Any] = {}
-    for it in items or []:
-        if "=" not in it or not it.split("=", 1)[0].strip():
-            raise UsageError(f"--set/--alloc-set expects KEY=VALUE (e.g. --set block_size=64), got {it!r}")
-        k, v = it.split("=", 1)
-        if k.strip() in out:
-            raise UsageError(f"--set/--alloc-set {k.strip()} is given twice ({k.strip()}={out[k.strip()]} and {it}): give each setting once")
-        out[k.strip()] = None if v.strip().lower() in ("null", "none", "~") else v
-    return out
+    from ..settings import parse_key_values
+
+    return parse_key_values(items)
 
 
 def _add_prune(sub) -> None:
@@ -570,7 +564,31 @@ def cmd_ls(a) -> dict[str, Any]:
         _print_ls(a, methods, patterns)
     from ..models.discovery import family_support
 
-    return {"methods": list(methods), "patterns": patterns, "families": family_support()}
+    return {"methods": list(methods), "patterns": patterns, "families": family_support(),
+            "allocations": {n: s for n, (s, _) in _allocations().items()},
+            "refiners": {n: s for n, (s, _) in _refiners().items()}}  # fmt: skip
+
+
+def _settings_line(schema: dict) -> str:
+    return ", ".join(f"{n}={s.default}" if s.default not in (None, "") else n for n, s in schema.items()) or "no settings"
+
+
+def _allocations() -> dict[str, tuple[str, str]]:
+    """Per-layer sparsity allocators (``--allocation NAME --alloc-set K=V``): summary, settings."""
+    from ..allocation import ALLOCATORS
+    from ..settings import schema_of
+
+    return {n: (getattr(ALLOCATORS.get(n), "summary", ""), _settings_line(schema_of(ALLOCATORS.get(n))))
+            for n in ALLOCATORS.names()}  # fmt: skip
+
+
+def _refiners() -> dict[str, tuple[str, str]]:
+    """Mask refiners any unstructured/N:M method takes (``--set refine=NAME --set refine_K=V``)."""
+    from ..methods.dsnot import REFINERS
+    from ..settings import schema_of
+
+    return {n: (getattr(cls, "summary", "") or n, _settings_line({f"refine_{k}": v for k, v in schema_of(cls).items()}))
+            for n, cls in REFINERS.items()}  # fmt: skip
 
 
 def _print_ls(a, methods: dict, patterns: dict) -> None:
@@ -583,6 +601,12 @@ def _print_ls(a, methods: dict, patterns: dict) -> None:
     print("patterns:")
     for n, s in patterns.items():
         print(f"  {n:<20} {s}")
+    print("allocations (--allocation NAME, --alloc-set KEY=VALUE):")
+    for n, (summ, sets) in _allocations().items():
+        print(f"  {n:<14} {summ}; settings: {sets}")
+    print("mask refiners (--set refine=NAME, --set refine_KEY=VALUE; unstructured/N:M methods):")
+    for n, (summ, sets) in _refiners().items():
+        print(f"  {n:<14} {summ}; settings: {sets}")
     print("data sources:")
     for n, s in SOURCE_KINDS.items():
         print(f"  {n:<20} {s}")

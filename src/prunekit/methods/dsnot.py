@@ -66,6 +66,8 @@ class DSnoT:
     """The refiner: ``refine(W, Ŵ, stats, pattern) -> (Ŵ', info)``; its fields are the
     ``refine_*`` settings of every unstructured/N:M method."""
 
+    summary: ClassVar[str] = "DSnoT (Zhang et al. 2024): training-free prune-and-grow swaps that shrink each row's expected error"
+
     cycles: int = setting(50, ge=1, le=100000, help="most prune-and-grow cycles per output row (the paper's T)")
     threshold: float = setting(5e-5, ge=0, help="stop a row once |expected error| <= this (the paper's ε, per token)")
     var_power: float = setting(1.0, ge=0, le=10, help="growing ranks |W_ij E[X_j]| / Var[X_j]^this (the paper's γ)")

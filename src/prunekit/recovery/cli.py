@@ -44,7 +44,7 @@ def add_recover_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16"), default=d["precision"],
                    help="fp32 (default, exact) or bf16: bfloat16 autocast, float32 weights (~2.5x faster on AVX512-BF16 CPUs and GPUs)")
     p.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute activations in the backward pass: a fraction of the peak memory, ~30%% slower steps")
+                   help="recompute activations in the backward pass: about half the peak memory, ~20%% more time per step")
     p.add_argument("--windows", choices=("random", "packed"), default=d["windows"],
                    help="random (default): random windows from documents longer than --seqlen; "
                         "packed: all documents end to end with EOS, each token once per epoch")

@@ -69,7 +69,7 @@ class RecoveryConfig:
     windows: str = setting("random", choices=WINDOW_MODES,
                            help="random: random windows from documents longer than seqlen; packed: all documents end to end")
     grad_checkpointing: bool = setting(False, help="recompute each block's activations in the backward pass: "
-                                       "~4-5x less peak memory, ~30% more time per step")
+                                       "about half the peak memory, ~20% more time per step")
     max_seconds: float = setting(0.0, ge=0, le=10**8,
                                  help="time budget of the training loop in seconds (0: off): the learning rate also "
                                       "decays with elapsed time and training stops when the budget is spent")
