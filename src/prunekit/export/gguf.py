@@ -6,11 +6,16 @@ llama.cpp (and what embeds it: Ollama, LM Studio) loads with no custom code. Wri
 
 Architectures written:
 
-* Llama and Mistral with the same widths in every block: ``llama``; Qwen2: ``qwen2``.
+* Llama and Mistral with the same widths in every block: ``llama``; dense Qwen2: ``qwen2``. A
+  uniformly shrunk Qwen2 (fewer heads: llama.cpp's ``qwen2`` wants q and o as wide as the hidden
+  size) or one with output biases (FLAP's compensation) is written as ``llama``, which takes any
+  head count and optional q/k/v/o and MLP biases.
 * Any of these with per-block widths (CFSP, Týr, Adapt-Pruner, FLAP adaptive): ``deci`` (the
   Llama-based architecture of Nemotron-NAS in llama.cpp), whose loader and graph read
   ``head_count``, ``head_count_kv`` and ``feed_forward_length`` per layer (arrays) and which keeps
-  optional q/k/v biases, so a per-block Qwen2 fits it too.
+  optional q/k/v/o and MLP biases, so a per-block Qwen2 fits it too. A block whose attention
+  (or MLP) was removed whole is written without those tensors (deci's attention-free /
+  FFN-free blocks).
 * Removed blocks simply lower ``block_count``. Unstructured and N:M outputs are written dense
   (llama.cpp has no sparse kernels: they run at dense speed).
 
@@ -222,11 +227,8 @@ def plan_tensors(model, outtype: str) -> tuple[str, list[dict[str, int]], list[t
     if not widths:
         raise ConfigError("the model has no decoder blocks")
     uniform = all(w == widths[0] for w in widths)
-    arch = arch_u if uniform else PER_BLOCK_ARCH
     if widths[0]["heads"] == 0:
         raise ConfigError("block 0 has no attention heads: llama.cpp derives the rope size from block 0; not supported")
-    if not uniform and any(w["intermediate"] == 0 for w in widths) and cfg.model_type == "qwen2":
-        pass  # deci handles FFN-free blocks for every family
     state = model.state_dict()
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     emb = model.get_input_embeddings().weight
@@ -239,15 +241,43 @@ def plan_tensors(model, outtype: str) -> tuple[str, list[dict[str, int]], list[t
             continue
         name = _gguf_name(hf_name)
         if name is None:
-            raise ConfigError(f"tensor {hf_name} has no GGUF counterpart in the {arch} architecture")
+            raise ConfigError(f"tensor {hf_name} has no GGUF counterpart (Llama/Mistral/Qwen2 blocks only)")
+        if name.startswith("blk."):
+            il, part = int(name.split(".")[1]), name.split(".", 2)[2]
+            no_attn = widths[il]["heads"] == 0 and part.startswith("attn_")
+            no_ffn = widths[il]["intermediate"] == 0 and part.startswith("ffn_")
+            if no_attn or no_ffn:  # a removed attention / MLP: llama.cpp's deci skips it whole
+                if part.endswith(("attn_output.bias", "ffn_down.bias")) and bool(t.detach().abs().max() > 0):
+                    raise ConfigError(f"block {il}: its {'attention' if no_attn else 'MLP'} is removed but keeps "
+                                      f"an output bias ({hf_name}), which llama.cpp cannot represent")  # fmt: skip
+                continue
         items.append((name, hf_name, t))
+    extra_bias = any(n.endswith(("attn_output.bias", "ffn_gate.bias", "ffn_up.bias", "ffn_down.bias")) for n, _, _ in items)
+    if not uniform or any(w["heads"] == 0 or w["intermediate"] == 0 for w in widths):
+        arch = PER_BLOCK_ARCH
+    elif arch_u == "qwen2" and (widths[0]["heads"] * hd != int(cfg.hidden_size) or extra_bias):
+        arch = "llama"  # llama.cpp's qwen2 expects q = o = hidden size and q/k/v biases only; llama takes both
+    else:
+        arch = arch_u
     names = [n for n, _, _ in items]
     if len(set(names)) != len(names):
         raise ConfigError("two tensors map to the same GGUF name")
     return arch, widths, items
 
 
-def _to_numpy(name: str, t, widths, arch: str):
+def _padded_shape(name: str, shape: tuple[int, ...], pad_ff: dict[int, int]) -> tuple[int, ...]:
+    """The shape a tensor is written with once its block's MLP width is padded to ``pad_ff``."""
+    if not name.startswith("blk.") or int(name.split(".")[1]) not in pad_ff:
+        return shape
+    ff = pad_ff[int(name.split(".")[1])]
+    if name.endswith(("ffn_gate.weight", "ffn_up.weight", "ffn_gate.bias", "ffn_up.bias")):
+        return (ff, *shape[1:])
+    if name.endswith("ffn_down.weight"):
+        return (shape[0], ff)
+    return shape
+
+
+def _to_numpy(name: str, t, widths, arch: str, pad_ff: dict[int, int] | None = None):
     import numpy as np
     import torch
 
@@ -258,6 +288,11 @@ def _to_numpy(name: str, t, widths, arch: str):
             a = _permute_rows(a, widths[il]["heads"])
         elif name.endswith(("attn_k.weight", "attn_k.bias")):
             a = _permute_rows(a, widths[il]["kv_heads"])
+    shape = _padded_shape(name, tuple(a.shape), pad_ff or {})
+    if shape != tuple(a.shape):  # zero MLP channels: silu(0)·0 = 0 and a zero column of down_proj
+        z = np.zeros(shape, dtype=np.float32)
+        z[tuple(slice(0, n) for n in a.shape)] = a
+        a = z
     return np.ascontiguousarray(a)
 
 
@@ -424,7 +459,8 @@ def _mkdirs(p: Path) -> list[Path]:
 
 
 def export_gguf(model: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f16",
-                overwrite: bool = False, name: str | None = None, progress=None) -> dict[str, Any]:  # fmt: skip
+                overwrite: bool = False, name: str | None = None, pad_mlp: bool = True,
+                progress=None) -> dict[str, Any]:  # fmt: skip
     """Write ``model`` (a prunekit output folder, HF folder, .gguf or alias) as a GGUF file.
 
     Returns the summary (what ``prunekit export --json`` prints). Raises ConfigError for what
@@ -436,6 +472,9 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, *, outtype: st
     spec = str(model)
     protect = [spec] if Path(spec).expanduser().exists() else []
     out_p = check_output_file(out, overwrite, protect=protect)
+    src_dir = Path(spec).expanduser()
+    if src_dir.is_dir() and out_p.resolve().is_relative_to(src_dir.resolve()):
+        raise OutputError(f"--out {out} is inside the input folder {spec}: choose a path outside it")
     if not out_p.name.lower().endswith(".gguf"):
         log.warning("--out %s does not end in .gguf", out)
     src_path = Path(spec).expanduser()
@@ -470,12 +509,19 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, *, outtype: st
     need = 4_000_000 + sum(len(t) + 8 for t in toks.get("tokenizer.ggml.tokens", ([], 0))[0])
     need += sum(len(m) + 8 for m in toks.get("tokenizer.ggml.merges", ([], 0))[0])
     fallback = []
+    # quantised files: an MLP width that is not a multiple of the 32-value block is padded with
+    # zero channels (exactly the same outputs) so that ffn_down can be quantised too
+    pad_ff = {} if outtype not in ("q8_0", "q4_0") or not pad_mlp else {
+        i: -(-w["intermediate"] // QBLOCK) * QBLOCK for i, w in enumerate(widths) if w["intermediate"] % QBLOCK}
     for gname, hf_name, t in items:
-        qt, fb = _qtype_for(gname, tuple(t.shape), outtype)
+        shape = _padded_shape(gname, tuple(t.shape), pad_ff)
+        qt, fb = _qtype_for(gname, shape, outtype)
         if fb:
             fallback.append(gname)
         plans.append((gname, hf_name, t, qt))
-        need += _bytes_of(tuple(t.shape), qt) + 64
+        need += _bytes_of(shape, qt) + 64
+    kept_ff = [w["intermediate"] for w in widths]
+    widths = [{**w, "intermediate": pad_ff.get(i, w["intermediate"])} for i, w in enumerate(widths)]
     made = _mkdirs(out_p)
     try:
         free = shutil.disk_usage(out_p.parent).free
@@ -526,8 +572,8 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, *, outtype: st
         params = 0
         say(f"converting {len(plans)} tensors to {outtype}")
         for gname, _hf, t, qt in plans:
-            a = _to_numpy(gname, t, widths, arch)
-            params += a.size
+            a = _to_numpy(gname, t, widths, arch, pad_ff)
+            params += int(t.numel())
             if qt == gguf.GGMLQuantizationType.F32:
                 w.add_tensor(gname, a.astype(np.float32))
             elif qt == gguf.GGMLQuantizationType.F16:
@@ -558,7 +604,7 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, *, outtype: st
         "model_type": cfg.model_type, "block_count": len(widths), "per_layer": arch == PER_BLOCK_ARCH,
         "heads": heads, "kv_heads": kvs, "feed_forward": ffs, "head_dim": hd,
         "tensors": len(plans), "parameters": int(params), "bytes": int(size), "size": fmt_bytes(size),
-        "f16_fallback": fallback, "tokenizer_from": tok_from,
+        "f16_fallback": fallback, "mlp_padded": {str(i): [kept_ff[i], f] for i, f in pad_ff.items()}, "tokenizer_from": tok_from,
         "tokenizer_pre": toks.get("tokenizer.ggml.pre", (None,))[0],
         "seconds": round(time.time() - t0, 1),
     }  # fmt: skip
@@ -649,6 +695,9 @@ def register(sub) -> None:
     p.add_argument("--outtype", default="f16", help=f"tensor type: {' | '.join(OUTTYPES)} (default f16)")
     p.add_argument("--out", "-o", required=True, help="output file (FILE.gguf), written atomically")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--no-pad-mlp", dest="pad_mlp", action="store_false",
+                   help="q8_0/q4_0: keep an MLP width that is not a multiple of 32 as is (its ffn_down then stays f16) "
+                        "instead of padding it with zero channels (same outputs)")
     p.add_argument("--name", default=None, help="general.name in the file (default: the input's name)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
@@ -662,11 +711,14 @@ def cmd_export(args) -> dict[str, Any]:
     quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
     say = None if quiet else (lambda m: print(f"[export] {m}", file=sys.stderr, flush=True))
     res = export_gguf(args.model, args.out, outtype=args.outtype, overwrite=args.overwrite,
-                      name=args.name, progress=say)  # fmt: skip
+                      name=args.name, pad_mlp=getattr(args, "pad_mlp", True), progress=say)  # fmt: skip
     if not getattr(args, "json", False):
         kind = "per-layer widths" if res["per_layer"] else "uniform widths"
         print(f"wrote {res['out']}: {res['architecture']} ({kind}), {res['block_count']} blocks, "
               f"{res['outtype']}, {res['parameters']:,} parameters, {res['size']} in {res['seconds']} s")  # fmt: skip
+        if res["mlp_padded"]:
+            print(f"  {len(res['mlp_padded'])} MLP widths padded with zero channels to a multiple of {QBLOCK} "
+                  f"(same outputs) so ffn_down quantises")  # fmt: skip
         if res["f16_fallback"]:
             print(f"  {len(res['f16_fallback'])} tensors kept at f16 (rows not a multiple of {QBLOCK}): "
                   f"{', '.join(res['f16_fallback'][:4])}{' ...' if len(res['f16_fallback']) > 4 else ''}")  # fmt: skip
