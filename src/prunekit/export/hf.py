@@ -120,6 +120,8 @@ def check_output_file(out: str | os.PathLike, overwrite: bool = False, protect: 
         qp = Path(q).expanduser()
         if qp.exists() and p.exists() and os.path.samefile(p, qp) or p.resolve() == qp.resolve():
             raise OutputError(f"--out {out} is the input {q}: choose another file")
+        if qp.is_dir() and p.exists() and p.resolve().is_relative_to(qp.resolve()):
+            raise OutputError(f"--out {out} would replace a file of the input {q}: choose a new file name")
     for anc in p.parents:
         if anc.exists():
             if not anc.is_dir():
