@@ -223,11 +223,12 @@ def topic_eval(items, embed_cache):
         E = embed_cache[name]
         k = max(2, round(n / (len(gold) + 1) / 2))
         ks.append(k)
+        lengths = [u.end - u.start for u in us]
         c0 = time.process_time()
-        ps, pcut = gap_scores(E, "pairs")
+        ps, pcut = gap_scores(E, "pairs", lengths)
         c_pairs += time.process_time() - c0
         c0 = time.process_time()
-        ts, tcut = gap_scores(E, "tiling")
+        ts, tcut = gap_scores(E, "tiling", lengths)
         c_tiling += time.process_time() - c0
         hyps = {
             "pairs (threshold)": choose(ps, pcut, None, None),

@@ -203,6 +203,8 @@ def test_cli_bad_files_one_line_exit_2_nothing_written(tmp_path, capsys, case):
     (["--method", "rules", "--threshold", "0.5"], "threshold applies to method 'sat' only"),
     (["--method", "rules", "--k", "3"], "--k applies to --unit topic only"),
     (["--threshold", "2"], "out of range"),
+    (["--unit", "topic", "--k", "2", "--threshold", "0.5"], "not both"),
+    (["--k", "0", "--unit", "topic"], "out of range"),
 ])
 def test_cli_bad_flags(tmp_path, capsys, argv, msg):
     f = tmp_path / "a.txt"
@@ -239,3 +241,18 @@ def test_cli_topic_refuses_text_over_its_limit(tmp_path, capsys, monkeypatch):
     f.write_text("A line.\n" * 20)
     rc, out, err = _run(capsys, "segment", str(f), "--unit", "topic", "--method", "tiling")
     assert rc == 2 and out == "" and "--unit sentence, which streams" in err and len(err.strip().splitlines()) == 1
+
+
+def test_iter_sentences_with_progress_bar_gives_the_same_spans(capsys):
+    text = "One here. Two there! Three? " * 500
+    blocks = [text[i : i + 999] for i in range(0, len(text), 999)]
+    spans = list(pk.text.iter_sentences(blocks, "rules", progress=True, total=len(text)))
+    assert spans == sentences(text, "rules") and len(spans) == 1500
+
+
+def test_iter_blocks_keeps_crlf_and_never_splits_a_character(tmp_path):
+    f = tmp_path / "a.txt"
+    text = "\u00e9\u4e2d\U0001F600 line\r\n" * 3000
+    f.write_bytes(text.encode("utf-8"))
+    blocks = list(pk.text.iter_blocks(f, block_bytes=7))
+    assert "".join(blocks) == text and len(blocks) > 1000

@@ -144,8 +144,9 @@ def _load_head(path: Path | None = None):
     return net.eval(), meta
 
 
-def gap_scores(E, method: str, lengths: list[int] | None = None):
-    """Per-gap scores (higher = topic change) and the method's default cutoff."""
+def gap_scores(E, method: str, lengths: list[int]):
+    """Per-gap scores (higher = topic change) and the method's default cutoff; ``lengths`` are
+    the units' lengths in characters (features of ``pairs``)."""
     import torch
 
     if len(E) < 2:
@@ -157,7 +158,7 @@ def gap_scores(E, method: str, lengths: list[int] | None = None):
         return d, cut
     net, meta = _load_head()
     with torch.inference_mode():
-        p = torch.sigmoid(net(pair_features(E, lengths or [1] * len(E))).squeeze(-1)).tolist()
+        p = torch.sigmoid(net(pair_features(E, lengths)).squeeze(-1)).tolist()
     return p, float(meta["threshold"])
 
 
