@@ -256,3 +256,16 @@ def test_iter_blocks_keeps_crlf_and_never_splits_a_character(tmp_path):
     f.write_bytes(text.encode("utf-8"))
     blocks = list(pk.text.iter_blocks(f, block_bytes=7))
     assert "".join(blocks) == text and len(blocks) > 1000
+
+
+def test_cli_out_never_replaces_the_input_or_an_existing_file(tmp_path, capsys):
+    f = tmp_path / "a.txt"
+    f.write_text("One. Two.")
+    rc, out, err = _run(capsys, "segment", str(f), "--method", "rules", "--out", str(f), "--overwrite")
+    assert rc == 2 and "is the input" in err and f.read_text() == "One. Two."
+    o = tmp_path / "spans.jsonl"
+    o.write_text("keep")
+    rc, out, err = _run(capsys, "segment", str(f), "--method", "rules", "--out", str(o))
+    assert rc == 2 and "--overwrite" in err and o.read_text() == "keep"
+    rc, out, err = _run(capsys, "segment", str(f), "--method", "rules", "--out", str(o), "--overwrite", "-q")
+    assert rc == 0 and [json.loads(x)["end"] for x in o.read_text().splitlines()] == [4, 9]

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ..cli.flags import float_flag, int_flag
-from ..errors import ConfigError, DataError, OutputError
+from ..errors import ConfigError, DataError
 
 PREVIEW = 80
 MAX_TOPIC_CHARS = 16_000_000  # topic segmentation reads the whole text (sentences stream)
@@ -26,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float_flag(0, 1), default=None,
                    help="sat, pairs: boundary probability at or above which a unit ends (default: the trained head's); tiling: depth score (default mean - std/2)")
     p.add_argument("--k", type=int_flag(1), default=None, help="topic: exactly this many boundaries (top-k) instead of a threshold")
-    p.add_argument("--out", "-o", default=None, help="also write the spans as JSON lines to this file (written atomically)")
+    p.add_argument("--out", "-o", default=None, help="also write the spans as JSON lines to this new file (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print a JSON summary (with the spans unless --out) as the last line")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no span lines")
     p.set_defaults(_handler=cmd_segment)
@@ -48,9 +48,11 @@ def cmd_segment(args) -> dict[str, Any]:
             raise _unknown("topic", method, TOPIC_METHODS)
         if args.k is not None and args.threshold is not None:
             raise ConfigError("give --k or --threshold, not both")
-    out = Path(args.out) if args.out else None
-    if out is not None and out.is_dir():
-        raise OutputError(f"--out {out} is a folder; give a file path")
+    out = None
+    if args.out is not None:  # refused before any work: empty, a folder, the input, an existing file
+        from ..export.hf import check_output_file
+
+        out = check_output_file(args.out, overwrite=args.overwrite, protect=[args.file])
     n_chars = check_file(args.file)  # one streaming pass: nothing is printed for a bad file
     if args.unit == "topic" and n_chars > MAX_TOPIC_CHARS:
         raise DataError(f"segment: --unit topic reads the whole text and {args.file} has {n_chars:,} characters "
@@ -67,35 +69,22 @@ def cmd_segment(args) -> dict[str, Any]:
     else:
         spans_iter = iter(topics(read_text(args.file), method, threshold=args.threshold, k=args.k, progress=progress))
     show = not (args.quiet or args.json)
-    tmp = None
-    fh = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        fh = os.fdopen(fd, "w", encoding="utf-8")
     spans, n = [], 0
-    try:
-        text_for_preview = None
-        if show:
-            text_for_preview = _Previewer(args.file)
+    preview = _Previewer(args.file) if show else None
+    with contextlib.ExitStack() as stack:
+        fh = None
+        if out is not None:
+            from ..export.hf import atomic_file
+
+            fh = stack.enter_context(atomic_file(out))  # renamed into place only if all succeeds
         for s in spans_iter:
             n += 1
             if fh is not None:
                 fh.write(json.dumps(s.to_dict()) + "\n")
             elif args.json:
                 spans.append(s.to_dict())
-            if show:
-                print(f"{s.start}\t{s.end}\t{s.score:.3f}\t{text_for_preview.get(s)}")
-        if fh is not None:
-            fh.close()
-            fh = None
-            os.replace(tmp, out)
-            tmp = None
-    finally:
-        if fh is not None:
-            fh.close()
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            if preview is not None:
+                print(f"{s.start}\t{s.end}\t{s.score:.3f}\t{preview.get(s)}")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     res: dict[str, Any] = {"file": str(args.file), "unit": args.unit, "method": method, "chars": n_chars,
                            "spans_count": n, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}
