@@ -460,10 +460,11 @@ def _mkdirs(p: Path) -> list[Path]:
 
 def export_gguf(model: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f16",
                 overwrite: bool = False, name: str | None = None, pad_mlp: bool = True,
-                progress=None) -> dict[str, Any]:  # fmt: skip
+                progress=None, loaded: tuple | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``model`` (a prunekit output folder, HF folder, .gguf or alias) as a GGUF file.
 
-    Returns the summary (what ``prunekit export --json`` prints). Raises ConfigError for what
+    ``loaded``: the ``(model, tokenizer)`` that ``prunekit.models.load_model(model)`` returned,
+    to export again without reloading (``model`` still names the input). Returns the summary (what ``prunekit export --json`` prints). Raises ConfigError for what
     llama.cpp cannot run (one line naming it), OutputError for a bad ``out``, ModelLoadError for
     a model that does not load. Nothing is left at ``out`` unless the whole file was written.
     """
@@ -487,8 +488,11 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, *, outtype: st
     from ..models import load_model
 
     say = progress or (lambda msg: None)
-    say(f"loading {spec}")
-    hf_model, tok = load_model(spec)
+    if loaded is None:
+        say(f"loading {spec}")
+        hf_model, tok = load_model(spec)
+    else:
+        hf_model, tok = loaded
     cfg = hf_model.config
     check_config_dict(cfg.to_dict(), spec)
     if getattr(cfg, "prunekit_block_widths", None) is not None and not hasattr(hf_model, "model"):
