@@ -254,7 +254,7 @@ class ModelDraft(Drafter):
 
     def _chain(self, trie: Trie, logits: torch.Tensor, ids: list[int], budget: int, node: int = 0,
                score: float = 1.0) -> None:  # fmt: skip
-        depth = 0
+        depth = trie.nodes[node].depth
         while len(trie) < budget and depth < self.max_depth:
             probs = torch.softmax(logits, -1)
             top = torch.topk(probs, self.width)
@@ -304,15 +304,25 @@ class Compose(Drafter):
 
 
 class RASD(Drafter):
-    """Retrieval tree pruned by the draft model's probabilities, fused with the draft model's tree."""
+    """Retrieval tree pruned by the draft model's probabilities, fused with the draft model's tree.
+
+    One draft forward scores every retrieval node (the draft's path probability). A node is kept
+    when ``max(path probability, retrieval_weight * retrieval share) >= prune`` (the share is the
+    fraction of the retrieved continuations through the node; ``retrieval_weight=0`` is the paper's
+    pruning by the draft alone, a positive weight keeps well-supported copies that a weak draft
+    doubts). The draft then extends its own greedy chain — starting after the retrieval path it
+    agrees with (argmax at every node), whose cache entries the scoring forward already computed —
+    and both trees are fused by longest-prefix matching into one trie; the caller keeps the best
+    ``tree_budget`` nodes.
+    """
 
     uses_model = True
 
     def __init__(self, retrieval: Drafter | list[Drafter], draft: ModelDraft, *, prune: float = 0.05,
-                 retrieval_nodes: int = 48):  # fmt: skip
+                 retrieval_weight: float = 0.5, retrieval_nodes: int = 48):  # fmt: skip
         self.retrieval = Compose(retrieval) if isinstance(retrieval, (list, tuple)) else retrieval
         self.draft = draft if isinstance(draft, ModelDraft) else ModelDraft(draft)
-        self.prune, self.retrieval_nodes = prune, retrieval_nodes
+        self.prune, self.retrieval_weight, self.retrieval_nodes = prune, retrieval_weight, retrieval_nodes
         self.name = f"rasd({self.retrieval.name}, {self.draft.name})"
         self.pruned_nodes = 0
         self.retrieved_nodes = 0
@@ -335,6 +345,8 @@ class RASD(Drafter):
         if len(ret) == 0:
             return d.propose(ids, budget)
         rtree = ret.select(self.retrieval_nodes)
+        counts = [ret.nodes[0].score] + [0.0] * (len(rtree) - 1)
+        top = max((ret.nodes[j].score for j in ret.nodes[0].children.values()), default=1.0) or 1.0
         # one draft forward over (the tokens the draft has not seen) + the retrieval tree below the root
         r = d.runner
         common = 0
@@ -350,27 +362,41 @@ class RASD(Drafter):
         parents = list(range(-1, m - 1)) + [p + m - 1 for p in rtree.parents[1:]]
         logits = r.forward_tree(Tree(tokens, parents))
         d.draft_forwards += 1
-        r.keep(common, list(range(m)))
-        d.cached = list(ids)
         logp = torch.log_softmax(logits, -1)
-        # score every retrieval node by the draft's path probability; prune the unlikely ones
+        best = logits.argmax(-1).tolist()
+        # retrieval shares (count through the node / the best first token's count), by re-walking the trie
+        node_of = [0] * len(rtree)
+        for i in range(1, len(rtree)):
+            node_of[i] = ret.child(node_of[rtree.parents[i]], rtree.tokens[i])
+            counts[i] = ret.nodes[node_of[i]].score / top
         fused = Trie(ids[-1])
         score = [0.0] * len(rtree)
         score[0] = 1.0
         where = [0] * len(rtree)
+        draft_p = [1.0] * len(rtree)
         self.retrieved_nodes += len(rtree) - 1
         for i in range(1, len(rtree)):
             p = rtree.parents[i]
             if score[p] <= 0:
                 continue
-            s = score[p] * float(logp[m - 1 + p, rtree.tokens[i]].exp())
+            draft_p[i] = draft_p[p] * float(logp[m - 1 + p, rtree.tokens[i]].exp())
+            s = max(draft_p[i], self.retrieval_weight * counts[i])
             if s < self.prune:
                 self.pruned_nodes += 1
                 continue
             score[i] = s
             where[i] = fused.add(where[p], rtree.tokens[i], s)
-        # the draft model's own chain from the root (its first step is the root's logits above)
-        d._chain(fused, logits[m - 1], ids, budget + len(fused))
+        # the retrieval path the draft agrees with: its cache entries are kept, the chain starts after it
+        agree, cur = [], 0
+        while True:
+            nxt = next((c for c in rtree.children[cur] if rtree.tokens[c] == best[m - 1 + cur] and score[c] > 0), None)
+            if nxt is None:
+                break
+            agree.append(nxt)
+            cur = nxt
+        r.keep(common, list(range(m)) + [m - 1 + i for i in agree])
+        d.cached = list(ids) + [rtree.tokens[i] for i in agree]
+        d._chain(fused, logits[m - 1 + cur], ids, budget + len(fused), node=where[cur], score=draft_p[cur])
         return fused
 
 
