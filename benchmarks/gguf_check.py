@@ -47,18 +47,20 @@ WIKI = Path("/work/shared/data/wikitext-2-raw")
 C4 = "/work/shared/data/c4-sample/"
 OUTTYPES = ("f32", "f16", "q8_0", "q4_0")
 
-#: short name -> (prunekit prune arguments on smollm2-135m) ; None: the model spec itself
+#: short name -> (base model, prunekit prune arguments); any other name is a model spec itself
 PRUNED = {
-    "flap-20": ["--method", "flap", "--sparsity", "0.2"],
-    "cfsp-20": ["--method", "cfsp", "--sparsity", "0.2"],
-    "shortgpt-20": ["--method", "shortgpt", "--sparsity", "0.2"],
-    "tyr-50": ["--method", "tyr", "--sparsity", "0.5"],
+    "flap-20": ("smollm2-135m", ["--method", "flap", "--sparsity", "0.2"]),
+    "cfsp-20": ("smollm2-135m", ["--method", "cfsp", "--sparsity", "0.2"]),
+    "shortgpt-20": ("smollm2-135m", ["--method", "shortgpt", "--sparsity", "0.2"]),
+    "tyr-50": ("smollm2-135m", ["--method", "tyr", "--sparsity", "0.5"]),
+    "qwen-flap-20": ("qwen2.5-coder-0.5b", ["--method", "flap", "--sparsity", "0.2"]),
+    "qwen-cfsp-20": ("qwen2.5-coder-0.5b", ["--method", "cfsp", "--sparsity", "0.2"]),
 }
 
 
 def model_spec(name: str) -> str:
     if name in PRUNED:
-        return str(WORK / "models" / f"smollm2-{name}")
+        return str(WORK / "models" / (name if name.startswith("qwen-") else f"smollm2-{name}"))
     return name
 
 
@@ -79,7 +81,6 @@ def setup(quiet: bool = False) -> dict:
     VENV.parent.mkdir(parents=True, exist_ok=True)
     log = VENV.parent / "llama-cpp.install.log"
     env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": "1", "CMAKE_ARGS": CMAKE_ARGS, "OMP_NUM_THREADS": "1"}
-    t0 = time.time()
     c0 = os.times()
     with open(log, "a") as fh:
         if not venv_python().exists():
@@ -372,19 +373,85 @@ def cmd_speed(args) -> None:
         row["decode_ratio_of_ideal"] = row["decode_speedup"] / row["decode_ideal"]
         out["rows"][name] = row
         print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if not k.endswith("_all")}, flush=True)
-    (RESULTS / f"speed-{args.outtype}.json").write_text(json.dumps(out, indent=2) + "\n")
+    family = "qwen-" if names[0].startswith("qwen") else ""
+    (RESULTS / f"speed-{family}{args.outtype}.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 def cmd_prune(args) -> None:
     """The structured SmolLM2 outputs of the speed table (skipped when already there)."""
     for name in args.models.split(","):
-        out = WORK / "models" / f"smollm2-{name}"
+        out = Path(model_spec(name))
         if (out / "config.json").is_file():
             continue
-        cmd = [str(REPO / ".venv" / "bin" / "prunekit"), "prune", "smollm2-135m", *PRUNED[name], "--calib", C4,
+        base, pargs = PRUNED[name]
+        cmd = [str(REPO / ".venv" / "bin" / "prunekit"), "prune", base, *pargs, "--calib", C4,
                "--nsamples", "8", "--seqlen", "512", "--out", str(out), "--overwrite", "-q", "--json"]  # fmt: skip
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+LABELS = {"smollm2-135m": "SmolLM2-135M dense", "qwen-flap-20": "Qwen2.5-Coder-0.5B FLAP 20% (uniform)",
+          "qwen-cfsp-20": "Qwen2.5-Coder-0.5B CFSP 20% (per-block)", "flap-20": "FLAP 20% (uniform)", "cfsp-20": "CFSP 20% (per-block)",
+          "shortgpt-20": "ShortGPT 20% (6 of 30 blocks removed)", "tyr-50": "Týr 50% (per-block)",
+          "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B dense"}  # fmt: skip
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+def cmd_section(args) -> None:
+    """benchmarks/results/sections/70-gguf.md from the JSON results (hand-written notes kept in NOTES)."""
+    fid = json.loads((RESULTS / "fidelity.json").read_text()) if (RESULTS / "fidelity.json").is_file() else {}
+    marker = VENV / ".prunekit-venv-ready.json"
+    setup_m = json.loads(marker.read_text()) if marker.is_file() else {}
+    notes = (RESULTS / "NOTES.md").read_text() if (RESULTS / "NOTES.md").is_file() else ""
+    L = ["## GGUF export checked in llama.cpp (issue 42)", ""]
+    if setup_m:
+        L += [f"llama.cpp: `{setup_m['package']}` built from its PyPI sdist into `.bench/venvs/llama-cpp/` "
+              f"(`python benchmarks/gguf_check.py setup`; CPU library only, `-j1`, nice 10): compile "
+              f"{setup_m['compile_wall_s'] / 60:.1f} min wall, {setup_m['compile_cpu_s']:.0f} CPU s on the shared 2-core machine.", ""]  # fmt: skip
+    if fid:
+        any_row = next(iter(fid.values()))
+        L += ["### Fidelity: llama.cpp vs transformers on the same token ids", "",
+              f"Logits: one 128-token WikiText-2 test sequence; error = max over positions of max|Δlogit| / max|logit| "
+              f"(llama.cpp with an f32 KV cache; its default f16 KV cache in brackets). Perplexity: the first "
+              f"{any_row['windows']} WikiText-2 test windows of {any_row['seqlen']} tokens (rows joined with blank lines), "
+              f"transformers float32 vs llama.cpp (default f16 KV cache), {any_row['threads']} thread. "
+              f"Targets: f32 ≤ 1e-3, f16 ≤ 1e-2; q8_0 ppl within 1%, q4_0 within 5%.", "",
+              "| model | GGUF arch | f32 logits err | f16 logits err | transformers ppl | f32 ppl | f16 ppl | q8_0 ppl | q4_0 ppl | q4_0 MB |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for name, r in fid.items():
+            t = r["types"]
+
+            def pp(k):
+                return f"{t[k]['ppl']:.2f} ({t[k]['ppl_rel']:+.2%})"
+
+            arch = r["architecture"] + (" per-layer" if r["per_layer"] else "")
+            L.append(f"| {LABELS.get(name, name)} | {arch} | {t['f32']['logits_max_rel_err']:.1e} ({t['f32']['logits_max_rel_err_kv_f16']:.1e}) | "
+                     f"{t['f16']['logits_max_rel_err']:.1e} ({t['f16']['logits_max_rel_err_kv_f16']:.1e}) | {r['hf_ppl']:.2f} | "
+                     f"{pp('f32')} | {pp('f16')} | {pp('q8_0')} | {pp('q4_0')} | {_mb(t['q4_0']['bytes'])} |")  # fmt: skip
+        L.append("")
+    for sp in sorted(RESULTS.glob("speed-*.json")):
+        d = json.loads(sp.read_text())
+        L += [f"### llama.cpp speed, {d['outtype']} files", "",
+              f"Prefill {d['prefill']} tokens in one batch, then decode {d['decode']} tokens one call each; "
+              f"{d['threads']} thread, all files loaded in one process and run in turns, {d['reps']} rounds, median. "
+              f"Ideal prefill speed-up: FLOP-proportional (2·matmul weights + attention scores at the mean context); ideal decode "
+              f"speed-up: proportional to the weight bytes read per token (every tensor but the embedding rows; the tied "
+              f"embedding counts once, as the output matrix). \"of ideal\" = measured speed-up / ideal speed-up (target ≥ 85%).", "",
+              "| model | file MB | prefill tok/s | speed-up | ideal | of ideal | decode tok/s | speed-up | ideal | of ideal |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for name, r in d["rows"].items():
+            L.append(f"| {LABELS.get(name, name)} | {_mb(r['bytes'])} | {r['prefill_tok_s']:.0f} | {r['prefill_speedup']:.2f}x | "
+                     f"{r['prefill_ideal']:.2f}x | {r['prefill_ratio_of_ideal']:.0%} | {r['decode_tok_s']:.1f} | "
+                     f"{r['decode_speedup']:.2f}x | {r['decode_ideal']:.2f}x | {r['decode_ratio_of_ideal']:.0%} |")  # fmt: skip
+        L.append("")
+    if notes:
+        L += [notes.strip(), ""]
+    SECTION.parent.mkdir(parents=True, exist_ok=True)
+    SECTION.write_text("\n".join(L))
+    print(SECTION)
 
 
 def main(argv=None) -> int:
@@ -394,7 +461,7 @@ def main(argv=None) -> int:
     w = sub.add_parser("worker")
     w.add_argument("job")
     pr = sub.add_parser("prune")
-    pr.add_argument("--models", default=",".join(PRUNED))
+    pr.add_argument("--models", default="flap-20,cfsp-20,shortgpt-20,tyr-50")
     f = sub.add_parser("fidelity")
     f.add_argument("--models", default="smollm2-135m")
     f.add_argument("--windows", type=int, default=4)
@@ -402,13 +469,17 @@ def main(argv=None) -> int:
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--keep", default="q4_0", help="exported types to keep for the speed run")
     s = sub.add_parser("speed")
-    s.add_argument("--models", default="smollm2-135m," + ",".join(PRUNED))
+    s.add_argument("--models", default="smollm2-135m,flap-20,cfsp-20,shortgpt-20,tyr-50")
     s.add_argument("--outtype", default="q4_0")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--reps", type=int, default=3)
     s.add_argument("--prefill", type=int, default=512)
     s.add_argument("--decode", type=int, default=128)
+    sub.add_parser("section")
     a = ap.parse_args(argv)
+    if a.cmd == "section":
+        cmd_section(a)
+        return 0
     if a.cmd == "worker":
         worker(a.job)
         return 0
