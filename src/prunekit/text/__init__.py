@@ -75,7 +75,8 @@ def sentences(text: str, method: str = "auto", *, threshold: float | None = None
     m = resolve_method(method)
     if not text.strip():
         return []
-    return list(iter_sentences([text], m, threshold=threshold))
+    step = 1 << 16  # blocks, so that the stream never re-slices one huge string
+    return list(iter_sentences((text[i : i + step] for i in range(0, len(text), step)), m, threshold=threshold))
 
 
 def topics(text: str, method: str = "pairs", *, threshold: float | None = None, k: int | None = None,
