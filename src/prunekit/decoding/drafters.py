@@ -360,7 +360,7 @@ class RASD(Drafter):
         m = len(feed)
         tokens = feed + rtree.tokens[1:]
         parents = list(range(-1, m - 1)) + [p + m - 1 for p in rtree.parents[1:]]
-        logits = r.forward_tree(Tree(tokens, parents))
+        logits = r.forward_tree(Tree(tokens, parents), last=len(rtree))  # row i: retrieval node i (0: the root)
         d.draft_forwards += 1
         logp = torch.log_softmax(logits, -1)
         best = logits.argmax(-1).tolist()
@@ -379,7 +379,7 @@ class RASD(Drafter):
             p = rtree.parents[i]
             if score[p] <= 0:
                 continue
-            draft_p[i] = draft_p[p] * float(logp[m - 1 + p, rtree.tokens[i]].exp())
+            draft_p[i] = draft_p[p] * float(logp[p, rtree.tokens[i]].exp())
             s = max(draft_p[i], self.retrieval_weight * counts[i])
             if s < self.prune:
                 self.pruned_nodes += 1
@@ -389,14 +389,14 @@ class RASD(Drafter):
         # the retrieval path the draft agrees with: its cache entries are kept, the chain starts after it
         agree, cur = [], 0
         while True:
-            nxt = next((c for c in rtree.children[cur] if rtree.tokens[c] == best[m - 1 + cur] and score[c] > 0), None)
+            nxt = next((c for c in rtree.children[cur] if rtree.tokens[c] == best[cur] and score[c] > 0), None)
             if nxt is None:
                 break
             agree.append(nxt)
             cur = nxt
         r.keep(common, list(range(m)) + [m - 1 + i for i in agree])
         d.cached = list(ids) + [rtree.tokens[i] for i in agree]
-        d._chain(fused, logits[m - 1 + cur], ids, budget + len(fused), node=where[cur], score=draft_p[cur])
+        d._chain(fused, logits[cur], ids, budget + len(fused), node=where[cur], score=draft_p[cur])
         return fused
 
 

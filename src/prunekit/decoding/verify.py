@@ -72,6 +72,7 @@ class TreeModel:
     def __init__(self, model):
         self.model = model
         self._kw = _cache_kwarg(model)
+        self._keep_kw = "logits_to_keep" in inspect.signature(model.forward).parameters
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.reset()
@@ -81,10 +82,13 @@ class TreeModel:
         self.past = 0
         self.forwards = 0
 
-    def _forward(self, ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+                 last: int = 0) -> torch.Tensor:  # fmt: skip
         kw = {self._kw: self.cache, "use_cache": True, "position_ids": position_ids}
         if mask is not None:
             kw["attention_mask"] = mask
+        if last and self._keep_kw:  # the LM head over the last rows only (a long prefill's logits are big)
+            kw["logits_to_keep"] = last
         with torch.inference_mode():
             out = self.model(input_ids=ids, **kw)
         self.forwards += 1
@@ -92,15 +96,16 @@ class TreeModel:
         if cache is not None:
             self.cache = cache
         self.past += ids.shape[1]
-        return out.logits[0].float()
+        logits = out.logits[0]
+        return (logits[-last:] if last else logits).float()
 
-    def prefill(self, tokens: list[int]) -> torch.Tensor | None:
-        """Feed a causal chain (no custom mask: the model's own causal mask); returns its logits."""
+    def prefill(self, tokens: list[int], last: int = 1) -> torch.Tensor | None:
+        """Feed a causal chain (the model's own causal mask); returns the logits of its ``last`` tokens (0: all)."""
         if not tokens:
             return None
         ids = torch.tensor([tokens], device=self.device)
         pos = torch.arange(self.past, self.past + len(tokens), device=self.device)[None]
-        return self._forward(ids, pos, None)
+        return self._forward(ids, pos, None, last)
 
     def tree_mask(self, tree: Tree) -> torch.Tensor:
         n = len(tree)
@@ -110,11 +115,11 @@ class TreeModel:
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         return mask[None, None].to(self.device)
 
-    def forward_tree(self, tree: Tree) -> torch.Tensor:
-        """Feed every node of ``tree`` at once; returns ``(len(tree), vocab)`` float logits."""
+    def forward_tree(self, tree: Tree, last: int = 0) -> torch.Tensor:
+        """Feed every node of ``tree`` at once; returns ``(len(tree), vocab)`` float logits (``last``: the last rows)."""
         ids = torch.tensor([tree.tokens], device=self.device)
         pos = (torch.tensor(tree.depth) + self.past)[None].to(self.device)
-        return self._forward(ids, pos, self.tree_mask(tree))
+        return self._forward(ids, pos, self.tree_mask(tree), last)
 
     def keep(self, prefix: int, nodes: list[int]) -> None:
         """Keep the first ``prefix`` cached tokens and the tree nodes ``nodes`` (indices after it), in order."""
