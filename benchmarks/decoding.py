@@ -168,6 +168,9 @@ def build_methods(a, model, tok, drafts, task):
         ret = (lambda: [D.prompt_lookup(*lookup), store]) if store is not None else (lambda: D.prompt_lookup(*lookup))
         rs = D.RASD(ret(), md, prune=a.prune)
         m[f"pk-rasd:{dn}"] = {"kind": "pk", "make": (lambda rs=rs: rs)}
+        if a.extend_after:
+            rs2 = D.RASD(ret(), md, prune=a.prune, extend_after=a.extend_after)
+            m[f"pk-rasd-skip{a.extend_after}:{dn}"] = {"kind": "pk", "make": (lambda rs=rs2: rs)}
     if a.only:
         keep = set(a.only.split(","))
         m = {k: v for k, v in m.items() if k == "greedy" or any(k.startswith(x) for x in keep)}
@@ -189,7 +192,7 @@ def cmd_run(a) -> None:
         name, _, path = d.partition("=")
         drafts[name] = load_model(path or name, dtype=a.dtype)
     results = {"target": a.target, "dtype": a.dtype, "new_tokens": a.new, "tree": a.tree, "repeats": a.repeats,
-               "lookup": a.lookup, "depth": a.depth, "confidence": a.confidence, "width": a.width, "prune": a.prune,
+               "lookup": a.lookup, "depth": a.depth, "confidence": a.confidence, "width": a.width, "prune": a.prune, "extend_after": a.extend_after,
                "drafts": {k: (v[0].prunekit_source.path if hasattr(v[0], "prunekit_source") else k) for k, v in drafts.items()},
                "threads": torch.get_num_threads(), "machine": "CPU, 2 cores shared with two other engineers' jobs",
                "command": " ".join(sys.argv), "tasks": {}}  # fmt: skip
@@ -328,6 +331,7 @@ def main() -> None:
     r.add_argument("--confidence", type=float, default=0.3)
     r.add_argument("--width", type=int, default=2)
     r.add_argument("--prune", type=float, default=0.05)
+    r.add_argument("--extend-after", type=int, default=0, help="also RASD that skips the draft chain after K agreed retrieved tokens")
     r.add_argument("--datastore", action="store_true", help="add the task's datastore (gsm8k train, wikitext valid)")
     r.add_argument("--only", default=None, help="method name prefixes to keep (greedy always runs)")
     r.add_argument("--seed", type=int, default=0)

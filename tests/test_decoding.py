@@ -104,6 +104,7 @@ def test_greedy_identical_every_drafter(family):
         "self": lambda: D.model(target, max_depth=8, confidence=0.0),
         "rasd": lambda: D.rasd(D.prompt_lookup(1, 8), perturbed(target, 0.3, 2), prune=0.0),
         "rasd-self": lambda: D.rasd(D.prompt_lookup(2, 8), target, prune=0.05, retrieval_weight=0.0),
+        "rasd-skip": lambda: D.rasd(D.prompt_lookup(1, 8), perturbed(target, 0.1, 3), extend_after=2),
     }
     accepted, n = 0, 0
     for i, p in enumerate(_prompts(12, seed=hash(family) % 1000)):

@@ -313,13 +313,15 @@ class RASD(Drafter):
     doubts). The draft then extends its own greedy chain — starting after the retrieval path it
     agrees with (argmax at every node), whose cache entries the scoring forward already computed —
     and both trees are fused by longest-prefix matching into one trie; the caller keeps the best
-    ``tree_budget`` nodes.
+    ``tree_budget`` nodes. ``extend_after=K`` skips the draft's chain when the draft already agrees
+    with K retrieved tokens (the chain costs one draft forward per token; the scoring forward is one).
     """
 
     uses_model = True
 
     def __init__(self, retrieval: Drafter | list[Drafter], draft: ModelDraft, *, prune: float = 0.05,
-                 retrieval_weight: float = 0.5, retrieval_nodes: int = 48):  # fmt: skip
+                 retrieval_weight: float = 0.5, retrieval_nodes: int = 48, extend_after: int | None = None):  # fmt: skip
+        self.extend_after = extend_after  # skip the draft's own chain when it agrees with this many retrieved tokens
         self.retrieval = Compose(retrieval) if isinstance(retrieval, (list, tuple)) else retrieval
         self.draft = draft if isinstance(draft, ModelDraft) else ModelDraft(draft)
         self.prune, self.retrieval_weight, self.retrieval_nodes = prune, retrieval_weight, retrieval_nodes
@@ -396,7 +398,8 @@ class RASD(Drafter):
             cur = nxt
         r.keep(common, list(range(m)) + [m - 1 + i for i in agree])
         d.cached = list(ids) + [rtree.tokens[i] for i in agree]
-        d._chain(fused, logits[cur], ids, budget + len(fused), node=where[cur], score=draft_p[cur])
+        if self.extend_after is None or len(agree) < self.extend_after:
+            d._chain(fused, logits[cur], ids, budget + len(fused), node=where[cur], score=draft_p[cur])
         return fused
 
 
