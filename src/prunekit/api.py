@@ -155,7 +155,7 @@ def prune_(
         "source": config.calib.source, "nsamples": config.calib.nsamples,
         "seqlen": config.calib.seqlen, "seed": config.calib.seed,
     }  # fmt: skip
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
     if not needs and not allocator.needs_calibration:  # data-free (magnitude): no calibration at all
         calib, report_tokens = None, 0
@@ -216,6 +216,18 @@ def prune_(
         # data-free: no forward passes needed
         for name, lin in targets.items():
             prune_linear(name, lin, _EMPTY)
+    elif config.engine == "one-pass":
+        from .engine.onepass import run_onepass
+
+        counts = run_onepass(
+            model, adapter, calib, needs=layer_needs, select=lambda n, m: n in targets,
+            on_target=prune_linear, on_block=on_block, batch_size=config.calib.batch_size,
+            sample_tokens=report_tokens, progress=_progress(progress, f"{config.method} {pattern} (one pass)"),
+            timings=timings,
+        )  # fmt: skip
+        if counts["fallback_blocks"]:
+            report.notes.append(f"engine one-pass: {counts['fallback_blocks']} blocks whose targets do not run once per "
+                                f"batch (experts, conditional paths) used two passes")  # fmt: skip
     else:
         run_layerwise(
             model, adapter, calib, needs=layer_needs, select=lambda n, m: n in targets,
@@ -224,6 +236,7 @@ def prune_(
             progress=_progress(progress, f"{config.method} {pattern}"), timings=timings,
         )  # fmt: skip
     timings["total"] = time.perf_counter() - t_start
+    timings["total_cpu"] = time.process_time() - cpu_start  # every thread of the process (one-pass runs several)
     report.timings = timings
     if idle_names:
         what = "pruned by magnitude" if idle == "magnitude" else "left dense"

@@ -71,6 +71,9 @@ class CalibConfig:
         return self
 
 
+ENGINES = ("two-pass", "one-pass")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """Everything that defines a prune.
@@ -88,6 +91,7 @@ class PruneConfig:
     targets: TargetSpec = TargetSpec()
     calib: CalibConfig = CalibConfig()
     propagate: str = "pruned"  # feed the next block pruned (default) or dense outputs
+    engine: str = "two-pass"  # two-pass (statistics, then pruned outputs) | one-pass (prunekit.engine.onepass)
     version: int = RECIPE_VERSION
 
     def resolved_sparsity(self) -> float:
@@ -137,6 +141,9 @@ class PruneConfig:
                     f"{self.method} is a structured method and prunes every decoder block; "
                     f"--include/--exclude apply to unstructured methods only: drop them"
                 )
+            if self.engine != "two-pass":
+                raise ConfigError(f"{self.method} is a structured method with its own calibration passes: "
+                                  f"--engine {self.engine} applies to unstructured/N:M methods only: drop it")  # fmt: skip
             sparsity = check_sparsity(0.2 if self.sparsity is None else self.sparsity)
         else:
             sparsity = self.resolved_sparsity()
@@ -155,12 +162,17 @@ class PruneConfig:
                 )
         if self.propagate not in ("pruned", "dense"):
             raise ConfigError(f"propagate must be 'pruned' or 'dense', got {self.propagate!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "one-pass" and self.propagate == "dense":
+            raise ConfigError("engine one-pass feeds every target the pruned outputs before it: propagate dense needs "
+                              "engine two-pass")  # fmt: skip
         self.targets.validate()
         self.calib.validate()
         return ResolvedConfig(self, self.method.lower(), structured, settings, pattern, sparsity, allocator)
 
     def _check_types(self) -> None:
-        for name in ("method", "pattern", "allocation", "propagate"):
+        for name in ("method", "pattern", "allocation", "propagate", "engine"):
             v = getattr(self, name)
             if not isinstance(v, str) or not v.strip():
                 raise ConfigError(f"{name} must be a non-empty string, got {v!r}")

@@ -77,6 +77,9 @@ def _add_prune(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting, e.g. block_size=64")
     p.add_argument("--allocation", default=None, help="per-layer sparsity: uniform (default) | owl | blocks")
     p.add_argument("--alloc-set", action="append", default=[], metavar="KEY=VALUE", help="allocation setting, e.g. M=5, lam=0.08")
+    p.add_argument("--engine", choices=("two-pass", "one-pass"), default=None,
+                   help="two-pass (default: statistics, then the pruned forward) or one-pass (each target pruned as soon "
+                        "as every window reached it; one forward per block, true-sequential)")
     p.add_argument("--stream", action="store_true",
                    help="stream a safetensors folder block by block from disk (models larger than memory)")
     p.add_argument("--resume", action="store_true", help="with --stream: continue an interrupted run from its last finished block")
@@ -229,6 +232,7 @@ def _config_from_args(a) -> Any:
         targets=targets,
         calib=calib,
         propagate=base.propagate,
+        engine=a.engine or base.engine,
     ).validate()
 
 
@@ -308,6 +312,8 @@ def cmd_prune(a) -> dict[str, Any]:
             "parameters": summary["parameters"],
             "dense_parameters": dense_params,
             "prune_seconds": report.timings.get("total"),
+            "prune_cpu_seconds": report.timings.get("total_cpu"),
+            "timings": report.timings,
             "load_seconds": t_load,
         }
         if a.eval_data:
@@ -345,7 +351,7 @@ def cmd_prune(a) -> dict[str, Any]:
             print(f"calibration: none ({cfg.method} needs no statistics)")
         t = report.timings
         print(
-            f"time: prune {t.get('total', 0):.1f}s (block forwards {t.get('stats_forward', 0) + t.get('propagate_forward', 0):.1f}s, "
+            f"time: prune {t.get('total', 0):.1f}s (block forwards {t.get('stats_forward', 0) + t.get('propagate_forward', 0) + t.get('forward', 0):.1f}s, "
             f"pruning math {t.get('prune', 0):.1f}s); load {t_load:.1f}s"
         )
         if "perplexity" in result:

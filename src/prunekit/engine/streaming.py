@@ -463,6 +463,9 @@ def _check_supported(config: PruneConfig) -> None:
     from .gradients import PREPASS_STATS
 
     method = get_method(config.method, **config.method_args)
+    if config.engine != "two-pass":
+        raise ConfigError(f"--engine {config.engine} runs in memory today: --stream uses the two-pass engine "
+                          f"(drop --engine, or drop --stream)")  # fmt: skip
     if set(method.needs) & set(PREPASS_STATS):
         raise ConfigError(
             f"method {config.method!r} needs gradients of the whole model's loss (a backward pass through every "
