@@ -434,7 +434,8 @@ def cmd_section(args) -> None:
         L.append("")
     for sp in sorted(RESULTS.glob("speed-*.json")):
         d = json.loads(sp.read_text())
-        L += [f"### llama.cpp speed, {d['outtype']} files", "",
+        fam = "Qwen2.5-Coder-0.5B" if sp.name.startswith("speed-qwen") else "SmolLM2-135M"
+        L += [f"### llama.cpp speed, {fam}, {d['outtype']} files", "",
               f"Prefill {d['prefill']} tokens in one batch, then decode {d['decode']} tokens one call each; "
               f"{d['threads']} thread, all files loaded in one process and run in turns, {d['reps']} rounds, median. "
               f"Ideal prefill speed-up: FLOP-proportional (2·matmul weights + attention scores at the mean context); ideal decode "
@@ -446,6 +447,23 @@ def cmd_section(args) -> None:
             L.append(f"| {LABELS.get(name, name)} | {_mb(r['bytes'])} | {r['prefill_tok_s']:.0f} | {r['prefill_speedup']:.2f}x | "
                      f"{r['prefill_ideal']:.2f}x | {r['prefill_ratio_of_ideal']:.0%} | {r['decode_tok_s']:.1f} | "
                      f"{r['decode_speedup']:.2f}x | {r['decode_ideal']:.2f}x | {r['decode_ratio_of_ideal']:.0%} |")  # fmt: skip
+        L.append("")
+    for tag in ("", "qwen-"):
+        sp = RESULTS / f"speed-{tag}q4_0.json"
+        if not sp.is_file() or not fid:
+            continue
+        d = json.loads(sp.read_text())
+        L += [f"### The file a local user picks: q4_0, {'Qwen2.5-Coder-0.5B' if tag else 'SmolLM2-135M'}", "",
+              "Perplexity as in the fidelity table (llama.cpp on the q4_0 file; transformers float32 on the source "
+              "for reference); speed from the q4_0 speed table.", "",
+              "| model | q4_0 file MB | llama.cpp q4_0 ppl | transformers ppl | prefill tok/s | decode tok/s |",
+              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for name, r in d["rows"].items():
+            f = fid.get(name)
+            if f is None:
+                continue
+            L.append(f"| {LABELS.get(name, name)} | {_mb(r['bytes'])} | {f['types']['q4_0']['ppl']:.2f} | {f['hf_ppl']:.2f} | "
+                     f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} |")  # fmt: skip
         L.append("")
     if notes:
         L += [notes.strip(), ""]
