@@ -96,8 +96,10 @@ class PromptLookup(Drafter):
         for n in range(self.ngram, 0, -1):  # the longest n-gram that occurred before wins
             conts = self._index.continuations(n, self.matches, self.max_tokens)
             if conts:
-                for rank, c in enumerate(conts):  # recent occurrences weigh a little more
-                    trie.add_count(c, 1.0 + 1e-3 * (len(conts) - rank))
+                # ties between occurrences: the longer continuation first (a recent occurrence inside the
+                # generated text is cut short by its end), then the more recent one
+                for rank, c in enumerate(conts):
+                    trie.add_count(c, 1.0 + 1e-2 * len(c) / self.max_tokens + 1e-4 * (len(conts) - rank))
                 break
         return trie
 
