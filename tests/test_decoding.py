@@ -193,7 +193,7 @@ def test_prompt_lookup_and_datastore(tmp_path, tokenizer):
     pl = D.prompt_lookup(2, 5)
     tree = pl.propose([1, 2, 3, 4, 5, 9, 1, 2], 16).select(16)
     assert tree.tokens[1:4] == [3, 4, 5]
-    f = tmp_path / "corpus.txt"
+    f = tmp_path / "wiki.valid.raw"  # WikiText-2 raw files end in .raw
     f.write_text("the cat sat on the mat and the cat sat on the hat\n\nanother document here")
     ds = D.datastore(f, ngram=3, max=4)
     ds.bind(None, tokenizer)

@@ -120,7 +120,7 @@ class Datastore(Drafter):
         files = sorted(p for p in self.path.rglob("*") if p.is_file()) if self.path.is_dir() else [self.path]
         texts, total = [], 0
         for f in files:
-            if f.suffix not in (".txt", ".jsonl", ".json", ".md", "") and not f.name.endswith(".jsonl"):
+            if f.suffix not in (".txt", ".raw", ".jsonl", ".json", ".md", "") and not f.name.endswith(".jsonl"):
                 continue
             try:
                 raw = f.read_text(encoding="utf-8", errors="replace")
