@@ -126,14 +126,32 @@ def cmd_nodes(a) -> None:
 # ---------------------------------------------------------------- methods
 
 
+class _HFStats:
+    """Target forwards of a transformers generate() call (a forward hook), the prefill excluded."""
+
+    def __init__(self, forwards: int, new: int):
+        self.target_forwards, self.new_tokens = forwards, new
+        self.tokens_per_forward = new / forwards if forwards else 0.0
+        self.draft_seconds = self.verify_seconds = 0.0
+
+
 def _hf(model, ids, new, eos, **kw):
     import torch
 
+    calls = [0]
+    h = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     x = torch.tensor([ids])
-    with torch.inference_mode():
-        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=new, min_new_tokens=0,
-                             eos_token_id=eos, pad_token_id=eos[0], temperature=None, top_p=None, top_k=None, **kw)  # fmt: skip
-    return out[0, len(ids):].tolist(), None
+    try:
+        with torch.inference_mode():
+            out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=new,
+                                 min_new_tokens=0, eos_token_id=eos, pad_token_id=eos[0], temperature=None, top_p=None,
+                                 top_k=None, **kw)  # fmt: skip
+    finally:
+        h.remove()
+    got = out[0, len(ids):].tolist()
+    # generate's first forward is the prefill, which also yields the first new token: count it as one
+    # verification forward, as prunekit counts its root forward (its prefill feeds the prompt minus one)
+    return got, _HFStats(calls[0], len(got))
 
 
 def run_method(name, spec, model, tok, ids, new, eos, tree):
