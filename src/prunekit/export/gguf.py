@@ -95,6 +95,13 @@ _TOP_NAMES = {
 # checks done before anything is loaded
 
 
+def _need_gguf() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError("GGUF export needs the 'gguf' package: pip install 'gguf>=0.19' (or `pip install prunekit[dev]`)")
+
+
 def check_outtype(outtype: str) -> str:
     t = str(outtype).strip().lower()
     if t not in OUTTYPES:
@@ -470,6 +477,7 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, *, outtype: st
     """
     t0 = time.time()
     outtype = check_outtype(outtype)
+    _need_gguf()
     spec = str(model)
     protect = [spec] if Path(spec).expanduser().exists() else []
     out_p = check_output_file(out, overwrite, protect=protect)
@@ -626,6 +634,7 @@ def _umask() -> int:
 
 def describe_gguf(path: str | os.PathLike) -> dict[str, Any]:
     """What a GGUF holds: architecture, per-layer widths, tokenizer, tensor types and sizes."""
+    _need_gguf()
     from gguf import GGUFReader
 
     p = Path(path)
