@@ -413,10 +413,12 @@ def cmd_section(args) -> None:
               f"{setup_m['compile_wall_s'] / 60:.1f} min wall, {setup_m['compile_cpu_s']:.0f} CPU s on the shared 2-core machine.", ""]  # fmt: skip
     if fid:
         any_row = next(iter(fid.values()))
+        wins = sorted({r["windows"] for r in fid.values()}, reverse=True)
+        nwin = " / ".join(f"{w} ({', '.join(sorted({'Qwen2.5' if k.startswith('qwen') else 'SmolLM2' for k, r in fid.items() if r['windows'] == w}))})" for w in wins) if len(wins) > 1 else str(wins[0])
         L += ["### Fidelity: llama.cpp vs transformers on the same token ids", "",
               f"Logits: one 128-token WikiText-2 test sequence; error = max over positions of max|Δlogit| / max|logit| "
               f"(llama.cpp with an f32 KV cache; its default f16 KV cache in brackets). Perplexity: the first "
-              f"{any_row['windows']} WikiText-2 test windows of {any_row['seqlen']} tokens (rows joined with blank lines), "
+              f"{nwin} WikiText-2 test windows of {any_row['seqlen']} tokens (rows joined with blank lines), "
               f"transformers float32 vs llama.cpp (default f16 KV cache), {any_row['threads']} thread. "
               f"Targets: f32 ≤ 1e-3, f16 ≤ 1e-2; q8_0 ppl within 1%, q4_0 within 5%.", "",
               "| model | GGUF arch | f32 logits err | f16 logits err | transformers ppl | f32 ppl | f16 ppl | q8_0 ppl | q4_0 ppl | q4_0 MB |",
