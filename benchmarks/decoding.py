@@ -184,7 +184,7 @@ def build_methods(a, model, tok, drafts, task):
         md = D.ModelDraft(dm, tok, name=dn, max_depth=a.depth, confidence=a.confidence, width=a.width)
         m[f"pk-model:{dn}"] = {"kind": "pk", "make": (lambda md=md: md)}
         ret = (lambda: [D.prompt_lookup(*lookup), store]) if store is not None else (lambda: D.prompt_lookup(*lookup))
-        rs = D.RASD(ret(), md, prune=a.prune)
+        rs = D.RASD(ret(), md, prune=a.prune, extend_after=None)
         m[f"pk-rasd:{dn}"] = {"kind": "pk", "make": (lambda rs=rs: rs)}
         if a.extend_after:
             rs2 = D.RASD(ret(), md, prune=a.prune, extend_after=a.extend_after)
@@ -275,6 +275,12 @@ def _fmt(x, f="{:.2f}"):
     return "–" if x is None else f.format(x)
 
 
+def _alias(path: str) -> str:
+    import re
+
+    return re.sub(r".*/\.cache/prunekit/([^/]+)/hf$", r"\1", path)  # a fetched alias, not this machine's path
+
+
 def cmd_report(a) -> None:
     lines = ["## Speculative decoding: pruned drafts and retrieval trees (RASD), exact", ""]
     lines.append(
@@ -300,7 +306,7 @@ def cmd_report(a) -> None:
                   f"lookup {d['lookup']}, draft chain depth ≤ {d['depth']} (stop below p = {d['confidence']}), "
                   f"RASD prune below path p = {d['prune']}; {d['repeats']} repeat(s); "
                   f"wall {d.get('wall_seconds', 0) / 60:.0f} min, CPU {d.get('cpu_seconds', 0) / 60:.0f} min. Drafts: "
-                  + ", ".join(f"`{k}` = `{v}`" for k, v in d["drafts"].items()), "",
+                  + ", ".join(f"`{k}` = `{_alias(v)}`" for k, v in d["drafts"].items()), "",
                   f"`{d['command']}`", ""]  # fmt: skip
         tasks = list(d["tasks"])
         head = "| method | " + " | ".join(f"{t} ({d['tasks'][t]['prompts']}) identical · tau · fw/tok · tok/s · ×" for t in tasks) + " |"

@@ -102,7 +102,7 @@ def test_greedy_identical_every_drafter(family):
         "prompt_lookup": lambda: D.prompt_lookup(2, 10),
         "model": lambda: D.model(perturbed(target, 0.3, 1), max_depth=6, confidence=0.0),
         "self": lambda: D.model(target, max_depth=8, confidence=0.0),
-        "rasd": lambda: D.rasd(D.prompt_lookup(1, 8), perturbed(target, 0.3, 2), prune=0.0),
+        "rasd": lambda: D.rasd(D.prompt_lookup(1, 8), perturbed(target, 0.3, 2), prune=0.0, extend_after=None),
         "rasd-self": lambda: D.rasd(D.prompt_lookup(2, 8), target, prune=0.05, retrieval_weight=0.0),
         "rasd-skip": lambda: D.rasd(D.prompt_lookup(1, 8), perturbed(target, 0.1, 3), extend_after=2),
     }

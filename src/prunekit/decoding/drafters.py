@@ -315,14 +315,15 @@ class RASD(Drafter):
     doubts). The draft then extends its own greedy chain — starting after the retrieval path it
     agrees with (argmax at every node), whose cache entries the scoring forward already computed —
     and both trees are fused by longest-prefix matching into one trie; the caller keeps the best
-    ``tree_budget`` nodes. ``extend_after=K`` skips the draft's chain when the draft already agrees
-    with K retrieved tokens (the chain costs one draft forward per token; the scoring forward is one).
+    ``tree_budget`` nodes. ``extend_after=K`` (default 1; ``None``: always) skips the draft's chain when the
+    draft already agrees with K retrieved tokens (the chain costs one draft forward per token; the scoring
+    forward is one): in the benchmark it was as accepted and faster.
     """
 
     uses_model = True
 
     def __init__(self, retrieval: Drafter | list[Drafter], draft: ModelDraft, *, prune: float = 0.05,
-                 retrieval_weight: float = 0.5, retrieval_nodes: int = 48, extend_after: int | None = None):  # fmt: skip
+                 retrieval_weight: float = 0.5, retrieval_nodes: int = 48, extend_after: int | None = 1):  # fmt: skip
         self.extend_after = extend_after  # skip the draft's own chain when it agrees with this many retrieved tokens
         self.retrieval = Compose(retrieval) if isinstance(retrieval, (list, tuple)) else retrieval
         self.draft = draft if isinstance(draft, ModelDraft) else ModelDraft(draft)
