@@ -524,8 +524,18 @@ def cmd_eval(a) -> dict[str, Any]:
 
 
 def cmd_info(a) -> dict[str, Any]:
+    from pathlib import Path
+
     from ..eval import sparsity_summary
     from ..models import load_model
+
+    if str(a.model).lower().endswith(".gguf") and Path(a.model).is_file() and _is_export(a.model):
+        from ..export.gguf import describe_gguf, print_gguf
+
+        res = describe_gguf(a.model)
+        if not a.json:
+            print_gguf(res)
+        return res
 
     model, _ = load_model(a.model)
     s = sparsity_summary(model)
@@ -554,6 +564,13 @@ def cmd_info(a) -> dict[str, Any]:
         for b in res.get("blocks", []):
             print(f"  block {b['index']:>3}: {b}")
     return res
+
+
+def _is_export(path: str) -> bool:
+    """A ``.gguf`` is described as a file (what llama.cpp reads) when the exporter is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("gguf") is not None and importlib.util.find_spec("prunekit.export.gguf") is not None
 
 
 def cmd_ls(a) -> dict[str, Any]:
