@@ -19,6 +19,7 @@ from .engine.targets import ExpertSlice, prunable_in, unsupported_experts, weigh
 from .errors import ConfigError
 from .methods import get_method, is_structured
 from .models.discovery import engine_adapter
+from .models.limits import vocab_size
 from .report import LayerReport, PruneReport
 
 log = logging.getLogger(__name__)
@@ -277,24 +278,12 @@ def check_calibration_ids(calib: Any, model: nn.Module | None = None) -> Tensor:
     if calib.shape[0] < 1 or calib.shape[1] < 2:
         raise ConfigError(f"calibration ids have shape {tuple(calib.shape)}: need at least 1 window of at least 2 tokens "
                           f"(zero windows would prune nothing)")  # fmt: skip
-    vocab = _vocab_size(model)
+    vocab = vocab_size(model)
     lo, hi = int(calib.min()), int(calib.max())
     if lo < 0 or (vocab is not None and hi >= vocab):
         raise ConfigError(f"calibration ids run from {lo} to {hi}, outside the model's vocabulary [0, {vocab}): "
                           f"tokenize with the model's own tokenizer")  # fmt: skip
     return calib.long()
-
-
-def _vocab_size(model: nn.Module | None) -> int | None:
-    emb = getattr(model, "get_input_embeddings", None)
-    try:
-        e = emb() if emb is not None else None
-    except (AttributeError, NotImplementedError):
-        e = None
-    if e is not None and getattr(e, "num_embeddings", None):
-        return int(e.num_embeddings)
-    v = getattr(getattr(model, "config", None), "vocab_size", None)
-    return int(v) if isinstance(v, int) and v > 0 else None
 
 
 def _window_progress(it):

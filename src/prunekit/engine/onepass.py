@@ -141,12 +141,13 @@ def run_onepass(
     blocks = adapter.blocks(model)
     counts = {"onepass_blocks": 0, "fallback_blocks": 0}
     stop_ok: dict[tuple, bool] = {}
+    once: dict[tuple, bool] = {}  # per kind of block: do its targets run exactly once per batch?
     it = range(len(blocks))
     for i in progress(it) if progress else it:
         block, prefix = blocks[i], adapter.block_prefix(i)
         targets = {n: m for n, m in prunable_in(block, prefix).items() if select(n, m)}
         t0 = time.perf_counter()
-        if targets and not any(_is_expert(m) for m in targets.values()) and _runs_once(block, i, targets, inputs):
+        if targets and not any(_is_expert(m) for m in targets.values()) and _runs_once(block, i, targets, inputs, once):
             state = _Block(targets, len(inputs), frozenset(needs), sample_tokens, on_target)
             state.run(block, i, inputs)
             t["prune"] += state.prune_s
@@ -168,16 +169,14 @@ def run_onepass(
     return counts
 
 
-_ONCE: dict[tuple, bool] = {}
-
-
-def _runs_once(block: nn.Module, i: int, targets: Mapping[str, nn.Module], inputs: list[BlockInputs]) -> bool:
+def _runs_once(block: nn.Module, i: int, targets: Mapping[str, nn.Module], inputs: list[BlockInputs],
+               once: dict[tuple, bool]) -> bool:  # fmt: skip
     """Whether every target's forward runs exactly once per batch (checked once per kind of block
     on its first batch, with counting hooks and no pruning): barriers need it."""
     if len(inputs) < 1:
         return False
     key = (type(block), tuple(sorted(n.rsplit(".", 1)[-1] for n in targets)), len(targets))
-    if key not in _ONCE:
+    if key not in once:
         calls = dict.fromkeys(targets, 0)
         hs = [m.register_forward_pre_hook(lambda mod, a, n=n: calls.__setitem__(n, calls[n] + 1)) for n, m in targets.items()]
         try:
@@ -187,5 +186,5 @@ def _runs_once(block: nn.Module, i: int, targets: Mapping[str, nn.Module], input
         finally:
             for h in hs:
                 h.remove()
-        _ONCE[key] = bool(calls) and all(c == 1 for c in calls.values())
-    return _ONCE[key]
+        once[key] = bool(calls) and all(c == 1 for c in calls.values())
+    return once[key]

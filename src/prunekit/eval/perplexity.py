@@ -42,9 +42,9 @@ def perplexity(
             f"use more text or a smaller --seqlen"
         )
     n = available if max_windows is None else min(max_windows, available)
-    from ..api import _vocab_size
+    from ..models.limits import vocab_size
 
-    vocab = _vocab_size(model)
+    vocab = vocab_size(model)
     used = ids[: n * seqlen]
     if used.numel() and (int(used.min()) < 0 or (vocab is not None and int(used.max()) >= vocab)):
         raise DataError(f"evaluation ids run from {int(used.min())} to {int(used.max())}, outside the model's vocabulary "

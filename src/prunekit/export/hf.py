@@ -58,6 +58,8 @@ def fmt_bytes(n: float) -> str:
 
 def os_reason(e: OSError) -> str:
     """``"Permission denied"`` etc.: the OS reason of an error, without Python's decoration."""
+    if getattr(e, "strerror", None) and (e.errno is None or e.errno < 0):  # socket.gaierror: errno -2
+        return str(e.strerror)
     if e.errno is not None:
         return os.strerror(e.errno)
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -53,3 +53,16 @@ def check_positions(model: nn.Module, seqlen: int, flag: str = "--seqlen",
     if learned is None and limit is not None and seqlen > limit and notify is not None:
         notify(f"{flag} {seqlen} is beyond this model's max_position_embeddings {limit}: it runs, but positions past "
                f"{limit} were never trained, so statistics and perplexity there are unrepresentative")  # fmt: skip
+
+
+def vocab_size(model: nn.Module | None) -> int | None:
+    """Rows of the input embedding (else ``config.vocab_size``): the largest token id is one less."""
+    emb = getattr(model, "get_input_embeddings", None)
+    try:
+        e = emb() if emb is not None else None
+    except (AttributeError, NotImplementedError):
+        e = None
+    if e is not None and getattr(e, "num_embeddings", None):
+        return int(e.num_embeddings)
+    v = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(v) if isinstance(v, int) and v > 0 else None

@@ -113,13 +113,9 @@ def _hub_offline_reason(timeout: float = 3.0) -> str | None:
         with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
             return None
     except OSError as e:
-        return f"no network ({os_reason_short(e)})"
+        from ..export.hf import os_reason
 
-
-def os_reason_short(e: OSError) -> str:
-    if getattr(e, "strerror", None):  # socket.gaierror: "Name or service not known"
-        return str(e.strerror)
-    return os.strerror(e.errno) if e.errno else (" ".join(str(e).split()) or type(e).__name__)
+        return f"no network ({os_reason(e)})"
 
 
 def check_hub_reachable(src: ModelSource) -> None:
