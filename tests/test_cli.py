@@ -274,6 +274,23 @@ def test_demo_defaults_to_the_best_measured_configuration(tmp_path, capsys, tiny
     assert rc == 2 and "refit" in err and len(err.strip().splitlines()) == 1
 
 
+def test_demo_ends_with_exact_speculative_decoding_of_the_dense_model(tmp_path, capsys, tiny_llama_dir, calib_txt):
+    """The demo's last step: plain greedy vs prompt lookup vs RASD with the pruned draft, same ids."""
+    from prunekit.cli.main import build_parser
+    from prunekit.demo import run_demo
+
+    a = build_parser().parse_args(["demo", "--model", str(tiny_llama_dir), "--calib", str(calib_txt), "--data",
+                                   str(calib_txt), "--nsamples", "2", "--seqlen", "16", "--eval-windows", "1",
+                                   "--method", "wanda", "--decode-tokens", "12", "--out", str(tmp_path / "d")])
+    rows = run_demo(a)["decode"]
+    assert [r["method"] for r in rows] == ["plain greedy", "prompt lookup", "RASD: lookup + this demo's pruned draft"]
+    assert all(r["identical"] for r in rows) and all(r["new_tokens"] >= 1 for r in rows)
+    out = capsys.readouterr().out
+    assert "speculative decoding of the dense" in out and out.count(" yes ") == 3
+    a.decode_tokens, a.out = 0, str(tmp_path / "e")
+    assert "decode" not in run_demo(a)
+
+
 def test_info_shows_the_armor_wrapper_overhead(tmp_path, capsys, tiny_llama_dir, calib_txt):
     out = tmp_path / "armor"
     rc, _, err = _run(capsys, "prune", str(tiny_llama_dir), "--method", "armor", "--pattern", "2:4", "--calib",

@@ -74,7 +74,7 @@ def test_apply_sections_keeps_prose_and_rejects_unknown_markers():
 def test_every_goal_recommends_a_registered_method(goal, data):
     rec = G.recommend(goal, data=data)
     assert rec.method in list_methods()
-    assert (rec.method in STRUCTURED_METHODS) == (goal == "speed")
+    assert (rec.method in STRUCTURED_METHODS) == (goal in ("speed", "decode"))
     assert rec.method in rec.command
     assert json.loads(json.dumps(rec.to_dict()))["method"] == rec.method
 
@@ -235,3 +235,41 @@ def test_load_data_falls_back_to_the_packaged_file(monkeypatch, tmp_path):
     monkeypatch.setattr(G, "DATA_FILE", tmp_path / "absent.json")
     assert G.load_data() == EMPTY
     assert G.recommend("quality").method in list_methods()
+
+
+# ------------------------------------------------------------------------- --goal decode
+def _decoding(rows: dict[str, dict[str, float]], target: str = "toy", identical: int = 2) -> dict:
+    return {"file": "run_x.json", "target": target, "dtype": "float32", "tree": 4, "lookup": "2:10",
+            "new_tokens": 32, "drafts": {}, "command": "benchmarks/decoding.py run ...",
+            "rows": {m: {t: {"speedup": v, "identical": identical, "prompts": 2, "tau": 2.0} for t, v in c.items()}
+                     for m, c in rows.items()}}
+
+
+def test_decode_goal_picks_the_pruned_draft_with_the_best_median_speedup():
+    rows = {"pk-model:shortgpt50": {"a": 0.6, "b": 0.7, "c": 0.5},
+            "pk-rasd:flap30": {"a": 1.9, "b": 0.2, "c": 1.1},   # best mean would mislead: median 1.1
+            "pk-rasd:cfsp50": {"a": 1.2, "b": 1.3, "c": 1.25},  # median 1.25: the answer
+            "pk-rasd:qwen0.5b": {"a": 9.0, "b": 9.0, "c": 9.0},  # not a pruned draft: never the answer
+            "pk-lookup": {"a": 2.0, "b": 2.0, "c": 2.0}, "hf-lookup": {"a": 3.0, "b": 3.0, "c": 3.0}}
+    data = {**EMPTY, "decoding": [_decoding(rows), _decoding({"pk-lookup": {"a": 7.0}}, target="other")]}
+    rec = G.recommend("decode", data=data)
+    assert (rec.method, rec.sparsity, rec.pattern) == ("cfsp", 0.5, "structured")
+    assert "median 1.25x" in rec.summary and "--method cfsp --sparsity 0.5" in rec.command
+    assert "--lookup 2:10" in rec.command  # RASD: the draft with retrieval
+    assert rec.alternatives[0].startswith("pk-rasd:flap30 1.10x")
+    assert any("pk-lookup on toy" in n and "2.00x" in n for n in rec.notes)  # same target only, prunekit's own
+
+
+def test_decode_goal_refuses_a_budget_and_falls_back_without_runs():
+    with pytest.raises(ConfigError, match="--budget does not apply to --goal decode"):
+        G.recommend("decode", 0.3, data=EMPTY)
+    rec = G.recommend("draft", data=EMPTY)  # alias
+    assert rec.method == "shortgpt" and "no measured decoding runs" in rec.summary
+
+
+@needs_results
+def test_decode_goal_reads_the_committed_decoding_runs():
+    data = G.build_data(RESULTS)
+    assert data["decoding"], "no benchmarks/results/decoding/run_*.json read"
+    rec = G.recommend("decode", data=data)
+    assert rec.method in STRUCTURED_METHODS and "over plain greedy" in rec.summary

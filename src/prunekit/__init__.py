@@ -28,6 +28,7 @@ _LAZY = {
     "PruneReport": "report",
     "prune_streaming": "engine.streaming",
     "evaluate_tasks": "eval",
+    "generate": "decoding",
 }  # fmt: skip
 
 

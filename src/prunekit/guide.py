@@ -35,9 +35,11 @@ from .errors import ConfigError
 SURVEY = ("Cheng, Zhang, Shi: A Survey on Deep Neural Network Pruning: Taxonomy, Comparison, "
           "Analysis, and Recommendations (arXiv:2308.06767)")
 NO_ENTRY = "no guide entry yet"
-GOALS = ("speed", "quality", "2:4", "domain", "recover")
-GOAL_ALIASES = {"2of4": "2:4", "24": "2:4", "fast": "speed", "faster": "speed", "recovery": "recover"}
-DEFAULT_BUDGET = {"speed": 0.2, "quality": 0.5, "2:4": 0.5, "domain": 0.5, "recover": 0.5}
+GOALS = ("speed", "quality", "2:4", "domain", "recover", "decode")
+GOAL_ALIASES = {"2of4": "2:4", "24": "2:4", "fast": "speed", "faster": "speed", "recovery": "recover",
+                "draft": "decode", "speculative": "decode"}
+DEFAULT_BUDGET = {"speed": 0.2, "quality": 0.5, "2:4": 0.5, "domain": 0.5, "recover": 0.5, "decode": None}
+NO_BUDGET = ("2:4", "decode")  # goals whose answer does not take a --budget
 NOISE = 0.02  # BENCHMARKS.md: perplexity ratios within about ±2% are ties
 DATA_FILE = Path(__file__).with_name("guide_data.json")
 REPO_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -391,8 +393,28 @@ def build_data(results: Path | str = REPO_RESULTS) -> dict[str, Any]:
     protos.sort(key=lambda e: (not e["routine"], e["id"]))
     sd = results / "structured_speedup"
     speed = [e for f in sorted(sd.glob("*.json")) if (e := _speedup_entry(f))] if sd.is_dir() else []
+    dd = results / "decoding"
+    dec = [e for f in sorted(dd.glob("run_*.json")) if (e := _decoding_entry(f))] if dd.is_dir() else []
     return {"generated_by": "benchmarks/guide.py from benchmarks/results", "protocols": protos,
-            "structured_speedup": speed}
+            "structured_speedup": speed, "decoding": dec}
+
+
+def _decoding_entry(f: Path) -> dict | None:
+    """One ``benchmarks/decoding.py run`` result: per method, per task, the speed-up over plain greedy."""
+    r = _read_json(f)
+    if not r or not r.get("tasks"):
+        return None
+    rows: dict[str, dict[str, dict]] = {}
+    for task, t in r["tasks"].items():
+        for m, x in t.get("methods", {}).items():
+            if m != "greedy" and x.get("speedup") is not None:
+                tau = x.get("tokens_per_forward")
+                rows.setdefault(m, {})[task] = {"speedup": round(x["speedup"], 3), "identical": x["identical"],
+                                                "prompts": x["prompts"], "tau": round(tau, 2) if tau else None}
+    drafts = {n: Path(v).name for n, v in (r.get("drafts") or {}).items()}
+    return {"file": f.name, "target": r["target"], "dtype": r["dtype"], "tree": r["tree"],
+            "lookup": r.get("lookup"), "new_tokens": r.get("new_tokens"), "drafts": drafts,
+            "command": r.get("command"), "rows": rows}
 
 
 def load_data() -> dict[str, Any]:
@@ -670,8 +692,85 @@ def _recover(data: dict, budget: float) -> Recommendation:
     return rec
 
 
+def _draft_method(name: str) -> tuple[str, float | None] | None:
+    """``shortgpt50`` -> ("shortgpt", 0.5): the benchmark names pruned drafts METHOD + percent."""
+    import re
+
+    m = re.fullmatch(r"([a-z][a-z-]*?)-?(\d{1,2})?", name)
+    unstructured, structured = _registries()
+    if not m or (m.group(1) not in unstructured and m.group(1) not in structured):
+        return None
+    return m.group(1), (int(m.group(2)) / 100 if m.group(2) else None)
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def _per_task(cells: dict[str, dict]) -> str:
+    return ", ".join(f"{t} {c['speedup']:.2f}x" for t, c in cells.items())
+
+
+def _decode(data: dict) -> Recommendation:
+    """The pruned draft with the largest median speed-up over its dense target's plain greedy."""
+    best, retrieval = None, None
+    for e in data.get("decoding", []):
+        for m, cells in e["rows"].items():
+            med = _median([c["speedup"] for c in cells.values()])
+            draft = m.split(":", 1)[1] if ":" in m else None
+            pm = _draft_method(draft) if draft else None
+            if pm and (best is None or med > best[0]):
+                best = (med, e, m, pm, cells)
+    if best is None:
+        rec = Recommendation("decode", "shortgpt", "structured", 0.5, "shortgpt (no measured decoding runs "
+                             "available)", "prunekit prune MODEL --method shortgpt --sparsity 0.5 --calib "
+                             "YOUR_CALIB_DATA --out DRAFT && prunekit decode MODEL --draft DRAFT --lookup 2:10 "
+                             "--check --prompt TEXT")
+        rec.notes.append("run `python benchmarks/decoding.py run --target MODEL --draft NAME=DRAFT ...` to measure")
+        return rec
+    med, e, m, (method, sp), cells = best
+    ident = sum(c["identical"] for c in cells.values()), sum(c["prompts"] for c in cells.values())
+    mode = "RASD (retrieval tree pruned by the draft, fused with its tree)" if "rasd" in m else "draft model"
+    look = f" --lookup {e['lookup']}" if "rasd" in m and e.get("lookup") else ""
+    spflag = f" --sparsity {sp:g}" if sp else ""
+    rec = Recommendation(
+        "decode", method, "structured" if method in _registries()[1] else "unstructured", sp,
+        f"a {method}{' ' + _pct(sp) if sp else ''} draft of {e['target']} as {mode}: median {med:.2f}x "
+        f"tokens/s over plain greedy ({_per_task(cells)}; {e['dtype']}, tree {e['tree']}, batch 1, "
+        f"greedy; identical ids on {ident[0]}/{ident[1]} prompts)",
+        f"prunekit prune {e['target']} --method {method}{spflag} --calib YOUR_CALIB_DATA --out DRAFT && "
+        f"prunekit decode {e['target']} --draft DRAFT{look} --tree {e['tree']} --check --prompt TEXT")
+    rec.evidence = [{"file": x["file"], "target": x["target"], "dtype": x["dtype"], "method": k,
+                     "median_speedup": round(_median([c["speedup"] for c in v.values()]), 3)}
+                    for x in data.get("decoding", []) for k, v in x["rows"].items()]
+    others = sorted({(round(_median([c["speedup"] for c in v.values()]), 2), k) for x in data["decoding"]
+                     if x["target"] == e["target"] for k, v in x["rows"].items() if ":" in k and k != m
+                     and _draft_method(k.split(":", 1)[1])}, reverse=True)[:4]
+    rec.alternatives = [f"{k} {s:.2f}x" for s, k in others]
+    rec.notes.append("speculative decoding keeps the dense model's output (greedy: the same token ids "
+                     "in float32; bfloat16 near-ties can flip, for transformers' own assisted generation "
+                     "too); a pruned draft is only worth its forward when it agrees often: unrecovered "
+                     "drafts alone were slower than plain greedy here, with retrieval (RASD) faster")
+    for x in data.get("decoding", []):  # the same target without any draft model
+        for k, cells_k in x["rows"].items():
+            kmed = _median([c["speedup"] for c in cells_k.values()])
+            if x["target"] == e["target"] and ":" not in k and k.startswith("pk-") \
+                    and (retrieval is None or kmed > retrieval[0]):  # fmt: skip
+                retrieval = (kmed, x, k, None, cells_k)
+    if retrieval:
+        rmed, re_, rm, _, rc = retrieval
+        rec.notes.append(f"no draft model at all: {rm} on {re_['target']} ({re_['dtype']}) median {rmed:.2f}x "
+                         f"({_per_task(rc)}): `prunekit decode MODEL --lookup 2:10` when outputs copy the prompt")
+    return rec
+
+
 def recommend(goal: str, budget: float | None = None, *, data: dict | None = None) -> Recommendation:
-    """Recommend a registered method for ``goal`` (speed, quality, 2:4, domain, recover).
+    """Recommend a registered method for ``goal`` (speed, quality, 2:4, domain, recover, decode).
+
+    ``decode``: which pruned draft gives a dense model the largest speculative-decoding speed-up
+    (``prunekit decode``), from the measured decoding runs; the method is the draft's pruning method.
 
     ``budget`` is the fraction to remove, in (0, 1): of decoder-block parameters for ``speed``
     (structured), of weights otherwise. Evidence is read from the benchmark results
@@ -689,6 +788,11 @@ def recommend(goal: str, budget: float | None = None, *, data: dict | None = Non
         return _two_four(data, b)
     if key == "domain":
         return _domain(data, bb)
+    if key == "decode":
+        if b is not None:
+            raise ConfigError("--budget does not apply to --goal decode (the answer ranks the measured "
+                              "pruned drafts of every sparsity); leave it out")
+        return _decode(data)
     return _recover(data, bb)
 
 
@@ -721,7 +825,7 @@ def render_guide(goal: str | None = None, budget: float | None = None) -> str:
         return render_recommendation(recommend(goal, budget))
     _check_budget(budget)
     parts = [render_taxonomy(), "", "which method for my goal? (`prunekit recommend --goal G`)"]
-    parts += [render_recommendation(recommend(g, budget if g != "2:4" else None)) for g in GOALS]
+    parts += [render_recommendation(recommend(g, budget if g not in NO_BUDGET else None)) for g in GOALS]
     return "\n".join(parts)
 
 
@@ -734,7 +838,7 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``prunekit recommend --goal G [--budget S] [--json]`` to the CLI's subparsers."""
     p = subparsers.add_parser("recommend", help="which method for a goal: " + ", ".join(GOALS))
     p.add_argument("--goal", "-g", default=None,
-                   help="speed | quality | 2:4 | domain | recover (default: the whole guide)")
+                   help="speed | quality | 2:4 | domain | recover | decode (default: the whole guide)")
     p.add_argument("--budget", "-s", type=float, default=None,
                    help="fraction to remove, in (0, 1) (default: 0.2 for speed, 0.5 otherwise)")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON (last line)")
@@ -747,7 +851,7 @@ def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
         if not args.json:
             print(render_guide(None, args.budget))
         _check_budget(args.budget)
-        return {"goals": {g: recommend(g, args.budget if g != "2:4" else None).to_dict() for g in GOALS},
+        return {"goals": {g: recommend(g, args.budget if g not in NO_BUDGET else None).to_dict() for g in GOALS},
                 "methods": [m.to_dict() for m in taxonomy()]}
     rec = recommend(args.goal, args.budget)
     if not args.json:

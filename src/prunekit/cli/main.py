@@ -138,6 +138,10 @@ ROOM_CLIS: tuple[str, ...] = (
     "prunekit.text.cli",  # prunekit segment FILE
     "prunekit.export.gguf",  # prunekit export DIR --format gguf
     "prunekit.decoding.cli",  # prunekit decode MODEL --draft DRAFT
+    "prunekit.decoding.reason_cli",  # prunekit reason MODEL --prune deepprune:JUDGE
+    "prunekit.context.cli",  # prunekit context prune --question Q --passages FILE
+    "prunekit.prompts.cli",  # prunekit prompt-search MODEL --task sst-2
+    "prunekit.tokens.cli",  # prunekit tokens ... (token pruning hooks)
 )
 
 
@@ -179,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default="builtin")
     d.add_argument("--out", default="demo-out", help="output folder (new, empty, or an earlier prunekit output; default demo-out)")
     d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not a prunekit output")
+    d.add_argument("--decode-tokens", type=int_flag(0, 4096), default=48, metavar="N",
+                   help="end with speculative decoding of the dense model, N new tokens (default 48; 0 skips)")
     return ap
 
 
