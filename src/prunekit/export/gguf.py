@@ -33,7 +33,9 @@ the output matrix at ``q8_0`` (the ``gguf`` package has no ``q6_K`` quantiser, w
 
 Refused with one line: families other than Llama/Mistral/Qwen2, ARMOR wrappers (not a llama.cpp
 architecture), MoE outputs, rope scaling other than none/linear, tokenizers other than byte-level
-BPE, and any tensor without a GGUF counterpart.
+BPE (Llama-3, SmolLM, Qwen2) and SentencePiece BPE with byte fallback (Llama-2, Mistral, TinyLlama:
+written as llama.cpp's ``llama`` vocabulary with piece scores), and any tensor without a GGUF
+counterpart.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -339,7 +342,7 @@ def _source_gguf(spec: str, model) -> Path | None:
 
 TOKENIZER_KEYS_COPIED = (
     "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
-    "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.merges", "tokenizer.ggml.scores", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
     "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token",
     "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix", "tokenizer.chat_template",
 )  # fmt: skip
@@ -372,6 +375,58 @@ def _guess_pre(model_type: str, tokens: list[str]) -> str:
     return "default"
 
 
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _spm_model_file(tok) -> Path | None:
+    """The SentencePiece ``tokenizer.model`` beside the tokenizer, if it still has one."""
+    for cand in (getattr(tok, "vocab_file", None), Path(str(getattr(tok, "name_or_path", "") or "")) / "tokenizer.model"):
+        if cand and Path(cand).is_file() and Path(cand).name.endswith(".model"):
+            return Path(cand)
+    return None
+
+
+def _spm_scores(tok, tokens: list[str], types: list[int], merges: list) -> list[float]:
+    """Piece scores for llama.cpp's SentencePiece tokenizer, which merges the adjacent pair whose
+    concatenation is the highest-scoring piece.
+
+    From ``tokenizer.model`` when it is there and ``sentencepiece`` is installed (what llama.cpp's
+    converter writes). A saved Hugging Face folder keeps only ``tokenizer.json``; its merge list is
+    ordered like the pieces' scores (transformers builds it that way from the model), so a piece
+    made by the merge of rank ``r`` gets ``-r``: the same pair wins first in both tokenizers.
+    Single characters and bytes, never the result of a merge, get 0; added tokens -1000."""
+    from gguf import TokenType
+
+    path = _spm_model_file(tok)
+    if path is not None:
+        try:
+            from sentencepiece import SentencePieceProcessor
+        except ImportError:
+            log.info("sentencepiece is not installed: scores come from tokenizer.json's merge ranks")
+        else:
+            sp = SentencePieceProcessor(model_file=str(path))
+            n = sp.vocab_size()
+            if all(sp.IdToPiece(i) == tokens[i] for i in range(min(n, len(tokens)))):
+                return [float(sp.GetScore(i)) if i < n else -1000.0 for i in range(len(tokens))]
+            log.warning("%s does not match tokenizer.json: scores come from the merge ranks", path)
+    rank: dict[str, int] = {}
+    for r, m in enumerate(merges):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, r)
+    added = (int(TokenType.CONTROL), int(TokenType.USER_DEFINED), int(TokenType.UNUSED))
+    return [-float(rank[t]) if t in rank else (-1000.0 if ty in added else 0.0) for t, ty in zip(tokens, types)]
+
+
+def _spm_space_prefix(spec: dict) -> bool:
+    """Whether the tokenizer puts '▁' before the text (SentencePiece's add_dummy_prefix)."""
+    pre, norm = spec.get("pre_tokenizer") or {}, spec.get("normalizer") or {}
+    metas = [p for p in [pre, *(pre.get("pretokenizers") or [])] if p.get("type") == "Metaspace"]
+    if metas:
+        m = metas[0]
+        return m.get("prepend_scheme", "always" if m.get("add_prefix_space", True) else "never") != "never"
+    return "Prepend" in json.dumps(norm)
+
+
 def _tokenizer_from_hf(tok, cfg, vocab_size: int) -> dict:
     from gguf import GGUFValueType as V
     from gguf import TokenType
@@ -382,23 +437,32 @@ def _tokenizer_from_hf(tok, cfg, vocab_size: int) -> dict:
     spec = json.loads(backend.to_str())
     mdl = spec.get("model") or {}
     pre = json.dumps(spec.get("pre_tokenizer") or {})
-    if mdl.get("type") != "BPE" or "ByteLevel" not in pre:
+    spm = mdl.get("type") == "BPE" and bool(mdl.get("byte_fallback")) and "ByteLevel" not in pre
+    if not spm and (mdl.get("type") != "BPE" or "ByteLevel" not in pre):
         raise ConfigError(f"tokenizer type {mdl.get('type')!r} is not supported by the GGUF exporter "
-                          f"(only byte-level BPE, as in Llama-3, SmolLM, Qwen2)")  # fmt: skip
+                          f"(byte-level BPE as in Llama-3, SmolLM, Qwen2, or SentencePiece BPE with byte "
+                          f"fallback as in Llama-2, Mistral, TinyLlama)")  # fmt: skip
     vocab = tok.get_vocab()
     if max(vocab.values(), default=-1) >= vocab_size:
         raise ConfigError(f"the tokenizer has ids up to {max(vocab.values())}, beyond the model's {vocab_size} embeddings")
     by_id = {i: t for t, i in vocab.items()}
     added = {a["content"]: bool(a.get("special")) for a in spec.get("added_tokens") or []}
+    unk = mdl.get("unk_token")
     tokens, types = [], []
     for i in range(vocab_size):
         t = by_id.get(i)
         if t is None:
             tokens.append(f"[PAD{i}]")
             types.append(int(TokenType.UNUSED))
+        elif spm and t == unk:
+            tokens.append(t)
+            types.append(int(TokenType.UNKNOWN))
         elif t in added:
             tokens.append(t)
             types.append(int(TokenType.CONTROL if added[t] else TokenType.USER_DEFINED))
+        elif spm and _BYTE_PIECE.fullmatch(t):
+            tokens.append(t)
+            types.append(int(TokenType.BYTE))
         else:
             tokens.append(t)
             types.append(int(TokenType.NORMAL))
@@ -412,20 +476,41 @@ def _tokenizer_from_hf(tok, cfg, vocab_size: int) -> dict:
                 v = v[0] if v else None
         return int(v) if v is not None else None
 
-    out = {
-        "tokenizer.ggml.model": ("gpt2", [V.STRING]),
-        "tokenizer.ggml.pre": (_guess_pre(cfg.model_type, tokens), [V.STRING]),
-        "tokenizer.ggml.tokens": (tokens, [V.ARRAY, V.STRING]),
-        "tokenizer.ggml.token_type": (types, [V.ARRAY, V.INT32]),
-        "tokenizer.ggml.merges": (merges, [V.ARRAY, V.STRING]),
-    }
+    if spm:  # llama.cpp's SentencePiece tokenizer: merges by piece score, no merge list
+        scores = _spm_scores(tok, tokens, types, mdl.get("merges") or [])
+        out = {
+            "tokenizer.ggml.model": ("llama", [V.STRING]),
+            "tokenizer.ggml.pre": ("default", [V.STRING]),
+            "tokenizer.ggml.tokens": (tokens, [V.ARRAY, V.STRING]),
+            "tokenizer.ggml.scores": (scores, [V.ARRAY, V.FLOAT32]),
+            "tokenizer.ggml.token_type": (types, [V.ARRAY, V.INT32]),
+            "tokenizer.ggml.add_space_prefix": (_spm_space_prefix(spec), [V.BOOL]),
+        }
+    else:
+        out = {
+            "tokenizer.ggml.model": ("gpt2", [V.STRING]),
+            "tokenizer.ggml.pre": (_guess_pre(cfg.model_type, tokens), [V.STRING]),
+            "tokenizer.ggml.tokens": (tokens, [V.ARRAY, V.STRING]),
+            "tokenizer.ggml.token_type": (types, [V.ARRAY, V.INT32]),
+            "tokenizer.ggml.merges": (merges, [V.ARRAY, V.STRING]),
+        }
     for key, attr, cattr in (("bos", "bos_token_id", "bos_token_id"), ("eos", "eos_token_id", "eos_token_id"),
                              ("unknown", "unk_token_id", "unk_token_id"), ("padding", "pad_token_id", "pad_token_id")):  # fmt: skip
         v = tid(attr, cattr)
         if v is not None and 0 <= v < vocab_size:
             out[f"tokenizer.ggml.{key}_token_id"] = (v, [V.UINT32])
-    add_bos = bool(getattr(tok, "add_bos_token", False)) and "tokenizer.ggml.bos_token_id" in out
+    # what the tokenizer does, not its flag: a reloaded transformers 5 tokenizer can say
+    # add_bos_token=False while its post-processor still adds BOS
+    try:
+        probe = list(tok("a", add_special_tokens=True).input_ids)
+    except Exception:  # noqa: BLE001 - a custom tokenizer: fall back to its flags
+        probe = None
+    bos, eos = (out.get(f"tokenizer.ggml.{k}_token_id", (None,))[0] for k in ("bos", "eos"))
+    add_bos = bos is not None and (bool(probe) and probe[0] == bos if probe is not None else bool(getattr(tok, "add_bos_token", False)))
     out["tokenizer.ggml.add_bos_token"] = (add_bos, [V.BOOL])
+    if spm:  # llama.cpp's SentencePiece vocabulary adds EOS only when told (Llama-2 adds none)
+        add_eos = eos is not None and (bool(probe) and probe[-1] == eos if probe is not None else bool(getattr(tok, "add_eos_token", False)))
+        out["tokenizer.ggml.add_eos_token"] = (add_eos, [V.BOOL])
     tmpl = getattr(tok, "chat_template", None)
     if isinstance(tmpl, str) and tmpl.strip():
         out["tokenizer.chat_template"] = (tmpl, [V.STRING])
