@@ -117,6 +117,12 @@ def _base_argv(cmd: str, d: Path, model: Path, calib: Path) -> list:
         "segment": ["segment", calib, "-q"],
         "export": ["export", model, "--outtype", "f32", "-q", "--out", d / "m.gguf"],
         "decode": ["decode", model, "--prompt", "The water", "--max-new-tokens", "2", "--lookup", "2:4"],
+        "context": ["context", "prune", "--question", "water", "--passages", calib, "--method", "bm25", "--reader", model],
+        "tokens": ["tokens", model, "--method", "random", "--layer", "0", "--keep", "0.5", "--prompt", "The water",
+                   "--max-new-tokens", "2"],
+        "ftp-train": ["ftp-train", model, "--calib", calib, "--nsamples", "2", "--seqlen", "16", "--sparsity", "0",
+                      "--steps", "1", "-q", "--out", d / "out" / "r.safetensors"],
+        "prompt-search": ["prompt-search", model, "--task", "sst-2", "--budget", "1", "--test-limit", "4", "--json"],
     }[cmd]  # fmt: skip
 
 

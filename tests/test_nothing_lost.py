@@ -88,6 +88,10 @@ def _segment(model, calib, out):
     return ["segment", calib, "-q", "--out", out]
 
 
+def _ftp_train(model, calib, out):
+    return ["ftp-train", model, "--calib", calib, "--nsamples", "2", "--seqlen", "16", "--sparsity", "0", "-q", "--out", out]
+
+
 # writer -> (argv builder, its dangerous --out values); folder writers must never replace the input
 # model, a folder inside it, or the current/home folder or one above; file writers never the input
 # (or a file of the input folder), a folder, or an empty path
@@ -97,6 +101,7 @@ WRITERS = {
     "prune": (_prune, _DIRS), "prune --stream": (_prune_stream, _DIRS), "recover": (_recover, _DIRS),
     "demo": (_demo, _DIRS), "export": (_export, [*_FILES, "model/config.json"]),
     "segment": (_segment, [*_FILES, "calib.txt"]),
+    "ftp-train": (_ftp_train, [*_FILES, "calib.txt", "model/config.json"]),
 }  # fmt: skip
 
 

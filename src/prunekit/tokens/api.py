@@ -1,0 +1,66 @@
+"""``patch`` / ``unpatch`` / ``stats``: the Python API of the tokens room."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from .hook import TokenPatch, decoder_layers, get_patch
+from .methods import METHODS, TokenPruneConfig
+
+ROUTE_METHODS = ("ftp", "random-route", "block-skip", "attn-drop")
+
+
+def patch(model: nn.Module, method: str = "fastv", keep: float = 0.25, layer: int | None = None,
+          config: TokenPruneConfig | None = None, **options: Any) -> TokenPatch:  # fmt: skip
+    """Attach a token hook to ``model`` (in place) and return it; ``unpatch(model)`` removes it.
+
+    Shortening methods (``fastv``, ``recoverable``, ``random``) take the fields of
+    :class:`TokenPruneConfig` as keywords. Routing methods (``ftp`` with ``routers=``,
+    ``random-route``, ``block-skip`` with ``blocks=``) take the options of
+    :func:`prunekit.tokens.ftp.route_method`.
+    """
+    if method in ROUTE_METHODS:
+        from .ftp import route_method
+
+        _, layers = decoder_layers(model)
+        if method == "attn-drop":
+            options = {"keep": keep, "layer": 2 if layer is None else layer, **options}
+        import inspect
+
+        allowed = set(inspect.signature(route_method).parameters) - {"model", "method", "n_layers"}
+        bad = sorted(set(options) - allowed)
+        if bad:
+            raise ConfigError(f"unknown option {bad[0]!r} for method {method!r}: use one of {', '.join(sorted(allowed))}")
+        return TokenPatch(model, route_method(model, method, len(layers), **options)).attach()
+    if config is None:
+        names = {f.name for f in dataclasses.fields(TokenPruneConfig)}
+        bad = sorted(set(options) - names)
+        if bad:
+            raise ConfigError(f"unknown option {bad[0]!r} for method {method!r}: use one of {', '.join(sorted(names - {'method', 'keep', 'layer'}))}")
+        config = TokenPruneConfig(method=method, keep=keep, layer=layer, **options)
+    if config.method not in METHODS:
+        raise ConfigError(f"unknown token method {config.method!r}: use one of {', '.join([*METHODS, *ROUTE_METHODS])}")
+    _, layers = decoder_layers(model)
+    return TokenPatch(model, METHODS[config.method](model, config, len(layers))).attach()
+
+
+def unpatch(model: nn.Module) -> dict[str, Any]:
+    """Remove the token hook; returns its final :func:`stats` (``{}`` if the model had none)."""
+    p = get_patch(model)
+    if p is None:
+        return {}
+    s = p.stats()
+    p.detach()
+    return s
+
+
+def stats(model: nn.Module) -> dict[str, Any]:
+    """What the model's token hook has done so far: tokens removed per layer, token-blocks computed."""
+    p = get_patch(model)
+    if p is None:
+        raise ConfigError("the model has no token patch: call prunekit.tokens.patch(model, ...) first")
+    return p.stats()
