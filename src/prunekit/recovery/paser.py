@@ -86,6 +86,35 @@ def _minilm_dir() -> Path | None:
     return None
 
 
+_MINILM: dict[str, tuple[Any, Any]] = {}
+
+
+def load_minilm(who: str, hint: str | None = None, *, cached: bool = True) -> tuple[Any, Any]:
+    """``(tokenizer, model)`` of the installed all-MiniLM-L6-v2 (eval mode), the one loader of every room
+    that embeds with it (PASER, ``text.sat``, ``context``, the DeepPrune judge). ``cached``: one shared
+    instance per process (do not modify it); ``cached=False`` for a caller that cuts layers off.
+
+    Raises:
+        ConfigError: torch/transformers or the encoder package is missing (naming ``who`` and ``hint``).
+    """
+    hint = hint or MINILM_HINT
+    try:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise ConfigError(f"{who} needs torch and transformers: {hint}") from None
+    d = _minilm_dir()
+    if d is None:
+        raise ConfigError(f"{who} needs the all-MiniLM-L6-v2 encoder package: {hint}")
+    if cached and str(d) in _MINILM:
+        return _MINILM[str(d)]
+    hf_logging.disable_progress_bar()
+    pair = (AutoTokenizer.from_pretrained(d), AutoModel.from_pretrained(d).eval())
+    if cached:
+        _MINILM[str(d)] = pair
+    return pair
+
+
 def _extracted(zpath: Path, target: Path) -> Path:
     """``zpath`` extracted to ``target`` once: into a temp folder, a marker written last, then
     renamed into place; a folder without the marker (an interrupted extraction, an older

@@ -58,18 +58,15 @@ class Encoder:
     def __init__(self, n_layers: int = N_LAYERS) -> None:
         try:
             import torch
-            from transformers import AutoModel, AutoTokenizer
         except ImportError:
             raise ConfigError(f"sat needs torch and transformers: {_hint()}") from None
+        from ..recovery.paser import load_minilm
+
         d = encoder_dir()
         if d is None:
             raise ConfigError(f"sat needs the all-MiniLM-L6-v2 encoder package: {_hint()}")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
         self.torch = torch
-        self.tok = AutoTokenizer.from_pretrained(d)
-        model = AutoModel.from_pretrained(d).eval()
+        self.tok, model = load_minilm("sat", _hint(), cached=False)  # its own copy: layers are cut below
         model.encoder.layer = model.encoder.layer[:n_layers]
         model.config.num_hidden_layers = n_layers
         self.model = model
