@@ -25,7 +25,7 @@ $(VENV)/.demo-installed: $(VENV)/.torch-installed pyproject.toml
 	@touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.demo-installed
-	$(PIP) install --quiet -e ".[demo,dev,bench,lmeval,recover,paser,text]"
+	$(PIP) install --quiet -e ".[demo,dev,bench,lmeval,recover,paser,text,context]"
 	@touch $@
 
 setup: $(VENV)/.demo-installed

@@ -29,6 +29,7 @@ _LAZY = {
     "prune_streaming": "engine.streaming",
     "evaluate_tasks": "eval",
     "generate": "decoding",
+    "compress_prompt": "context",
 }  # fmt: skip
 
 

@@ -1,0 +1,98 @@
+"""``prunekit context prune --question Q --passages FILE.jsonl [--method M] [--rate R|--threshold T] [--reader MODEL] --json``.
+
+``FILE.jsonl``: one passage per line, a JSON string or an object with ``text``; any other file is
+read as plain text with passages separated by blank lines. Tokens are counted with the reader's
+tokenizer (only the tokenizer is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..cli.flags import float_flag, int_flag
+from ..errors import ConfigError, DataError
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.5 to remove half the tokens)") from None
+    if not (math.isfinite(v) and 0 < v < 1):
+        raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a fraction in (0, 1) of reader tokens to remove")
+    return v
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    from . import METHODS
+
+    p = subparsers.add_parser("context", help="prune retrieved passages for a question (kept character spans)")
+    p.add_argument("action", choices=("prune",), help="prune: keep the sentences the reader needs")
+    p.add_argument("--question", "-q", required=True, help="the question the passages should answer")
+    p.add_argument("--passages", required=True, metavar="FILE.jsonl",
+                   help="one passage per line (a JSON string or {\"text\": ...}); a non-.jsonl file: passages split at blank lines")
+    p.add_argument("--method", "-m", default="provence", help=f"{' | '.join(METHODS)} (default provence)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rate", type=_rate, default=None, help="fraction of reader tokens to remove, in (0, 1) (default 0.5; provence: its threshold)")
+    g.add_argument("--threshold", type=float_flag(0, 1, lo_open=False), default=None,
+                   help="provence/similarity: keep a sentence when its score > T (provence default 0.1)")
+    p.add_argument("--reader", default="smollm2-135m", metavar="MODEL", help="the reader whose tokenizer counts tokens (default smollm2-135m)")
+    p.add_argument("--lm", default=None, metavar="MODEL", help="selective-context: the causal LM (default: --reader)")
+    p.add_argument("--seed", type=int_flag(0, 2**63 - 1), default=0, help="random: the seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (kept spans, scores, tokens) as the last line")
+    p.add_argument("--quiet", action="store_true", help="print nothing but the --json line")
+    p.set_defaults(_handler=cmd_context)
+    return p
+
+
+def read_passages(path: str) -> list[str]:
+    f = Path(path)
+    if not f.is_file():
+        raise DataError(f"--passages {path} does not exist")
+    raw = f.read_text(encoding="utf-8", errors="replace")
+    if f.suffix.lower() not in (".jsonl", ".json"):
+        out = [b.strip("\n") for b in raw.split("\n\n") if b.strip()]
+        if not out:
+            raise DataError(f"--passages {path} holds no text")
+        return out
+    out = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise DataError(f"--passages {path}: line {n} is not JSON (a JSON string or {{\"text\": ...}})") from None
+        if isinstance(rec, dict):
+            if "text" not in rec:
+                raise DataError(f"--passages {path}: line {n} has no 'text' field")
+            rec = rec["text"]
+        if not isinstance(rec, str):
+            raise DataError(f"--passages {path}: line {n} is not a string or an object with a string 'text'")
+        out.append(rec)
+    if not out:
+        raise DataError(f"--passages {path} holds no passages")
+    return out
+
+
+def cmd_context(a: argparse.Namespace) -> dict[str, Any]:
+    from . import prune
+    from .core import check_inputs
+
+    passages = read_passages(a.passages)
+    check_inputs(a.question, passages, a.method, a.rate, a.threshold)  # before any model is loaded
+    if a.lm is not None and a.method != "selective-context":
+        raise ConfigError("--lm applies to --method selective-context only")
+    r = prune(a.question, passages, method=a.method, rate=a.rate, threshold=a.threshold, reader_tokenizer=a.reader,
+              seed=a.seed, lm=a.lm or a.reader)  # fmt: skip
+    if not (a.json or a.quiet):
+        print(r.text)
+        print(f"-- {a.method}: kept {r.units_kept}/{sum(len(u) for u in r.units)} sentences, {r.tokens_after}/"
+              f"{r.tokens_before} reader tokens ({100 * r.achieved_rate:.1f}% removed), {r.seconds:.2f}s")  # fmt: skip
+        for n in r.notes:
+            print(f"-- note: {n}")
+    return {"question": a.question, "passages": len(passages), "reader": a.reader, **r.to_dict()}
