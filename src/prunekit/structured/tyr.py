@@ -69,6 +69,7 @@ from ..config import PruneConfig
 from ..engine import Stat, capture_block_inputs, run_layerwise
 from ..errors import ConfigError
 from ..report import PruneReport
+from ..search import evolve
 from ..settings import Setting
 from . import STRUCTURED_METHODS
 from . import common as C
@@ -453,42 +454,14 @@ def mutate(parent: tuple, space: Space, rng: random.Random) -> tuple | None:
 
 def search(tyr: Tyr, fit: Fitness, space: Space, start: tuple, stages: list[int], survivors: list[int],
            rng: random.Random, progress: bool) -> tuple[tuple, list[float]]:  # fmt: skip
-    """Elitist staged evolutionary search; returns the best configuration and its fitness curve."""
+    """Elitist staged evolutionary search (:func:`prunekit.search.evolve` with Týr's paired-move
+    mutation and prefix-reusing KL fitness); returns the best configuration and its fitness curve."""
     a = tyr.args
     fit.set_parent(start)
-    final = stages[-1]
-    best, curve = fit(start, final)[0], []
-    curve.append(best)
-    parent = start
-    gens = range(a["generations"])
-    if progress:
-        from tqdm.auto import tqdm
-
-        gens = tqdm(gens, desc="tyr search", unit="gen", dynamic_ncols=True)
-    for _ in gens:
-        offspring: list[tuple] = []
-        for _attempt in range(20 * a["population"]):
-            if len(offspring) == a["population"]:
-                break
-            child = mutate(parent, space, rng)
-            if child is not None and child not in offspring:
-                offspring.append(child)
-        if not offspring:
-            break
-        pool = offspring
-        for n_seqs, keep in zip(stages[:-1], survivors):
-            scores = [fit(c, n_seqs)[0] for c in pool]
-            pool = [pool[i] for i in sorted(range(len(pool)), key=scores.__getitem__)[:keep]]
-        winner, winner_states = parent, None
-        for c in pool:
-            f, states = fit(c, final, record=True)
-            if f < best:
-                best, winner, winner_states = f, c, states
-        if winner is not parent:
-            fit.set_parent(winner, winner_states)
-            parent = winner
-        curve.append(best)
-    return parent, curve
+    res = evolve(start, lambda x, r: mutate(x, space, r), fit, stages=stages, survivors=survivors,
+                 population=a["population"], generations=a["generations"], rng=rng,
+                 on_parent=fit.set_parent, progress=progress, desc="tyr search")  # fmt: skip
+    return res.best, res.curve
 
 
 # --- the method --------------------------------------------------------------------------------
