@@ -2,7 +2,7 @@
 k-shot ICL / random deletion, one run, one torch thread. Writes benchmarks/results/prompts/*.json and
 benchmarks/results/sections/57-prompts.md.
 
-    /tmp/cpuq .venv/bin/python benchmarks/prompts.py --tasks sst-2 --seeds 13 --budget 60 --test-limit 200
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prompts.py --tasks sst-2 --seeds 13 --budget 60 --test-limit 200
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> None:
 
 def section(res: dict) -> None:
     a = res["args"]
-    cmd = (f"/tmp/cpuq .venv/bin/python benchmarks/prompts.py --tasks {a['tasks']} --seeds {a['seeds']} "
+    cmd = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prompts.py --tasks {a['tasks']} --seeds {a['seeds']} "
            f"--budget {a['budget']} --claps-budget {a['claps_budget']} --clusters {a['clusters']} "
            f"--test-limit {a['test_limit']} --k {a['k']} --tag {a['tag']}")  # fmt: skip
     L = ["## Prompt search: PromptQuine and ClaPS (prunekit.prompts)", "",

@@ -117,6 +117,7 @@ def _base_argv(cmd: str, d: Path, model: Path, calib: Path) -> list:
         "segment": ["segment", calib, "-q"],
         "export": ["export", model, "--outtype", "f32", "-q", "--out", d / "m.gguf"],
         "decode": ["decode", model, "--prompt", "The water", "--max-new-tokens", "2", "--lookup", "2:4"],
+        "reason": ["reason", model, "--data", "gsm8k", "--limit", "1", "--n", "2", "--max-new-tokens", "2"],
         "context": ["context", "prune", "--question", "water", "--passages", calib, "--method", "bm25", "--reader", model],
         "tokens": ["tokens", model, "--method", "random", "--layer", "0", "--keep", "0.5", "--prompt", "The water",
                    "--max-new-tokens", "2"],
