@@ -30,6 +30,7 @@ _LAZY = {
     "evaluate_tasks": "eval",
     "generate": "decoding",
     "compress_prompt": "context",
+    "reason": "decoding.reason",
 }  # fmt: skip
 
 
