@@ -8,7 +8,6 @@ tokenizer (only the tokenizer is loaded).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -59,14 +58,10 @@ def read_passages(path: str) -> list[str]:
         if not out:
             raise DataError(f"--passages {path} holds no text")
         return out
+    from ..data.sources import json_lines
+
     out = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise DataError(f"--passages {path}: line {n} is not JSON (a JSON string or {{\"text\": ...}})") from None
+    for n, rec in json_lines(f):
         if isinstance(rec, dict):
             if "text" not in rec:
                 raise DataError(f"--passages {path}: line {n} has no 'text' field")

@@ -81,9 +81,12 @@ def gsm8k_documents(path: str | Path, limit: int | None = None) -> list[str]:
     return docs
 
 
-def _jsonl_records(path: Path, fields: tuple[str, ...], layout: str, opener: Callable = open) -> Iterator[dict]:
-    """The records of a JSON Lines file that carry string ``fields``; a bad line, bytes that are not
-    UTF-8 or a truncated/corrupt ``.gz`` is a one-line DataError."""
+def json_lines(path: str | Path, opener: Callable = open) -> Iterator[tuple[int, object]]:
+    """``(line number, parsed value)`` of every non-empty line of a JSON Lines file (``.gz`` with
+    ``opener=gzip.open``). Bytes that are not UTF-8, a line that is not JSON, or a truncated/corrupt
+    ``.gz`` is a one-line DataError naming the file and line. The one JSON Lines reader of every
+    room's data files (calibration sources, prompts, passages, reasoning questions)."""
+    path = Path(path)
     ln = 0
     try:
         with opener(path, "rb") as f:
@@ -95,26 +98,27 @@ def _jsonl_records(path: Path, fields: tuple[str, ...], layout: str, opener: Cal
                                     f"re-encode the file as UTF-8") from None  # fmt: skip
                 if not line.strip():
                     continue
-                yield _json_record(path, ln, line, fields, layout)
+                try:
+                    yield ln, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{ln} is not valid JSON ({e.msg}); expected JSON Lines") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path} is a truncated or corrupt gzip file after line {ln} ({_reason(e)}): "
                         f"download or compress it again") from None  # fmt: skip
 
 
+def _jsonl_records(path: Path, fields: tuple[str, ...], layout: str, opener: Callable = open) -> Iterator[dict]:
+    """The records of a JSON Lines file that carry string ``fields`` (see :func:`json_lines`)."""
+    for ln, rec in json_lines(path, opener):
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in fields):
+            names = " and ".join(repr(k) for k in fields)
+            raise DataError(f"{path}:{ln} has no string {names} field{'s' if len(fields) > 1 else ''} "
+                            f"({layout} layout expected)")  # fmt: skip
+        yield rec
+
+
 def _reason(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
-
-
-def _json_record(path: Path, ln: int, line: str, fields: tuple[str, ...], layout: str) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{ln} is not valid JSON ({e.msg}); expected JSON Lines") from None
-    if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in fields):
-        names = " and ".join(repr(k) for k in fields)
-        raise DataError(f"{path}:{ln} has no string {names} field{'s' if len(fields) > 1 else ''} "
-                        f"({layout} layout expected)")  # fmt: skip
-    return rec
 
 
 def _read_jsonl(path: Path) -> list[str]:

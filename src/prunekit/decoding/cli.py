@@ -9,7 +9,6 @@ also runs plain greedy and says so, with the speed-up.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -63,14 +62,10 @@ def read_prompts(path: str) -> list[str]:
     f = Path(path)
     if not f.is_file():
         raise DataError(f"--prompts {path} does not exist")
+    from ..data.sources import json_lines
+
     out = []
-    for n, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise DataError(f"--prompts {path}: line {n} is not JSON") from None
+    for n, rec in json_lines(f):
         if isinstance(rec, dict):
             rec = rec.get("prompt", rec.get("text"))
         if not isinstance(rec, str) or not rec.strip():

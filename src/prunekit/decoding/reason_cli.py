@@ -9,7 +9,6 @@ tokens spent; the second trains DeepPrune's judge (see :mod:`prunekit.decoding.j
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -45,18 +44,10 @@ def load_questions(spec: str, limit: int | None = None, kind: str | None = None)
         path, qf, af, k = Path(spec).expanduser(), None, "answer", kind or "gsm8k"
     if not path.is_file():
         raise DataError(f"--data {spec}: {path} does not exist (datasets: {', '.join(DATASETS)}, or a .jsonl file)")
+    from ..data.sources import json_lines
+
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"--data {path} is not UTF-8 text: expected JSON Lines") from None
-    for ln, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise DataError(f"--data {path}:{ln} is not JSON: expected one object a line") from None
+    for ln, rec in json_lines(path):
         fq = qf or next((f for f in ("question", "problem") if isinstance(rec, dict) and f in rec), "question")
         if not isinstance(rec, dict) or not isinstance(rec.get(fq), str) or not rec[fq].strip() or "answer" not in rec:
             raise DataError(f"--data {path}:{ln} lacks a string 'question' (or 'problem') and an 'answer' field")
