@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -551,3 +553,32 @@ def test_kv_keep_rows_equal_the_dense_block_and_skipped_rows_pass(impl):
     assert gen.shape == (2, 25) and p.method.kv == "keep"
     with pytest.raises(ConfigError, match="kv='both'"):
         pk.tokens.patch(m, method="random-route", kv="both")
+
+
+# --- prunekit eval --token-prune -------------------------------------------------------------------
+def _eval(capsys, *argv):
+    from prunekit.cli.main import main
+
+    rc = main(["eval", *map(str, argv), "--seqlen", "32", "--max-windows", "3", "--json", "-q"])
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out.strip().splitlines()[-1]) if rc == 0 else None), err
+
+
+def test_eval_token_prune_reports_token_blocks_and_keep_all_is_dense(tiny_llama_dir, calib_txt, capsys):
+    rc, dense, err = _eval(capsys, tiny_llama_dir, "--data", calib_txt)
+    assert rc == 0, err
+    rc, none, err = _eval(capsys, tiny_llama_dir, "--data", calib_txt, "--token-prune", "random-route:sparsity=0")
+    assert rc == 0, err
+    assert none["perplexity"] == dense["perplexity"] and none["token_prune"]["token_block_sparsity"] == 0.0
+    rc, half, err = _eval(capsys, tiny_llama_dir, "--data", calib_txt, "--token-prune", "block-skip:blocks=1")
+    assert rc == 0, err
+    tp = half["token_prune"]
+    assert tp["token_blocks_dense"] == 3 * 32 * 2 and tp["token_blocks"] == 3 * 32  # 3 windows x 32 tokens x 2 blocks
+    assert half["perplexity"] != dense["perplexity"]
+
+
+@pytest.mark.parametrize("spec,words", [("fastv", "removes positions"), ("nope:x=1", "unknown method"),
+                                        ("random-route:sparsity", "not KEY=VALUE"), (":x=1", "names no method")])
+def test_eval_token_prune_bad_spec_is_one_line(spec, words, tiny_llama_dir, calib_txt, capsys):
+    rc, _, err = _eval(capsys, tiny_llama_dir, "--data", calib_txt, "--token-prune", spec)
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err

@@ -121,6 +121,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--lm-eval-include", default=None, help="folder of extra lm-eval task YAMLs (local data)")
     p.add_argument("--dynamic-experts", type=float_flag(0, 1, lo_open=False), default=None, metavar="BETA",
                    help="MoE: skip a token's second expert when w2 < BETA*w1 (MC-MoE); reports the evaluations saved")
+    p.add_argument("--token-prune", default=None, metavar="METHOD[:K=V,...]",
+                   help="token routing during evaluation (prunekit.tokens): ftp:routers=FILE, random-route:sparsity=0.3, "
+                        "block-skip:blocks=3;5, attn-drop:keep=0.7; reports the token-blocks computed")  # fmt: skip
     p.add_argument("--json", action="store_true", help="last stdout line is a JSON object")
     p.add_argument("--quiet", "-q", action="store_true")
 
@@ -487,10 +490,25 @@ def cmd_eval(a) -> dict[str, Any]:
             raise ConfigError("--lm-eval-include adds task YAMLs for --lm-eval: add --lm-eval TASKS")
         if not os.path.isdir(a.lm_eval_include):
             raise ConfigError(f"--lm-eval-include {a.lm_eval_include!r} is not a folder: give the folder of task YAMLs")
+    token_prune = None
+    if a.token_prune is not None:
+        from ..tokens import parse_spec
+        from ..tokens.cli import ROUTE, SHORTEN
+
+        token_prune = parse_spec(a.token_prune)
+        if token_prune[0] in SHORTEN:
+            raise ConfigError(f"--token-prune {token_prune[0]} removes positions, but perplexity and task scores need every "
+                              f"position's logits: use a routing method ({', '.join(ROUTE)}) or `prunekit tokens --prompt`")  # fmt: skip
+        if token_prune[0] not in ROUTE:
+            raise ConfigError(f"--token-prune: unknown method {token_prune[0]!r}: use one of {', '.join(ROUTE)}")
     data = a.data if a.data is not None else (None if (a.tasks or a.lm_eval) else "builtin")
     src = load_source(data, "eval") if data else None
     model, tok = load_model(a.model, dynamic_experts=a.dynamic_experts)
     res: dict[str, Any] = {"model": a.model}
+    if token_prune is not None:
+        from ..tokens import patch
+
+        patch(model, method=token_prune[0], **token_prune[1])
     if src is not None:
         ids = eval_token_ids(src, tok)
         if ids.shape[1] > a.seqlen:  # (too short a text is the perplexity function's one-line error)
@@ -518,6 +536,15 @@ def cmd_eval(a) -> dict[str, Any]:
         res["lm_eval"] = {"tasks": le["tasks"], "n": le.get("n"), "versions": le.get("versions")}
         if not a.json:
             _print_tasks({t: {**v, "n": (le.get("n") or {}).get(t, "")} for t, v in le["tasks"].items()})
+    if token_prune is not None:
+        from ..tokens import unpatch
+
+        st = unpatch(model)
+        res["token_prune"] = {"spec": a.token_prune, **{k: st[k] for k in ("token_blocks", "token_blocks_dense",
+                              "token_block_sparsity") if k in st}}  # fmt: skip
+        if not a.json and "token_blocks" in st:
+            print(f"token routing {a.token_prune}: {st['token_blocks']:,} of {st['token_blocks_dense']:,} token-blocks "
+                  f"computed ({st['token_block_sparsity']:.1%} skipped)")  # fmt: skip
     if a.dynamic_experts:
         from ..structured.experts import dynamic_skipping_stats
 

@@ -10,7 +10,7 @@ reads them (tokens removed per layer, token-blocks computed vs dense).
 from __future__ import annotations
 
 
-from .api import patch, stats, unpatch
+from .api import parse_spec, patch, stats, unpatch
 from .hook import TokenPatch, decoder_layers, get_patch
 from .methods import METHODS, TokenPruneConfig
 

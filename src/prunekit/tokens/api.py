@@ -64,3 +64,33 @@ def stats(model: nn.Module) -> dict[str, Any]:
     if p is None:
         raise ConfigError("the model has no token patch: call prunekit.tokens.patch(model, ...) first")
     return p.stats()
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"ftp:routers=FILE,kv=keep"`` / ``"random-route:sparsity=0.3"`` / ``"block-skip:blocks=3;5;7"`` →
+    ``(method, options)`` for :func:`patch` (numbers become int/float; ``;`` separates list items).
+
+    Raises:
+        ConfigError: an empty method or an item that is not KEY=VALUE.
+    """
+    name, _, rest = str(spec).strip().partition(":")
+    name = name.strip().lower()
+    if not name:
+        raise ConfigError(f"token-prune spec {spec!r} names no method: use METHOD[:KEY=VALUE,...], e.g. random-route:sparsity=0.3")
+    opts: dict[str, Any] = {}
+    for item in filter(str.strip, rest.split(",")):
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"token-prune spec {spec!r}: {item!r} is not KEY=VALUE")
+
+        def num(v: str) -> Any:
+            v = v.strip()
+            for cast in (int, float):
+                try:
+                    return cast(v)
+                except ValueError:
+                    pass
+            return v
+
+        opts[key.strip()] = [num(v) for v in val.split(";")] if ";" in val or key.strip() == "blocks" else num(val)
+    return name, opts
