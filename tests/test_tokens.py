@@ -94,18 +94,21 @@ def reference(lm, head, emb, K, keep, steps=5, hidden_at_k=None):
     pek = lm.rotary_emb(h, pk_)
     for i in range(K, len(layers)):
         h = layers[i](h, attention_mask=_causal(m), position_ids=pk_, position_embeddings=pek, cache=cache, use_cache=True)
-    logits = head(lm.norm(h))
+    return _greedy_decode(lm, head, head(lm.norm(h)), cache, n, [n if i < K else m for i in range(len(layers))], steps)
+
+
+def _greedy_decode(lm, head, logits, cache, n, cached, steps):
+    """Greedy steps after a prefill of ``n`` positions whose layer ``i`` cached ``cached[i]`` rows."""
     first, toks = logits, []
     for t in range(steps):
         tok = logits[:, -1].argmax(-1, keepdim=True)
         toks.append(int(tok))
         h = lm.embed_tokens(tok)
         pp = torch.tensor([[n + t]])
-        pe1 = lm.rotary_emb(h, pp)
-        for i, layer in enumerate(layers):
-            kv = (n if i < K else m) + t + 1
-            h = layer(h, attention_mask=torch.zeros(1, 1, 1, kv), position_ids=pp, position_embeddings=pe1, cache=cache,
-                      use_cache=True)  # fmt: skip
+        pe = lm.rotary_emb(h, pp)
+        for i, layer in enumerate(lm.layers):
+            h = layer(h, attention_mask=torch.zeros(1, 1, 1, cached[i] + t + 1), position_ids=pp, position_embeddings=pe,
+                      cache=cache, use_cache=True)  # fmt: skip
         logits = head(lm.norm(h))
     return first, toks
 
@@ -348,19 +351,8 @@ def route_reference(m, ids, keeps, steps=4):
                       cache=cache, use_cache=True)  # fmt: skip
             out[:, k] = y
         h = out
-    logits = m.lm_head(lm.norm(h))
-    first, toks = logits, []
-    for t in range(steps):
-        tok = logits[:, -1].argmax(-1, keepdim=True)
-        toks.append(int(tok))
-        h = lm.embed_tokens(tok)
-        pp = torch.tensor([[n + t]])
-        pe = lm.rotary_emb(h, pp)
-        for i, layer in enumerate(lm.layers):
-            kv = (n if keeps[i] is None else keeps[i].numel()) + t + 1
-            h = layer(h, attention_mask=torch.zeros(1, 1, 1, kv), position_ids=pp, position_embeddings=pe, cache=cache, use_cache=True)
-        logits = m.lm_head(lm.norm(h))
-    return first, toks
+    cached = [n if k is None else k.numel() for k in keeps]
+    return _greedy_decode(lm, m.lm_head, m.lm_head(lm.norm(h)), cache, n, cached, steps)
 
 
 def test_ftp_routes_by_its_routers_and_counts(ftp_setup):
@@ -582,3 +574,11 @@ def test_eval_token_prune_reports_token_blocks_and_keep_all_is_dense(tiny_llama_
 def test_eval_token_prune_bad_spec_is_one_line(spec, words, tiny_llama_dir, calib_txt, capsys):
     rc, _, err = _eval(capsys, tiny_llama_dir, "--data", calib_txt, "--token-prune", spec)
     assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_torch_free_method_names_match_the_classes():
+    from prunekit.tokens import names
+    from prunekit.tokens.api import ROUTE_METHODS
+    from prunekit.tokens.methods import METHODS
+
+    assert tuple(METHODS) == names.SHORTEN and ROUTE_METHODS == names.ROUTE

@@ -492,15 +492,16 @@ def cmd_eval(a) -> dict[str, Any]:
             raise ConfigError(f"--lm-eval-include {a.lm_eval_include!r} is not a folder: give the folder of task YAMLs")
     token_prune = None
     if a.token_prune is not None:
-        from ..tokens import parse_spec
-        from ..tokens.cli import ROUTE, SHORTEN
+        from ..tokens.api import parse_spec
+        from ..tokens.names import ROUTE as ROUTE_METHODS
+        from ..tokens.names import SHORTEN
 
         token_prune = parse_spec(a.token_prune)
         if token_prune[0] in SHORTEN:
             raise ConfigError(f"--token-prune {token_prune[0]} removes positions, but perplexity and task scores need every "
-                              f"position's logits: use a routing method ({', '.join(ROUTE)}) or `prunekit tokens --prompt`")  # fmt: skip
-        if token_prune[0] not in ROUTE:
-            raise ConfigError(f"--token-prune: unknown method {token_prune[0]!r}: use one of {', '.join(ROUTE)}")
+                              f"position's logits: use a routing method ({', '.join(ROUTE_METHODS)}) or `prunekit tokens --prompt`")  # fmt: skip
+        if token_prune[0] not in ROUTE_METHODS:
+            raise ConfigError(f"--token-prune: unknown method {token_prune[0]!r}: use one of {', '.join(ROUTE_METHODS)}")
     data = a.data if a.data is not None else (None if (a.tasks or a.lm_eval) else "builtin")
     src = load_source(data, "eval") if data else None
     model, tok = load_model(a.model, dynamic_experts=a.dynamic_experts)

@@ -104,18 +104,12 @@ def load_tokenizer(spec: str) -> Any:
     """The tokenizer of a MODEL spec (folder, .gguf, alias) without loading the weights."""
     if spec in _TOKENIZERS:
         return _TOKENIZERS[spec]
-    from transformers import AutoTokenizer
-
-    from ..models.loading import check_hub_reachable, resolve_model
+    from ..models.loading import check_hub_reachable, resolve_model, source_tokenizer
 
     src = resolve_model(spec)
     check_hub_reachable(src)
     try:
-        if src.kind == "gguf":
-            d, f = src.gguf_dir_and_file
-            tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-        else:
-            tok = AutoTokenizer.from_pretrained(src.path)
+        tok = source_tokenizer(src)
     except Exception as e:
         raise ModelLoadError(f"could not load the tokenizer of {spec!r}: {' '.join(str(e).split())[:300]}") from e
     _TOKENIZERS[spec] = tok

@@ -75,17 +75,10 @@ class Encoder:
         self.tok, self.model = load_minilm("the DeepPrune judge")
         self.dim = int(self.model.config.hidden_size)
 
-    @torch.inference_mode()
     def __call__(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tok([t or " " for t in texts[i : i + batch_size]], padding=True, truncation=True,
-                           max_length=MAX_TOKENS, return_tensors="pt")  # fmt: skip
-            h = self.model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            e = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-            out.append(torch.nn.functional.normalize(e.float(), dim=-1))
-        return torch.cat(out) if out else torch.zeros((0, self.dim))
+        from ..recovery.paser import minilm_embed
+
+        return minilm_embed(self.tok, self.model, [t or " " for t in texts], max_tokens=MAX_TOKENS, batch_size=batch_size)
 
 
 class Head(nn.Module):

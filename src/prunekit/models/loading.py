@@ -192,6 +192,17 @@ def _is_per_block_folder(path: str) -> bool:
     return bool(isinstance(cfg, dict) and cfg.get("prunekit_block_widths"))
 
 
+def source_tokenizer(src: ModelSource):
+    """The tokenizer of a resolved MODEL source (folder, hub id, or a .gguf's embedded one), without
+    its weights; transformers' exceptions pass through (callers word them)."""
+    from transformers import AutoTokenizer
+
+    if src.kind == "gguf":
+        d, f = src.gguf_dir_and_file
+        return AutoTokenizer.from_pretrained(d, gguf_file=f)
+    return AutoTokenizer.from_pretrained(src.path)
+
+
 def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | None = None,
                dynamic_experts: float | None = None):  # fmt: skip
     """Load ``(model, tokenizer)`` for a MODEL spec.
@@ -208,7 +219,7 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
         ModelLoadError: the spec cannot be resolved or the file is not a loadable model.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     src = resolve_model(spec)
     check_hub_reachable(src)
@@ -221,11 +232,11 @@ def load_model(spec: str | os.PathLike, *, dtype: str = "auto", device: str | No
                     "(or `pip install prunekit[demo]`)"
                 )
             d, f = src.gguf_dir_and_file
-            tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+            tok = source_tokenizer(src)
             model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch_dtype)
             _strip_gguf_quantization(model)
         else:
-            tok = AutoTokenizer.from_pretrained(src.path)
+            tok = source_tokenizer(src)
             loader = _folder_loader(src.path) if src.kind == "folder" else None
             if loader is not None:
                 model = loader(src.path, None if dtype == "auto" else torch_dtype)

@@ -161,26 +161,28 @@ def embed(texts: list[str], model: nn.Module | None = None, tokenizer: Any = Non
     """Normalised embeddings ``[n, d]`` and the embedder used (``"minilm"`` or ``"model"``)."""
     which, d = resolve_embedder(embedder)
     if d is not None:
-        from transformers import AutoModel, AutoTokenizer
+        return minilm_embed(*load_minilm("paser"), texts, max_tokens=max_tokens, batch_size=batch_size), which
+    if model is None or tokenizer is None:
+        raise ConfigError(f"paser: without an all-MiniLM-L6-v2 package ({MINILM_HINT}), embeddings need the model and its tokenizer")
+    out = []
+    for t in texts:  # one at a time: causal LM tokenizers may have no pad token
+        ids = torch.tensor([_ids(tokenizer, t, max_tokens)])
+        h = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[-1]
+        out.append(h.mean(1))
+    return F.normalize(torch.cat(out).float(), dim=-1), which
 
-        enc_tok, enc = AutoTokenizer.from_pretrained(d), AutoModel.from_pretrained(d).eval()
-    else:
-        if model is None or tokenizer is None:
-            raise ConfigError(f"paser: without an all-MiniLM-L6-v2 package ({MINILM_HINT}), embeddings need the model and its tokenizer")
-        enc_tok, enc = tokenizer, model
+
+@torch.no_grad()
+def minilm_embed(tok: Any, model: nn.Module, texts: list[str], *, max_tokens: int = 256, batch_size: int = 16) -> Tensor:
+    """Sentence embeddings ``[n, d]`` of a MiniLM (:func:`load_minilm`): mean-pooled over the mask,
+    L2-normalised, each text truncated to ``max_tokens``."""
     out = []
     for i in range(0, len(texts), batch_size):
-        chunk = texts[i : i + batch_size]
-        if which == "minilm":
-            b = enc_tok(chunk, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-            h = enc(**b).last_hidden_state
-            out.append(_mean_pool(h, b["attention_mask"]))
-        else:
-            for t in chunk:  # one at a time: causal LM tokenizers may have no pad token
-                ids = torch.tensor([_ids(enc_tok, t, max_tokens)])
-                h = enc(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[-1]
-                out.append(h.mean(1))
-    return F.normalize(torch.cat(out).float(), dim=-1), which
+        b = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+        out.append(_mean_pool(model(**b).last_hidden_state, b["attention_mask"]))
+    if not out:
+        return torch.zeros((0, model.config.hidden_size))
+    return F.normalize(torch.cat(out).float(), dim=-1)
 
 
 def _ids(tokenizer, text: str, max_tokens: int) -> list[int]:

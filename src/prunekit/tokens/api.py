@@ -10,8 +10,9 @@ from torch import nn
 from ..errors import ConfigError
 from .hook import TokenPatch, decoder_layers, get_patch
 from .methods import METHODS, TokenPruneConfig
+from .names import ROUTE
 
-ROUTE_METHODS = ("ftp", "random-route", "block-skip", "attn-drop")
+ROUTE_METHODS = ROUTE
 
 
 def patch(model: nn.Module, method: str = "fastv", keep: float = 0.25, layer: int | None = None,

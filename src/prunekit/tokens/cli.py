@@ -16,9 +16,8 @@ from typing import Any
 from ..cli.flags import float_flag, int_flag
 from ..cli.flags import note as _note
 from ..errors import ConfigError, DataError
+from .names import ROUTE, SHORTEN
 
-SHORTEN = ("fastv", "recoverable", "random")
-ROUTE = ("ftp", "random-route", "block-skip", "attn-drop")
 
 
 def _blocks(text: str) -> list[int]:
