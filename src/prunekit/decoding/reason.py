@@ -195,33 +195,21 @@ class TraceEngine:
         """Generate ``traces`` (fresh, ``tokens == []``) to their end, in one batch."""
         if not traces:
             return
-        gens = {t.index: torch.Generator().manual_seed(t.seed) for t in traces}
         for t in traces:
             t.started = True
         live = list(traces)
-        cache = self._cache(len(live))
-        pos = len(self.prompt_ids) - 1
-        model, st = self.model, self.stats
+        state = self._begin(live)
+        st = self.stats
         while live:
-            x = torch.tensor([[t.tokens[-1] if t.tokens else self.prompt_ids[-1]] for t in live], device=self.device)
-            p = torch.full((len(live), 1), pos, dtype=torch.long, device=self.device)
-            with torch.inference_mode():
-                out = model(input_ids=x, position_ids=p, use_cache=True, **({self.cache_kw: cache} if cache is not None else {}))
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            logits = out.logits[:, -1, :].float()
+            toks, conf, state = self._advance(live, state)
             st.forwards += 1
             st.rows += len(live)
             st.batch_sizes.append(len(live))
-            conf = token_confidence(logits, self.conf_k).tolist()
             for r, t in enumerate(live):
-                tok = sample_token(logits[r], self.temperature, self.top_p, gens[t.index])
-                t.tokens.append(tok)
+                t.tokens.append(toks[r])
                 t.confidences.append(conf[r])
                 st.tokens += 1
-                if tok in self.eos:
-                    t.why = "eos"
-                elif len(t.tokens) >= self.max_new_tokens:
-                    t.why = "length"
+                t.why = self._ended(t)
             if hook is not None:
                 for idx, why in hook(live).items():
                     t = next((t for t in live if t.index == idx), None)  # a trace no longer live: ignored
@@ -229,16 +217,113 @@ class TraceEngine:
                         t.why, t.stopped = why, True
             keep = [r for r, t in enumerate(live) if not t.why]
             if len(keep) < len(live):
-                if keep and cache is not None:
-                    cache.batch_select_indices(torch.tensor(keep, device=self.device))
+                state = self._select(state, keep)
                 live = [live[r] for r in keep]
-            pos += 1
         for t in traces:
             self.finish(t)
+
+    # one decode step of the live batch: the model's forward, sampled per trace with its own generator
+    def _begin(self, live: list[Trace]) -> dict[str, Any]:
+        return {"cache": self._cache(len(live)), "pos": len(self.prompt_ids) - 1,
+                "gens": {t.index: torch.Generator().manual_seed(t.seed) for t in live}}  # fmt: skip
+
+    def _advance(self, live: list[Trace], state: dict[str, Any]) -> tuple[list[int], list[float], dict[str, Any]]:
+        cache, pos = state["cache"], state["pos"]
+        x = torch.tensor([[t.tokens[-1] if t.tokens else self.prompt_ids[-1]] for t in live], device=self.device)
+        p = torch.full((len(live), 1), pos, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=x, position_ids=p, use_cache=True,
+                             **({self.cache_kw: cache} if cache is not None else {}))  # fmt: skip
+        state["cache"] = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        state["pos"] = pos + 1
+        logits = out.logits[:, -1, :].float()
+        conf = token_confidence(logits, self.conf_k).tolist()
+        toks = [sample_token(logits[r], self.temperature, self.top_p, state["gens"][t.index]) for r, t in enumerate(live)]
+        return toks, conf, state
+
+    def _ended(self, t: Trace) -> str:
+        if t.tokens[-1] in self.eos:
+            return "eos"
+        return "length" if len(t.tokens) >= self.max_new_tokens else ""
+
+    def _select(self, state: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+        if keep and state["cache"] is not None:
+            state["cache"].batch_select_indices(torch.tensor(keep, device=self.device))
+        return state
 
     def finish(self, t: Trace) -> None:
         ids = [i for i in t.tokens if i not in self.eos]
         t.text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+
+
+class ReplayEngine(TraceEngine):
+    """A :class:`TraceEngine` that replays recorded full traces instead of sampling them.
+
+    Trace ``i`` of a pruned run is a prefix of trace ``i`` of the full run (it samples with its own
+    generator, seeded ``seed + i``), so a pruner run over the recording stops the same traces at the
+    same tokens as a live run, and spends the same tokens and decode steps, with no model forward.
+    ``recorded[i]`` holds trace ``i``'s ``tokens``, ``confidences`` and ``why`` (``eos``/``length``).
+    """
+
+    def __init__(self, recorded: list[dict[str, Any]], tokenizer, prompt_ids: list[int] | None = None, *,
+                 model=None, stats: ReasonStats | None = None) -> None:  # fmt: skip
+        self.model, self.tokenizer = model, tokenizer
+        self.prompt_ids = list(prompt_ids or [])
+        self.recorded = {int(r.get("index", i)): r for i, r in enumerate(recorded)}
+        self.max_new_tokens = max((len(r["tokens"]) for r in recorded), default=0)
+        self.temperature, self.top_p = 1.0, 1.0
+        self.stats = stats if stats is not None else ReasonStats()
+        self.conf_k = CONF_TOPK
+        self.eos = _eos_ids(model, tokenizer)
+        self.device = torch.device("cpu")
+        self.base = None
+
+    def _begin(self, live):
+        for t in live:
+            if t.index not in self.recorded:
+                raise DataError(f"replay: no recorded trace {t.index} (the recording holds {len(self.recorded)})")
+        return {}
+
+    def _advance(self, live, state):
+        rec = [self.recorded[t.index] for t in live]
+        n = [len(t.tokens) for t in live]
+        return [r["tokens"][i] for r, i in zip(rec, n)], [float(r["confidences"][i]) for r, i in zip(rec, n)], state
+
+    def _ended(self, t):
+        r = self.recorded[t.index]
+        return (r.get("why") or "eos") if len(t.tokens) >= len(r["tokens"]) else ""
+
+    def _select(self, state, keep):
+        return state
+
+
+def replay(recorded: list[dict[str, Any]], tokenizer, prune: Any = None, *, kind: str = "gsm8k", model=None,
+           prompt_ids: list[int] | None = None, seed: int = 0) -> ReasonResult:  # fmt: skip
+    """Run ``prune`` over recorded full self-consistency traces (``reason(..., prune=None)``'s
+    ``traces``, with their tokens and confidences): the tokens, decode steps, stopped traces and
+    vote a live ``reason(..., prune=prune)`` with the same seeds would give, without generating.
+
+    ``model`` is needed only by a judge on the model's own hidden states (and to check a judge file's
+    model). Confidences recorded rounded (``reason`` keeps 4 decimals) can move DeepConf's bar by that much.
+    """
+    if kind not in A.KINDS:
+        raise ConfigError(f"unknown answer kind {kind!r}: use one of {', '.join(A.KINDS)}")
+    if not recorded:
+        raise DataError("replay: no recorded traces")
+    for i, r in enumerate(recorded):
+        if not isinstance(r, dict) or not r.get("tokens") or len(r.get("confidences", ())) != len(r["tokens"]):
+            raise DataError(f"replay: recorded trace {i} needs non-empty 'tokens' and one 'confidences' entry per token")
+    pruner = parse_prune(prune, model=model)
+    if isinstance(pruner, DeepConf) and pruner.k != CONF_TOPK:
+        raise ConfigError(f"replay: the recording holds confidences over the top {CONF_TOPK} tokens, not k={pruner.k}")
+    t0 = time.perf_counter()
+    stats = ReasonStats()
+    engine = ReplayEngine(recorded, tokenizer, prompt_ids, model=model, stats=stats)
+    traces = [Trace(index=int(r.get("index", i)), seed=int(r.get("seed", seed + i))) for i, r in enumerate(recorded)]
+    extra = pruner.run(engine, traces, kind)
+    answer, votes = majority(traces)
+    stats.seconds = time.perf_counter() - t0
+    return ReasonResult(answer, traces, stats, pruner.spec(), votes, extra.get("threshold"))
 
 
 # ------------------------------------------------------------------------------------------ voting
@@ -422,7 +507,11 @@ class DeepPrune(Pruner):
                 return {}
             t0 = time.perf_counter()
             texts = [text_of(t) for t in new]
-            e = self.judge.embed(texts)
+            if hasattr(self.judge, "represent"):  # a trained Judge: MiniLM text or the model's hidden states
+                ids = [[i for i in t.tokens[:k] if i not in engine.eos] for t in new]
+                e = self.judge.represent(texts, ids, model=engine.model, prompt_ids=engine.prompt_ids)
+            else:
+                e = self.judge.embed(texts)
             for t, s, row in zip(new, texts, e):
                 prefix_text[t.index], emb[t.index] = s, row
             out: dict[int, str] = {}

@@ -101,6 +101,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--prefixes", default="16,32,64", help="prefix lengths k in tokens (default 16,32,64)")
     t.add_argument("--heldout", type=float_flag(0, 0.9), default=0.25, help="fraction of the questions held out (AUROC)")
     t.add_argument("--epochs", type=int_flag(1, 10000), default=40)
+    t.add_argument("--encoder", choices=("minilm", "hidden"), default="minilm",
+                   help="prefix representation: all-MiniLM-L6-v2 of the text, or the model's own hidden states")
+    t.add_argument("--layer", type=int, default=-1, help="--encoder hidden: the hidden_states index (default -1, the last)")
     t.add_argument("--out", required=True, help="the judge file to write (.safetensors)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.set_defaults(_handler=cmd_train_judge)
@@ -182,7 +185,8 @@ def cmd_train_judge(a: argparse.Namespace) -> dict[str, Any]:
     check_sampling(a.n, a.max_new_tokens, a.temperature, a.top_p)
     if a.n < 2:
         raise ConfigError(f"--n {a.n}: the judge learns from pairs of traces, use --n 2 or more")
-    cfg = JudgeTrainConfig(prefixes=_prefixes(a.prefixes), heldout=a.heldout, epochs=a.epochs, seed=a.seed)
+    cfg = JudgeTrainConfig(prefixes=_prefixes(a.prefixes), heldout=a.heldout, epochs=a.epochs, seed=a.seed,
+                           encoder=a.encoder, layer=a.layer)  # fmt: skip
     qs, kind, model, tok = _setup(a)
     judge, rep = train_judge(model, tok, [q for q, _ in qs], n=a.n, max_new_tokens=a.max_new_tokens,
                              temperature=a.temperature, top_p=a.top_p, seed=a.seed, kind=kind, config=cfg,
