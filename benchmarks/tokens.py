@@ -1,6 +1,7 @@
 """Token pruning inside the model (issue 41): LLaVA visual-token prefill speed and FTP routing quality.
 
     .venv/bin/python benchmarks/tokens.py llava --keeps 1,0.5,0.25,0.1 --repeats 2      # random-init LLaVA, prefill wall
+    .venv/bin/python benchmarks/tokens.py llava --methods vflowopt,coarse-to-fine --tag=-vlm2   # the newer methods
     .venv/bin/python benchmarks/tokens.py ftp --model smollm2-135m --sparsity 0.3 \\
         --nsamples 16 --seqlen 512 --windows 4                                           # FTP vs block skip vs random
     .venv/bin/python benchmarks/tokens.py report                                         # the BENCHMARKS.md section
@@ -12,7 +13,9 @@ projector, and a Qwen2-0.5B-shaped LM (24 layers, 896 wide, 14/2 heads, 4864 MLP
 tied embeddings), float32, batch 1, one torch thread. Prompt: a LLaVA-1.5 chat prompt with the
 576 image placeholders and a question. ``LM prefill`` = the forward with the image features
 precomputed (``mm_encoder_outputs``, the vision tower untimed); ``end-to-end`` adds the vision
-tower. Median of the repeats; FastV at K=2 and Recoverable Compression at K=0 (before the LM).
+tower. Median of the repeats; FastV at K=2, Recoverable Compression at K=0 (before the LM),
+VFlowOpt (simplified: one stage, recycling ρ=0.25) at K=2, LRS-VQA coarse-to-fine (4×4-token
+regions of the 24×24 grid, text-guided) at K=0.
 
 FTP protocol: routers trained on C4 calibration windows (``c4-sample`` head1000, never the test
 split), then WikiText-2 test perplexity on the first ``--windows`` non-overlapping windows of
@@ -133,7 +136,7 @@ def cmd_llava(a) -> None:
                  "lm_tokens": int(ids.shape[1]), "token_blocks": int(ids.shape[1]) * a.text_layers})  # fmt: skip
     print(f"all tokens: LM {ref_lm:.2f}s end-to-end {ref_e2e:.2f}s", flush=True)
     identical = {}
-    for method in ("fastv", "recoverable"):
+    for method in a.methods.split(","):
         for keep in keeps:
             lm_s, e2e_s, st, logits = timed(method, keep)
             if keep == 1.0:
@@ -262,6 +265,7 @@ def main() -> None:
     p = sub.add_parser("llava")
     p.add_argument("--keeps", default="1,0.5,0.25,0.1")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--methods", default="fastv,recoverable", help="comma list: fastv,recoverable,vflowopt,coarse-to-fine")
     p.add_argument("--text-layers", type=int, default=24)
     p.add_argument("--vision-layers", type=int, default=24)
     p.add_argument("--tag", default="")

@@ -59,10 +59,20 @@ def load(path, *, dtype: str = "auto", device: str | None = None, dynamic_expert
 
     ``dynamic_experts=β`` (MoE models) turns on MC-MoE dynamic expert skipping: a token skips
     its second expert when ``w₂ < β·w₁`` (``prunekit.structured.experts.dynamic_skipping_stats``
-    counts the expert evaluations saved); ``0`` turns off a β saved in the folder."""
+    counts the expert evaluations saved); ``0`` turns off a β saved in the folder.
+
+    A folder written by ``prunekit.tokens.ftp.save_routed`` (``prunekit ftp-train --out DIR``)
+    comes back with its FTP token routing attached (``prunekit.tokens.unpatch(model)`` removes it)."""
+    from pathlib import Path
+
     from .models import load_model
 
-    return load_model(path, dtype=dtype, device=device, dynamic_experts=dynamic_experts)
+    model, tok = load_model(path, dtype=dtype, device=device, dynamic_experts=dynamic_experts)
+    if isinstance(path, (str, Path)) and (Path(path) / "prunekit.json").is_file():
+        from .tokens.ftp import attach_saved
+
+        attach_saved(model, path)
+    return model, tok
 
 
 __all__ = [

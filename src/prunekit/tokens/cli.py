@@ -1,5 +1,6 @@
 """``prunekit tokens MODEL --method fastv --keep 0.25 --layer 2 --prompt TEXT|--data SOURCE`` and
-``prunekit ftp-train MODEL --calib SOURCE --sparsity 0.3 --out routers.safetensors``.
+``prunekit ftp-train MODEL --calib SOURCE --sparsity 0.3 --out DIR`` (a model folder that
+``prunekit.load`` returns with the routing attached; ``--out FILE.safetensors``: the routers only).
 
 ``tokens`` patches the model (one hook, see ``prunekit.tokens``), then either decodes ``--prompt``
 greedily (``--check``: also unpatched; same ids? prefill speed-up) or measures perplexity on
@@ -64,8 +65,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int_flag(1, 1 << 20), default=300, help="Adam steps per router (default 300)")
     t.add_argument("--seed", type=int_flag(0, 2**63 - 1), default=0)
     t.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
-    t.add_argument("--out", required=True, metavar="FILE", help="the routers file (.safetensors)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    t.add_argument("--out", required=True, metavar="DIR|FILE.safetensors",
+                   help="a model folder with the routing attached (loads with prunekit.load); a name ending in "
+                        ".safetensors writes only the routers file (for `prunekit tokens --routers`)")
+    t.add_argument("--kv", choices=("drop", "keep"), default="drop",
+                   help="folder: the routing the folder attaches (a skipped token is no key/value, or keeps its K/V)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     t.set_defaults(_handler=cmd_ftp_train)
@@ -177,7 +182,13 @@ def cmd_ftp_train(a: argparse.Namespace) -> dict[str, Any]:
     from ..models import load_model
     from . import ftp
 
-    out = check_output_file(a.out, a.overwrite, protect=[a.model, a.calib])
+    as_file = str(a.out).endswith(".safetensors")
+    if as_file:
+        out = check_output_file(a.out, a.overwrite, protect=[a.model, a.calib])
+    else:
+        from ..export.hf import check_output_dir
+
+        out = check_output_dir(a.out, a.overwrite, protect=[a.model, a.calib])
     src = load_source(a.calib, "calib")
     if not a.json:
         print(f"loading {a.model} ...", flush=True)
@@ -188,11 +199,40 @@ def cmd_ftp_train(a: argparse.Namespace) -> dict[str, Any]:
     ids = calibration_windows(src, tok, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed)
     t0 = time.perf_counter()
     routers = ftp.train(model, ids, ftp.FTPConfig(sparsity=a.sparsity, steps=a.steps, seed=a.seed), progress=not a.quiet)
-    with atomic_file(out, "wb") as fh:
-        routers.save(fh)
-    res = {"model": a.model, "out": str(out), "sparsity": a.sparsity, "schedule": routers.schedule,
+    if as_file:
+        with atomic_file(out, "wb") as fh:
+            routers.save(fh)
+    else:
+        meta = {"method": "ftp", "model": a.model, "calib": a.calib, "nsamples": a.nsamples, "seqlen": a.seqlen,
+                "ftp": ftp.describe_config(ftp.FTPConfig(sparsity=a.sparsity, steps=a.steps, seed=a.seed))}  # fmt: skip
+        out = ftp.save_routed(model, tok, routers, a.out, meta, kv=a.kv, overwrite=a.overwrite)
+    res = {"model": a.model, "out": str(out), "kind": "routers file" if as_file else "folder",
+           "sparsity": a.sparsity, "schedule": routers.schedule,
            "nsamples": a.nsamples, "seqlen": a.seqlen, "seconds": time.perf_counter() - t0}  # fmt: skip
     if not a.json:
         print(f"wrote {out}: {len(routers.schedule)} routers, block sparsity {routers.schedule[-1]:.3f} "
               f"(block 0 dense), {res['seconds']:.1f}s")  # fmt: skip
     return res
+
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def prune_ftp(a: argparse.Namespace) -> dict[str, Any]:
+    """``prunekit prune MODEL --method ftp --token-sparsity 0.3 --calib SRC --out DIR``: the prune
+    command's flags mapped onto ``ftp-train`` (the folder loads with ``prunekit.load``, routing attached)."""
+    extra = [f for f in ("pattern", "sparsity", "recipe", "allocation", "experts", "then", "eval_data", "eval_tasks")
+             if getattr(a, f, None)] + [f for f in ("stream", "recover", "resume") if getattr(a, f, False)]  # fmt: skip
+    if extra or getattr(a, "set", None) or getattr(a, "include", None) or getattr(a, "exclude", None):
+        bad = (extra or ["set/include/exclude"])[0].replace("_data", "").replace("_", "-")
+        raise ConfigError(f"--method ftp trains token routers and takes --token-sparsity, --calib, --nsamples, "
+                          f"--seqlen, --seed, --dtype: drop --{bad}")  # fmt: skip
+    t = argparse.Namespace(
+        model=a.model, calib=a.calib or "builtin", sparsity=0.3 if a.token_sparsity is None else a.token_sparsity,
+        nsamples=a.nsamples or 16, seqlen=a.seqlen or 512, steps=300, seed=a.seed or 0,
+        dtype=_DTYPES.get(a.dtype, a.dtype) or "auto", out=a.out, kv="drop", overwrite=a.overwrite,
+        quiet=a.quiet, json=a.json,
+    )  # fmt: skip
+    if str(t.out).endswith(".safetensors"):
+        raise ConfigError(f"prune --out {a.out}: give a folder (ftp-train --out FILE.safetensors writes the routers only)")
+    return cmd_ftp_train(t)

@@ -413,5 +413,70 @@ def token_block_sparsity(schedule: list[float], n: int) -> float:
     return sum(round(s * n) for s in schedule) / (len(schedule) * n) if schedule else 0.0
 
 
-__all__ = ["FEATURES", "FTPConfig", "Router", "Routers", "collect", "features", "model_signature", "route_method",
-           "shortgpt_blocks", "token_block_sparsity", "train", "uniform_schedule"]  # fmt: skip
+__all__ = ["FEATURES", "FTPConfig", "ROUTERS_FILE", "Router", "Routers", "attach_saved", "collect", "features", "model_signature", "route_method",
+           "routing_of", "save_routed", "shortgpt_blocks", "token_block_sparsity", "train", "uniform_schedule"]  # fmt: skip
+
+
+# --- saved folder -------------------------------------------------------------------------------------
+ROUTERS_FILE = "ftp_routers.safetensors"
+
+
+def save_routed(model: nn.Module, tokenizer: Any, routers: Routers, out: str | Path, meta: dict[str, Any] | None = None,
+                *, kv: str = "drop", overwrite: bool = False) -> Path:  # fmt: skip
+    """Write a normal Hugging Face folder for ``model`` plus ``ftp_routers.safetensors`` and a
+    ``prunekit.json`` key ``"token_routing"``; :func:`prunekit.load` re-attaches the routing.
+
+    The folder is written into a temp folder beside ``out`` and renamed into place (nothing is
+    left half-written). The model itself is saved unpatched (routing is an inference-time hook).
+
+    Raises:
+        ConfigError: ``routers`` were trained for another model, or ``kv`` is not drop/keep.
+        OutputError: ``out`` is not writable / not empty (without ``overwrite``) / the source folder.
+    """
+    from ..export.hf import OutputSlot, model_bytes, model_source_dirs, write_hf_folder
+
+    if not isinstance(routers, Routers):
+        raise ConfigError(f"routers must be prunekit.tokens.ftp.Routers (from ftp.train or Routers.load), not {type(routers).__name__}")
+    if kv not in ("drop", "keep"):
+        raise ConfigError(f"kv={kv!r} is not 'drop' (a skipped token is no key/value in the block) or 'keep'")
+    have = model_signature(model)
+    if routers.signature and routers.signature != have:
+        raise ConfigError(f"these routers were trained for another model ({routers.signature} vs {have}): "
+                          f"train routers for this model with prunekit.tokens.ftp.train")  # fmt: skip
+    info = {"method": "ftp", "file": ROUTERS_FILE, "kv": kv, "sparsity": sum(routers.schedule) / max(len(routers.schedule), 1),
+            "schedule": routers.schedule}  # fmt: skip
+    meta = {**(meta or {}), "token_routing": info}
+
+    def write(tmp: Path) -> None:
+        write_hf_folder(model, tokenizer, tmp, meta)
+        with open(tmp / ROUTERS_FILE, "wb") as fh:
+            routers.save(fh)
+
+    with OutputSlot(out, overwrite, protect=model_source_dirs(model), need_bytes=model_bytes(model)) as slot:
+        return slot.commit(write)
+
+
+def routing_of(folder: str | Path) -> dict[str, Any] | None:
+    """The ``token_routing`` entry of a saved folder's ``prunekit.json`` (``None`` if it has none)."""
+    p = Path(folder) / "prunekit.json"
+    if not p.is_file():
+        return None
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    info = meta.get("token_routing") if isinstance(meta, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def attach_saved(model: nn.Module, folder: str | Path) -> TokenPatch | None:
+    """Re-attach the routing a :func:`save_routed` folder records (no-op for other folders)."""
+    info = routing_of(folder)
+    if info is None:
+        return None
+    if info.get("method") != "ftp" or not isinstance(info.get("file"), str):
+        raise DataError(f"{folder}/prunekit.json: token_routing {info!r} is not an FTP routing entry "
+                        f"(method 'ftp', file ...): re-save the folder with prunekit.tokens.ftp.save_routed")  # fmt: skip
+    from .api import patch
+
+    return patch(model, method="ftp", routers=Path(folder) / info["file"], kv=info.get("kv", "drop"))

@@ -41,7 +41,7 @@ TOKEN_SETS = ("auto", "image", "all")
 class TokenPruneConfig:
     """What ``prunekit.tokens.patch`` does; checked once by :func:`check` against the model."""
 
-    method: str = "fastv"  # fastv | recoverable | random
+    method: str = "fastv"  # fastv | recoverable | random | vflowopt | coarse-to-fine
     keep: float = 0.25  # fraction of the candidate tokens kept, in (0, 1]
     layer: int | None = None  # first layer that sees the kept tokens (fastv: 2, recoverable: 0)
     recovery: str | None = None  # drop | merge (default: drop; recoverable: merge)
@@ -49,6 +49,8 @@ class TokenPruneConfig:
     query: str = "all"  # fastv: attention from all queries or only the last one
     image_token_id: int | None = None  # default: the model's config.image_token_id
     seed: int = 0  # random
+    recycle: float = 0.25  # vflowopt: fraction of the kept budget that carries recycled aggregates
+    region: int = 4  # coarse-to-fine: side of a coarse region (tokens)
 
 
 def _check_keep(keep: Any) -> float:
@@ -80,7 +82,7 @@ class Shorten:
         if rec not in RECOVERIES:
             raise ConfigError(f"recovery={rec!r} is not one of {', '.join(RECOVERIES)}")
         self.recovery = rec
-        lo = 1 if self.name == "fastv" else 0
+        lo = 1 if self.name in ("fastv", "vflowopt") else 0
         why = " (FastV scores with the attention of layer K-1)" if lo else ""
         self.layer = check_layer(self.default_layer if cfg.layer is None else cfg.layer, n_layers, lo, why)
         tid = cfg.image_token_id if cfg.image_token_id is not None else getattr(model.config, "image_token_id", None)
@@ -226,3 +228,7 @@ def _vision_feature_attention(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 METHODS: dict[str, type[Shorten]] = {"fastv": FastV, "recoverable": Recoverable, "random": RandomDrop}
+
+from .vlm import CoarseToFine, VFlowOpt  # noqa: E402  (they build on the classes above)
+
+METHODS.update({"vflowopt": VFlowOpt, "coarse-to-fine": CoarseToFine})
