@@ -64,9 +64,8 @@ def cmd_judges(a) -> None:
 
 
 def cmd_table(a) -> None:
-    from prunekit.decoding.reason import replay
+    from prunekit.decoding.reason import build_prompt, replay
     from prunekit.models import load_model
-    from prunekit.decoding.reason import build_prompt
     from prunekit.decoding.reason_cli import load_questions
 
     recs = load(RES / f"traces-{MODEL}-gsm8k.jsonl")

@@ -362,6 +362,9 @@ def test_hidden_state_judge_trains_reloads_and_prunes(tiny, tmp_path):
         h = tiny(input_ids=x, output_hidden_states=True).hidden_states[-1][0, 3:7].mean(0)
     got = hidden_prefix_states(tiny, prompts[0], [groups[0][0][0][:4]])[0]
     assert torch.allclose(got, h / h.norm(), atol=1e-5)
+    cut = hidden_prefix_states(tiny, prompts[0], [t[:8] for t, _ in groups[0]], cuts=(2, 4))  # one forward, two k
+    for k in (2, 4):
+        assert torch.allclose(cut[k], hidden_prefix_states(tiny, prompts[0], [t[:k] for t, _ in groups[0]]), atol=1e-5)
     judge.save(tmp_path / "h.safetensors")
     back = load_judge(tmp_path / "h.safetensors", tiny)
     a = judge.represent(["1 2 3 4"], [groups[1][0][0][:4]], model=tiny, prompt_ids=prompts[1])

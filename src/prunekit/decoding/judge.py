@@ -85,27 +85,29 @@ class Encoder:
 
 @torch.inference_mode()
 def hidden_prefix_states(model, prompt_ids: list[int] | list[list[int]], prefixes: list[list[int]],
-                         layer: int = -1) -> torch.Tensor:  # fmt: skip
+                         layer: int = -1, cuts: tuple[int, ...] | None = None) -> torch.Tensor | dict[int, torch.Tensor]:  # fmt: skip
     """Mean over each prefix's tokens of ``model``'s hidden state at ``layer`` (after prompt + prefix),
     L2-normalised: ``[len(prefixes), hidden]``. ``prompt_ids``: one prompt for all, or one per prefix.
-    Rows are right-padded; causal attention keeps the valid positions exact."""
+    Rows are right-padded; causal attention keeps the valid positions exact, so with ``cuts`` one
+    forward serves every shorter prefix: ``{k: the states of prefix[:k]}``."""
     if model is None:
         raise ConfigError("a hidden-state judge needs the reasoning model (pass model=)")
     prompts = prompt_ids if prompt_ids and isinstance(prompt_ids[0], (list, tuple)) else [prompt_ids] * len(prefixes)
     seqs = [list(p) + list(x) for p, x in zip(prompts, prefixes)]
     width = max((len(s) for s in seqs), default=0)
     dev = next(model.parameters()).device
-    out = torch.zeros(len(seqs), int(model.config.hidden_size))
-    if not seqs or width == 0:
-        return out
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=dev)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
-    h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer].float().cpu()
-    for r, (p, x) in enumerate(zip(prompts, prefixes)):
-        lo, hi = len(p), len(p) + len(x)
-        v = h[r, lo:hi].mean(0) if hi > lo else h[r, max(0, lo - 1)]
-        out[r] = v / v.norm().clamp_min(1e-12)
-    return out
+    ks = tuple(cuts) if cuts is not None else (max((len(x) for x in prefixes), default=0),)
+    out = {k: torch.zeros(len(seqs), int(model.config.hidden_size)) for k in ks}
+    if seqs and width:
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=dev)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
+        h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer].float().cpu()
+        for k in ks:
+            for r, (p, x) in enumerate(zip(prompts, prefixes)):
+                lo, hi = len(p), len(p) + min(len(x), k)
+                v = h[r, lo:hi].mean(0) if hi > lo else h[r, max(0, lo - 1)]
+                out[k][r] = v / v.norm().clamp_min(1e-12)
+    return out if cuts is not None else out[ks[0]]
 
 
 class Head(nn.Module):
@@ -150,12 +152,15 @@ class Judge:
         return torch.cat([e, torch.stack([b for b, _ in bags]), torch.stack([x for _, x in bags])], -1)
 
     def represent(self, texts: list[str], prefixes: list[list[int]] | None = None, *, model=None,
-                  prompt_ids: list[int] | list[list[int]] | None = None) -> torch.Tensor:  # fmt: skip
+                  prompt_ids: list[int] | list[list[int]] | None = None,
+                  states: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """The judge's prefix representation: MiniLM of ``texts`` or, for a hidden-state judge, the
-        reasoning model's hidden states over ``prefixes`` after ``prompt_ids``; plus the number bags."""
+        reasoning model's hidden states over ``prefixes`` after ``prompt_ids`` (or ``states`` already
+        computed by :func:`hidden_prefix_states`); plus the number bags."""
         if self.meta.get("encoder_kind", "minilm") != "hidden":
             return self.embed(texts)
-        e = hidden_prefix_states(model, prompt_ids or [], prefixes or [], int(self.meta.get("layer", -1)))
+        e = states if states is not None else hidden_prefix_states(model, prompt_ids or [], prefixes or [],
+                                                                   int(self.meta.get("layer", -1)))  # fmt: skip
         bags = [number_bags(t) for t in texts]
         if not bags:
             return torch.zeros((0, self.head.dim + 2 * N_HASH))
@@ -313,13 +318,15 @@ def fit_judge(groups: list[list[tuple[list[int], str | None]]], tokenizer, cfg: 
     pairs = trace_pairs(groups)
     reps: dict[int, torch.Tensor] = {}
     t_rep = time.perf_counter()
+    if hidden:  # one forward per question at the longest prefix serves every k
+        kmax = max(cfg.prefixes)
+        per_q = [hidden_prefix_states(model, prompts[q], [t[:kmax] for t, _ in g], cfg.layer, cuts=cfg.prefixes)
+                 for q, g in enumerate(groups)]  # fmt: skip
     for k in cfg.prefixes:
+        texts = [tokenizer.decode(toks[:k], skip_special_tokens=True) for g in groups for toks, _ in g]
         if hidden:
-            reps[k] = torch.cat([judge.represent([tokenizer.decode(t[:k], skip_special_tokens=True) for t, _ in g],
-                                                 [t[:k] for t, _ in g], model=model, prompt_ids=prompts[q])
-                                 for q, g in enumerate(groups)])  # fmt: skip
+            reps[k] = judge.represent(texts, states=torch.cat([s[k] for s in per_q]))
         else:
-            texts = [tokenizer.decode(toks[:k], skip_special_tokens=True) for g in groups for toks, _ in g]
             reps[k] = judge.embed(texts)
     rep_seconds = time.perf_counter() - t_rep
     offs = [0]
