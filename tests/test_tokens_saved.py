@@ -125,3 +125,21 @@ def test_prune_method_ftp_adapter_writes_the_folder(tiny_llama_dir, calib_txt, t
     with pytest.raises(ConfigError, match="drop --pattern") as e:
         prune_ftp(argparse.Namespace(**{**base, "pattern": "2:4", "out": str(tmp_path / "q")}))
     assert "\n" not in str(e.value)
+
+
+def test_cli_prune_method_ftp_goes_through_prune(capsys, tiny_llama_dir, calib_txt, tmp_path):
+    d = tmp_path / "viaprune"
+    rc, res, err = _cli(capsys, ["prune", tiny_llama_dir, "--method", "ftp", "--token-sparsity", "0.3", "--calib", calib_txt,
+                                 "--nsamples", "2", "--seqlen", "32", "-q", "--out", d, "--json"])  # fmt: skip
+    assert rc == 0 and res["kind"] == "folder", err
+    m, _ = pk.load(d, dtype="float32")
+    with torch.no_grad():
+        m(_ids())
+    st = pk.tokens.unpatch(m)
+    assert st["token_blocks"] < st["token_blocks_dense"]  # the routers skipped token-blocks
+    for argv, msg in ((["--method", "ftp", "--pattern", "2:4"], "drop --pattern"),
+                      (["--method", "wanda", "--token-sparsity", "0.3"], "--token-sparsity belongs to --method ftp"),
+                      (["--method", "ftp", "--token-sparsity", "1.5"], "token-sparsity")):  # fmt: skip
+        rc, _, err = _cli(capsys, ["prune", tiny_llama_dir, *argv, "--calib", calib_txt, "-q", "--out", tmp_path / "bad"])
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
+        assert not (tmp_path / "bad").exists()

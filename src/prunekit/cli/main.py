@@ -91,6 +91,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--experts", type=_expert_flag, default=None,
                    help="stun/reap: experts removed per MoE layer (fraction in (0, 1) or a count >= 1)")
     p.add_argument("--then", default=None, help="stun: the unstructured method run after expert pruning (default sparsegpt)")
+    p.add_argument("--token-sparsity", type=float_flag(0, 1, lo_open=False), default=None, metavar="S",
+                   help="ftp: fraction of token-blocks the trained routers skip (default 0.3); the folder reloads with routing")
     p.add_argument("--recover", action="store_true",
                    help="after pruning, recover with (mask-preserving) LoRA before saving (LLM-Pruner's pipeline)")
     p.add_argument("--recover-data", default=None, help="recovery training SOURCE (default: the calibration source; never the eval text)")
@@ -254,6 +256,12 @@ def cmd_prune(a) -> dict[str, Any]:
     from ..models.limits import check_positions
     from ..models.loading import check_hub_reachable, estimated_load_bytes, source_info
 
+    if a.method == "ftp":  # token routing (prunekit.tokens): trains routers, not weights
+        from ..tokens.cli import prune_ftp
+
+        return prune_ftp(a)
+    if a.token_sparsity is not None:
+        raise ConfigError(f"--token-sparsity belongs to --method ftp (token routing), not --method {a.method}: drop it")
     cfg = _config_from_args(a)  # validates method, settings, sparsity, pattern before any heavy work
     rec_cfg = _recovery_from_args(a, cfg)
     if a.stream:
@@ -614,6 +622,7 @@ def cmd_ls(a) -> dict[str, Any]:
     methods = {n: getattr(METHODS.get(n), "summary", "") for n in METHODS.names()}
     methods.update({n: "structured: " + (getattr(STRUCTURED_METHODS.get(n), "summary", "") or "")
                     for n in STRUCTURED_METHODS.names()})  # fmt: skip
+    methods["ftp"] = "tokens: per-block routers let tokens skip blocks (--token-sparsity S; the folder loads with routing)"
     patterns = {"unstructured": "per output row (magnitude: per matrix)", "unstructured:layer": "per matrix",
                 "N:M": "keep N of every M consecutive inputs, e.g. 2:4, 4:8"}  # fmt: skip
     sink = io.StringIO() if a.json else None
