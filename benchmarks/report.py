@@ -43,7 +43,18 @@ def load_protocol(d: Path) -> dict:
                               {"unstructured": 0, "nm": 1, "structured": 2}[r["cell"]["kind"]],
                               r["cell"]["sparsity"], TOOL_ORDER.get(r["cell"]["tool"], 9)))
     return {"dir": d, "protocol": _read(d / "protocol.json") or {}, "dense": _read(d / "dense.json"),
-            "floor": _read(d / "floor.json"), "cells": cells}
+            "floors": load_floors(d), "cells": cells}
+
+
+def load_floors(d: Path) -> dict[str, dict]:
+    """The protocol's floors by the CPU model that measured them (``floor-<cpu>.json``; the older
+    ``floor.json`` predates per-CPU floors and its CPU was not recorded)."""
+    out: dict[str, dict] = {}
+    for f in sorted(d.glob("floor*.json")):
+        r = _read(f)
+        if r and r.get("status") == "ok":
+            out.setdefault(r.get("machine_cpu") or "unrecorded", r)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +155,7 @@ def section(P: dict, png_rel: str | None) -> list[str]:
     routine = pr.get("routine", {"nsamples": 32, "seqlen": 2048, "eval_windows": 40})
     cal = pr.get("calibration", {})
     dense = P["dense"]
-    floor = P["floor"] if P["floor"] and P["floor"].get("status") == "ok" else None
+    floors = P["floors"]
     pline = f"_Protocol: {protocol_line(P)}._"
     L = [f"## Protocol `{pr.get('protocol_id', P['dir'].name)}`", ""]
     L += ["| | |", "|---|---|",
@@ -211,10 +222,14 @@ def section(P: dict, png_rel: str | None) -> list[str]:
                 continue
             f = figures(r, dense)
             pf = "–"
-            if floor and tool == "prunekit" and method in ("wanda", "sparsegpt"):  # magnitude: no data
-                pf = f_ratio(f["prune_s"], floor["floor_s"])
-                if f.get("cpu_s") and floor.get("floor_cpu_s"):
-                    pf += f" (CPU {f_ratio(f['cpu_s'], floor['floor_cpu_s'])})"
+            floor = floors.get(r.get("machine_cpu") or "unrecorded")  # only the same CPU's floor divides a cell
+            if floors and tool == "prunekit" and method in ("wanda", "sparsegpt"):  # magnitude: no data
+                if floor:
+                    pf = f_ratio(f["prune_s"], floor["floor_s"])
+                    if f.get("cpu_s") and floor.get("floor_cpu_s"):
+                        pf += f" (CPU {f_ratio(f['cpu_s'], floor['floor_cpu_s'])})"
+                else:
+                    pf = "no floor on its CPU"
             mark = ""
             pr_ = r.get("prune") or {}
             if pr_.get("note"):
@@ -245,17 +260,21 @@ def section(P: dict, png_rel: str | None) -> list[str]:
                          f"{f_ratio(pk_fig['params'], f['params'])} | "
                          f"{f_ratio(pk_fig['size'], f['size'])} | |")
     L.append("")
-    if floor:
-        fcpu = (f" ({floor['floor_cpu_s']:.0f} CPU s)" if floor.get("floor_cpu_s") else "")
-        L += [f"**Floor:** {floor['floor_s']:.1f} s{fcpu} = capturing the inputs of block 0 plus two "
+    if floors:
+        floor = next(iter(floors.values()))
+        each = "; ".join(f"{fl['floor_s']:.1f} s" + (f" ({fl['floor_cpu_s']:.0f} CPU s)" if fl.get("floor_cpu_s") else "")
+                         + f" on {cpu}" + (f", peak RSS {fl['peak_rss_mb']:.0f} MiB" if fl.get("peak_rss_mb") else "")
+                         for cpu, fl in floors.items())  # fmt: skip
+        L += [f"**Floor** (per CPU model; a cell is divided only by the floor of the CPU that pruned it, "
+              f"\"unrecorded\": measured before the harness kept one floor per CPU): {each}. It is capturing the inputs of block 0 plus two "
               f"forward passes of every block over the {floor['nsamples']} × {floor['seqlen']} "
               f"calibration windows (batch {floor['batch_size']}, {floor.get('attn_implementation')} "
               f"attention), nothing else — the least a layer-sequential prune that calibrates each "
               f"block on the pruned outputs of the blocks before it can do. \"prune / floor\" is "
               f"prunekit's pruning time over it (wall; CPU time in brackets). prunekit's statistics "
               f"pass stops once the block's last target Linear has seen its input (the pass's output "
-              f"is not needed), so a method can come in under 1.0×. Peak RSS of the floor job: "
-              f"{floor['peak_rss_mb']:.0f} MiB.", ""]
+              f"is not needed), so a method can come in under 1.0×. The one-pass engine's floor is one "
+              f"forward of every block (`benchmarks/onepass.py`).", ""]
     L += ["How to read it: *perplexity* — lower is better; *prune s* — wall time of the pruning "
           "call alone (model loading and saving excluded), in its own process; *prune CPU s* — "
           "CPU time of that call summed over the process's threads (less sensitive than wall time "

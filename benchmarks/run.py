@@ -176,6 +176,11 @@ def model_slug(spec: str) -> str:
     return slug(p.stem if p.suffix.lower() == ".gguf" else p.name) if p.exists() else slug(spec)
 
 
+def floor_slug(cpu: str) -> str:
+    """File-name form of a CPU model name: ``AMD EPYC`` -> ``amd-epyc``."""
+    return "".join(ch if ch.isalnum() else "-" for ch in cpu.lower()).strip("-").replace("--", "-") or "unknown"
+
+
 @dataclass
 class Protocol:
     model: str
@@ -561,10 +566,14 @@ class Harness:
         write_json(out, res)
 
     def run_floor(self) -> None:
-        out = self.rdir / "floor.json"
+        # one floor per CPU model: a cell's time is divided by the floor measured on the CPU that
+        # pruned it (sessions land on different machines); floor.json is the record from before
+        # the harness kept one per CPU (its CPU unrecorded)
+        cpu = self.machine.get("cpu") or "unknown"
+        out = self.rdir / f"floor-{floor_slug(cpu)}.json"
         old = self.finished(out, tasks=False)  # the floor scores no tasks
         if old:
-            say(f"  floor: done ({old['floor_s']:.1f} s), skipped")
+            say(f"  floor on {cpu}: done ({old['floor_s']:.1f} s), skipped")
             return
         say("  floor: 2 forward passes of every block over the calibration set ...")
         tmp = self.wdir / "floor" / "floor.json"
@@ -575,7 +584,7 @@ class Harness:
         rc, wall, err = Job.run(cmd, self.wdir / "floor" / "floor.log", self.a.timeout, "floor")
         if rc == 0:
             res = {"status": "ok", **read_json(tmp), "protocol_id": self.p.id,
-                   "harness_threads": self.a.threads,
+                   "harness_threads": self.a.threads, "machine_cpu": cpu,
                    "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
             say(f"  floor: {res['floor_s']:.1f} s (peak RSS {res['peak_rss_mb']:.0f} MiB)")
         else:
@@ -751,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
                          "lm-eval's rules); finished cells without them are pruned again")
     ap.add_argument("--keep-models", action="store_true", help="keep the pruned folders under .bench/work/")
     ap.add_argument("--no-floor", action="store_true")
+    ap.add_argument("--floor-only", action="store_true",
+                    help="measure only this CPU's floor (and prepare the inputs), no cells")
     ap.add_argument("--no-speed", action="store_true", help="skip the prefill/decode speed benchmark")
     ap.add_argument("--speed", choices=("auto", "all"), default="auto",
                     help="which folders get the speed benchmark: auto = dense, structured cells and "
@@ -875,6 +886,10 @@ def main(argv: list[str] | None = None) -> int:
         for peer in sorted({c.peer for c in cells if c.peer}):
             h.peer_python(peer)
         h.write_protocol()
+        if args.floor_only:
+            h.run_floor()
+            h.write_protocol()
+            return 0
         h.run_dense()
         if not args.no_floor and any(c.peer is None for c in cells):
             h.run_floor()

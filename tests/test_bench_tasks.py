@@ -243,3 +243,30 @@ def test_harness_json_write_leaves_another_jobs_temp_file_alone(tmp_path):
     assert json.loads(path.read_text()) == {"a": 1}
     assert other.read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["protocol.json", "protocol.json.tmp"]
+
+
+def test_report_divides_a_cell_only_by_the_floor_of_its_own_cpu(tmp_path):
+    """One floor per CPU model: ``floor-<cpu>.json`` files load keyed by the CPU they record, a
+    prunekit wanda/sparsegpt row is divided by its own CPU's floor, and a row pruned on a CPU with
+    no floor says so instead of borrowing another CPU's."""
+    rep = _report()
+    d = tmp_path / "proto"
+    d.mkdir()
+    fl = {"status": "ok", "floor_s": 100.0, "floor_cpu_s": 100.0, "nsamples": 4, "seqlen": 8, "batch_size": 1,
+          "peak_rss_mb": 10.0}  # fmt: skip
+    (d / "floor-cpu-a.json").write_text(json.dumps({**fl, "machine_cpu": "CPU A"}))
+    (d / "floor-cpu-b.json").write_text(json.dumps({**fl, "floor_s": 400.0, "floor_cpu_s": 400.0, "machine_cpu": "CPU B"}))
+    (d / "floor.json").write_text(json.dumps({**fl, "status": "failed"}))
+    assert set(rep.load_floors(d)) == {"CPU A", "CPU B"}
+    cell = lambda m, cpu: {"status": "ok", "machine_cpu": cpu,  # noqa: E731
+                           "cell": {"tool": "prunekit", "method": m, "kind": "unstructured", "pattern": "unstructured",
+                                    "sparsity": 0.5},
+                           "prune": {"prune_wall_s": 200.0, "prune_cpu_s": 200.0, "peak_rss_mb": 1.0},
+                           "eval": {"perplexity": 10.0, "params": 1, "sparsity": 0.5, "size_bytes": 1}}  # fmt: skip
+    P = {"dir": d, "protocol": {}, "dense": None, "floors": rep.load_floors(d),
+         "cells": [cell("wanda", "CPU A"), cell("sparsegpt", "CPU B"), cell("wanda", "CPU C")]}
+    rows = [ln for ln in rep.section(P, None) if ln.startswith("|") and "| prunekit" in ln]
+    assert len(rows) == 3
+    ends = sorted(ln.rstrip(" |").rsplit("| ", 1)[-1] for ln in rows)
+    # wanda on CPU A: 200 / A's 100; sparsegpt on CPU B: 200 / B's 400; wanda on CPU C: none
+    assert ends == ["0.50× (CPU 0.50×)", "2.00× (CPU 2.00×)", "no floor on its CPU"]
