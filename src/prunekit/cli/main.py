@@ -126,6 +126,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--token-prune", default=None, metavar="METHOD[:K=V,...]",
                    help="token routing during evaluation (prunekit.tokens): ftp:routers=FILE, random-route:sparsity=0.3, "
                         "block-skip:blocks=3;5, attn-drop:keep=0.7; reports the token-blocks computed")  # fmt: skip
+    p.add_argument("--context-prune", default=None, metavar="METHOD[:rate=R|threshold=T]",
+                   help="xquad-rag: also read each question's pruned context (prunekit.context: provence, bm25, "
+                        "similarity, selective-context, random); reports both readings and the tokens removed")  # fmt: skip
     p.add_argument("--json", action="store_true", help="last stdout line is a JSON object")
     p.add_argument("--quiet", "-q", action="store_true")
 
@@ -479,6 +482,32 @@ def _print_tasks(res: dict[str, dict[str, Any]], before: dict[str, dict[str, Any
             print(" ".join(cols))
 
 
+def _split_rag_task(tasks: str | None) -> tuple[str | None, str | None]:
+    """``"lambada,xquad-rag:PATH"`` → ``("PATH", "lambada")``; ``""`` for xquad-rag's default file, None if absent."""
+    if not tasks:
+        return None, tasks
+    rag, rest = None, []
+    for t in (x.strip() for x in tasks.split(",") if x.strip()):
+        name, _, path = t.partition(":")
+        if name.strip().lower() == "xquad-rag":
+            rag = path.strip()
+        else:
+            rest.append(t)
+    return rag, ",".join(rest) or None
+
+
+def _print_rag(r: dict[str, Any]) -> None:
+    m, pr = r["metrics"], r.get("pruned")
+    print(f"xquad-rag: {r['n']} test questions, BM25 top-{r['k']} paragraphs (gold recall {r['recall_at_k']:.1%})")
+    print(f"{'context':<28} {'EM':>6} {'F1':>6} {'gold LL':>8} {'prefill':>8} {'read s':>7}")
+    rows = [("full", m)] + ([(pr["spec"], pr["metrics"])] if pr else [])
+    for name, x in rows:
+        print(f"{name:<28} {100 * x['em']:>6.1f} {100 * x['f1']:>6.1f} {x['gold_ll']:>8.2f} {x['prefill_tokens']:>8.0f} {x['read_s']:>7.2f}")
+    if pr:
+        print(f"context tokens removed: {pr['tokens_before'] - pr['tokens_after']:,} of {pr['tokens_before']:,} "
+              f"({pr['rate_achieved']:.1%}; reader tokenizer); pruner {pr['pruner_s']:.3f} s per question")  # fmt: skip
+
+
 def cmd_eval(a) -> dict[str, Any]:
     from ..data import eval_token_ids, load_source
     from ..eval import evaluate_tasks, parse_task_specs, perplexity
@@ -489,6 +518,13 @@ def cmd_eval(a) -> dict[str, Any]:
     from ..models.loading import check_hub_reachable
 
     check_hub_reachable(resolve_model(a.model))
+    rag, a.tasks = _split_rag_task(a.tasks)  # xquad-rag lives in prunekit.context, the others in prunekit.eval
+    if a.context_prune is not None:
+        if rag is None:
+            raise ConfigError("--context-prune applies to --tasks xquad-rag (retrieval-augmented QA): add it or drop the flag")
+        from ..context.rag import parse_prune_spec
+
+        parse_prune_spec(a.context_prune)  # a bad spec fails before loading
     specs = parse_task_specs(a.tasks) if a.tasks else None  # unknown task: fail before loading
     if a.fewshot is not None and not a.lm_eval and not any(_spec_name(t) == "gsm8k" for t in specs or []):
         raise ConfigError(f"--fewshot {a.fewshot} applies to gsm8k and --lm-eval tasks; "
@@ -510,7 +546,7 @@ def cmd_eval(a) -> dict[str, Any]:
                               f"position's logits: use a routing method ({', '.join(ROUTE_METHODS)}) or `prunekit tokens --prompt`")  # fmt: skip
         if token_prune[0] not in ROUTE_METHODS:
             raise ConfigError(f"--token-prune: unknown method {token_prune[0]!r}: use one of {', '.join(ROUTE_METHODS)}")
-    data = a.data if a.data is not None else (None if (a.tasks or a.lm_eval) else "builtin")
+    data = a.data if a.data is not None else (None if (a.tasks or a.lm_eval or rag is not None) else "builtin")
     src = load_source(data, "eval") if data else None
     model, tok = load_model(a.model, dynamic_experts=a.dynamic_experts)
     res: dict[str, Any] = {"model": a.model}
@@ -535,6 +571,13 @@ def cmd_eval(a) -> dict[str, Any]:
                                       **_task_settings(a.fewshot))  # fmt: skip
         if not a.json:
             _print_tasks(res["tasks"])
+    if rag is not None:
+        from ..context.rag import evaluate_xquad_rag
+
+        r = evaluate_xquad_rag(model, tok, rag or None, a.limit, a.context_prune, progress=not (a.quiet or a.json))
+        res.setdefault("tasks", {})["xquad-rag"] = r
+        if not a.json:
+            _print_rag(r)
     if a.lm_eval:
         from ..eval.lmeval import run_lm_eval
 
