@@ -15,35 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
-import string
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-PROMPT = ("Answer the question with a short phrase copied from the context.\n\nContext:\n{context}\n\n"
-          "Question: {question}")  # fmt: skip
-
-
-def normalize(s: str) -> str:
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def f1(pred: str, gold: str) -> float:
-    p, g = normalize(pred).split(), normalize(gold).split()
-    common = Counter(p) & Counter(g)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    pr, rc = same / len(p), same / len(g)
-    return 2 * pr * rc / (pr + rc)
+from prunekit.context.rag import PROMPT, exact_match, f1  # noqa: E402  (the xquad-rag task's prompt and SQuAD metrics)
 
 
 def main() -> None:
@@ -106,8 +85,8 @@ def main() -> None:
                 lp = torch.log_softmax(model(input_ids=full).logits[0, ids.shape[1] - 1 : -1].float(), -1)
             ll = lp.gather(1, torch.tensor(gold_ids)[:, None]).sum().item()
             rows[m].append({
-                "id": q["id"], "pred": pred, "em": max(float(normalize(pred) == normalize(g)) for g in q["answers"]),
-                "f1": max(f1(pred, g) for g in q["answers"]), "ll": ll, "prefill": int(ids.shape[1]),
+                "id": q["id"], "pred": pred, "em": exact_match(pred, q["answers"]),
+                "f1": f1(pred, q["answers"]), "ll": ll, "prefill": int(ids.shape[1]),
                 "ctx_before": before, "ctx_after": after, "prune_s": t_prune, "read_s": t_read,
                 "gold_kept": any(g in ctx for g in q["answers"]),
             })  # fmt: skip
