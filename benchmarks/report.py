@@ -263,10 +263,11 @@ def section(P: dict, png_rel: str | None) -> list[str]:
     if floors:
         floor = next(iter(floors.values()))
         each = "; ".join(f"{fl['floor_s']:.1f} s" + (f" ({fl['floor_cpu_s']:.0f} CPU s)" if fl.get("floor_cpu_s") else "")
-                         + f" on {cpu}" + (f", peak RSS {fl['peak_rss_mb']:.0f} MiB" if fl.get("peak_rss_mb") else "")
+                         + (f" (one forward per block: {fl['one_forward_floor_s']:.1f} s)" if fl.get("one_forward_floor_s") else "")
+                         + f" on {'an unrecorded CPU' if cpu == 'unrecorded' else cpu}" + (f", peak RSS {fl['peak_rss_mb']:.0f} MiB" if fl.get("peak_rss_mb") else "")
                          for cpu, fl in floors.items())  # fmt: skip
         L += [f"**Floor** (per CPU model; a cell is divided only by the floor of the CPU that pruned it, "
-              f"\"unrecorded\": measured before the harness kept one floor per CPU): {each}. It is capturing the inputs of block 0 plus two "
+              f"an unrecorded CPU: measured before the harness kept one floor per CPU): {each}. It is capturing the inputs of block 0 plus two "
               f"forward passes of every block over the {floor['nsamples']} × {floor['seqlen']} "
               f"calibration windows (batch {floor['batch_size']}, {floor.get('attn_implementation')} "
               f"attention), nothing else — the least a layer-sequential prune that calibrates each "
