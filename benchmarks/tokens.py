@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/tokens.py llava --methods vflowopt,coarse-to-fine --tag=-vlm2   # the newer methods
     .venv/bin/python benchmarks/tokens.py ftp --model smollm2-135m --sparsity 0.3 \\
         --nsamples 16 --seqlen 512 --windows 4                                           # FTP vs block skip vs random
+    .venv/bin/python benchmarks/tokens.py vlm --fit-per-class 300 --eval-per-class 50      # constructed VLM, accuracy vs keep
     .venv/bin/python benchmarks/tokens.py report                                         # the BENCHMARKS.md section
 
 LLaVA protocol: **no VLM weights exist offline**, so the model is a random-init
@@ -209,6 +210,76 @@ def cmd_ftp(a) -> None:
     print(f"wrote {OUT / f'ftp{a.tag}.json'}: wall {res['wall_seconds']:.0f}s cpu {res['cpu_seconds']:.0f}s")
 
 
+# ---------------------------------------------------------------- constructed VLM (quality)
+def cmd_vlm(a) -> None:
+    import torch
+
+    import prunekit as pk
+    from prunekit.tokens import tinyvlm as V
+
+    _threads()
+    t0, c0 = time.perf_counter(), _cpu()
+    tar = DATA / "cifar10-test" / "cifar10-test-jpeg.tar"
+    lm, tok = pk.load_model(a.model)
+    enc, pre = V.load_efficientnet_lite0()
+    fit_set = V.read_cifar10_tar(tar, "fit", per_class=a.fit_per_class)
+    eval_set = V.read_cifar10_tar(tar, "eval", per_class=a.eval_per_class)
+    t = time.perf_counter()
+    f_fit = V.encode(enc, pre, [b for b, _ in fit_set], progress=True)
+    f_eval = V.encode(enc, pre, [b for b, _ in eval_set], progress=True)
+    encode_s = time.perf_counter() - t
+    y_fit = torch.tensor([y for _, y in fit_set])
+    y_eval = torch.tensor([y for _, y in eval_set])
+    vlm = V.build_vlm(lm, tok, V.TowerConfig(layers=a.tower_layers), seed=a.seed)
+    c1 = _cpu()
+    fitted = V.fit(vlm, tok, f_fit, y_fit, epochs=a.epochs, batch=a.batch, lr=a.lr, loss=a.loss, seed=a.seed, progress=True)
+    fit_cpu = _cpu() - c1
+    n_img = f_eval.shape[-1] ** 2
+    ids, _ = V.prompt(tok, n_img, vlm.config.image_token_id)
+    n_layers = vlm.config.text_config.num_hidden_layers
+    res = {"protocol": (f"constructed VLM: EfficientNet-Lite0 (ImageNet weights, frozen) 7×7×1280 map → {a.tower_layers}-layer "
+                        f"CLIP tower + LLaVA projector (trained) → frozen {a.model}; fit on {len(fit_set)} images of the "
+                        f"CIFAR-10 test set (even-numbered files, {a.fit_per_class}/class), evaluated on {len(eval_set)} "
+                        f"others (odd-numbered, {a.eval_per_class}/class); verbalised 10-way accuracy"),
+           "no_vlm_weights": True, "model": a.model, "prompt_tokens": int(ids.shape[1]), "image_tokens": n_img,
+           "fit": {k: v for k, v in fitted.items() if k != "losses"} | {"cpu_seconds": fit_cpu, "epochs": a.epochs,
+                   "batch": a.batch, "lr": a.lr, "loss": a.loss, "images": len(fit_set),
+                   "loss_curve": fitted["losses"][:: max(1, len(fitted["losses"]) // 20)]},
+           "encode_seconds": encode_s, "rows": [], "command": "benchmarks/tokens.py " + " ".join(sys.argv[1:])}  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / f"vlm{a.tag}.json"
+
+    def run(method: str | None, keep: float, **opts):
+        if method:
+            pk.tokens.patch(vlm, method=method, keep=keep, **opts)
+        t, c = time.perf_counter(), _cpu()
+        try:
+            acc = V.accuracy(vlm, tok, f_eval, y_eval, batch=a.batch)
+        finally:
+            st = pk.tokens.unpatch(vlm) if method else None
+        row = {"method": method or "all tokens", "keep": keep, "accuracy": acc["accuracy"], "n": acc["n"],
+               "seconds": time.perf_counter() - t, "cpu_seconds": _cpu() - c, "options": opts}  # fmt: skip
+        if st:
+            k = st["layer"]
+            row |= {"layer": k, "kept_image_tokens": n_img - st["removed"][k] // acc["n"],
+                    "token_blocks": st["token_blocks"], "token_blocks_dense": st["token_blocks_dense"]}  # fmt: skip
+        else:
+            row |= {"layer": None, "kept_image_tokens": n_img, "token_blocks": int(ids.shape[1]) * n_layers * acc["n"],
+                    "token_blocks_dense": int(ids.shape[1]) * n_layers * acc["n"]}  # fmt: skip
+        res["rows"].append(row)
+        res["wall_seconds"], res["cpu_seconds"] = time.perf_counter() - t0, _cpu() - c0
+        out.write_text(json.dumps(res, indent=1))
+        print(f"{row['method']} keep {keep}: accuracy {row['accuracy']:.3f} ({row['seconds']:.0f}s)", flush=True)
+        return acc
+
+    full = run(None, 1.0)
+    opts = {"coarse-to-fine": {"region": a.region}}
+    for method in a.methods.split(","):
+        for keep in [float(x) for x in a.keeps.split(",")]:
+            run(method, keep, **opts.get(method, {}))
+    print(f"wrote {out}: wall {res['wall_seconds']:.0f}s cpu {res['cpu_seconds']:.0f}s; all tokens {full['accuracy']:.3f}")
+
+
 # ---------------------------------------------------------------- report
 def cmd_report(a) -> None:
     parts = ["## Token pruning inside the model: FastV / Recoverable Compression on LLaVA, FTP routing\n",
@@ -280,6 +351,21 @@ def main() -> None:
     f.add_argument("--lazy-layer", type=int, default=2)
     f.add_argument("--tag", default="")
     f.set_defaults(fn=cmd_ftp)
+    v = sub.add_parser("vlm")
+    v.add_argument("--model", default="smollm2-135m")
+    v.add_argument("--fit-per-class", type=int, default=300)
+    v.add_argument("--eval-per-class", type=int, default=50)
+    v.add_argument("--epochs", type=int, default=1)
+    v.add_argument("--batch", type=int, default=16)
+    v.add_argument("--lr", type=float, default=2e-3)
+    v.add_argument("--loss", default="labels", choices=("labels", "vocab"))
+    v.add_argument("--tower-layers", type=int, default=1)
+    v.add_argument("--keeps", default="0.5,0.25,0.1")
+    v.add_argument("--methods", default="fastv,recoverable,vflowopt,coarse-to-fine,random")
+    v.add_argument("--region", type=int, default=2, help="coarse-to-fine region side on the 7×7 grid")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--tag", default="")
+    v.set_defaults(fn=cmd_vlm)
     r = sub.add_parser("report")
     r.set_defaults(fn=cmd_report)
     a = ap.parse_args()
