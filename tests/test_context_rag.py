@@ -88,3 +88,22 @@ def test_cli_bad_context_prune_is_one_line(capsys, tiny_llama_dir, tmp_path, ext
 def test_cli_missing_xquad_file_is_one_line(capsys, tiny_llama_dir, tmp_path):
     rc, _, err = _cli(capsys, ["eval", tiny_llama_dir, "--tasks", f"xquad-rag:{tmp_path / 'none.json'}", "-q"])
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "not found" in err, err
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("bm25:rate=1.5", "rate 1.5 is out of range"),
+    ("bm25:rate=0", "rate 0.0 is out of range"),
+    ("provence:threshold=2", "threshold 2.0 is out of range"),
+    ("bm25:threshold=0.1", "no probability scores to threshold"),
+    ("bm25:rate=0.5,threshold=0.1", "not both"),
+])  # fmt: skip
+def test_out_of_range_budget_is_refused_before_any_model_loads(capsys, monkeypatch, tiny_llama_dir, tmp_path, spec, msg):
+    import prunekit.models as M
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the spec was checked")
+
+    monkeypatch.setattr(M, "load_model", no_load)
+    x = _xquad(tmp_path / "x.json")
+    rc, _, err = _cli(capsys, ["eval", tiny_llama_dir, "--tasks", f"xquad-rag:{x}", "--context-prune", spec, "-q"])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and msg in err, err

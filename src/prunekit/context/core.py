@@ -83,6 +83,11 @@ def check_inputs(question: Any, passages: Any, method: str, rate: Any, threshold
             raise DataError(f"passages must be a list of strings: passage {i} is a {type(p).__name__}")
     if not any(p.strip() for p in passages):
         raise DataError("every passage is empty: give some text to prune")
+    check_budget(method, rate, threshold)
+
+
+def check_budget(method: str, rate: Any, threshold: Any) -> None:
+    """One line if the removal rate / score threshold is out of range or does not fit ``method``."""
     if rate is not None and threshold is not None:
         raise ConfigError("give rate or threshold, not both")
     if rate is not None:

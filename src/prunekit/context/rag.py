@@ -53,7 +53,7 @@ def f1(pred: str, golds: list[str]) -> float:
 
 def parse_prune_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"provence:threshold=0.1"`` / ``"bm25:rate=0.5"`` → ``(method, {"threshold": 0.1})``."""
-    from .core import METHODS
+    from .core import METHODS, check_budget
 
     name, _, rest = str(spec).strip().partition(":")
     name = name.strip().lower()
@@ -68,6 +68,10 @@ def parse_prune_spec(spec: str) -> tuple[str, dict[str, Any]]:
             kw[key] = float(val)
         except ValueError:
             raise ConfigError(f"--context-prune {spec!r}: {key}={val!r} is not a number") from None
+    try:
+        check_budget(name, kw.get("rate"), kw.get("threshold"))  # out of range: refused before any model loads
+    except ConfigError as e:
+        raise ConfigError(f"--context-prune {spec!r}: {e}") from None
     return name, kw
 
 
