@@ -304,6 +304,29 @@ def cmd_report(a) -> None:
                          f"{x['lm_tokens']} | {x['token_blocks']} | {x['lm_s']:.2f} | {base['lm_s'] / x['lm_s']:.2f}× | "
                          f"{x['e2e_s']:.2f} | {base['e2e_s'] / x['e2e_s']:.2f}× |")  # fmt: skip
         parts.append("")
+    for f in sorted(OUT.glob("vlm*.json")):
+        r = json.loads(f.read_text())
+        fit = r["fit"]
+        parts.append(f"**Visual-token pruning on a constructed VLM — no VLM weights exist offline, so this is a VLM "
+                     f"built here from real parts, not a released one.** {r['protocol']}. Prompt {r['prompt_tokens']} "
+                     f"tokens ({r['image_tokens']} visual). Trained: the tower + projector only "
+                     f"({fit['images']} images × {fit['epochs']} epochs, batch {fit['batch']}, AdamW lr {fit['lr']:g}, "
+                     f"cross-entropy over the class tokens; loss {fit['loss_first']:.2f} → {fit['loss_last20']:.2f}; "
+                     f"{fit['seconds']:.0f} s wall, {fit['cpu_seconds']:.0f} s CPU); encoding the images "
+                     f"{r['encode_seconds']:.0f} s; run wall {r['wall_seconds']:.0f} s, CPU {r['cpu_seconds']:.0f} s. "
+                     f"Methods at their default layer (FastV/VFlowOpt/random K=2, Recoverable/coarse-to-fine K=0, "
+                     f"coarse-to-fine with 2×2-cell regions of the 7×7 map). With {r['rows'][0]['n']} test images one "
+                     f"accuracy figure carries about ±{100 * (0.25 / r['rows'][0]['n']) ** 0.5:.1f} points of sampling "
+                     f"noise (1 s.e. at 50%).\n")  # fmt: skip
+        parts.append(f"`.venv/bin/python {r['command']}`\n")
+        parts.append("| method | keep | K | visual tokens kept | accuracy | Δ vs all tokens | LM token-blocks | eval s |")
+        parts.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        base = r["rows"][0]
+        for x in r["rows"]:
+            parts.append(f"| {x['method']} | {x['keep']:.2f} | {x['layer'] if x['layer'] is not None else '–'} | "
+                         f"{x['kept_image_tokens']} / {r['image_tokens']} | {100 * x['accuracy']:.1f}% | "
+                         f"{100 * (x['accuracy'] - base['accuracy']):+.1f} | {x['token_blocks']:,} | {x['seconds']:.0f} |")  # fmt: skip
+        parts.append("")
     for f in sorted(OUT.glob("ftp*.json"), key=lambda f: (f.stem != "ftp", f.name)):
         r = json.loads(f.read_text())
         parts.append(f"**FTP token routing vs whole-block skipping at {100 * r['sparsity']:.0f}% token-block "
