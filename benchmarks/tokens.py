@@ -281,6 +281,15 @@ def cmd_vlm(a) -> None:
 
 
 # ---------------------------------------------------------------- report
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    """Markdown rows: method | keep | K, then ``head``; each row starts with its result dict."""
+    out = ["| method | keep | K | " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * len(head)]
+    for x, *cells in rows:
+        k = x["layer"] if x["layer"] is not None else "–"
+        out.append(f"| {x['method']} | {x['keep']:.2f} | {k} | " + " | ".join(str(c) for c in cells) + " |")
+    return out + [""]
+
+
 def cmd_report(a) -> None:
     parts = ["## Token pruning inside the model: FastV / Recoverable Compression on LLaVA, FTP routing\n",
              "`prunekit.tokens`: one hook (scorer → selector → recovery) on the decoder layers; every patch counts "
@@ -296,14 +305,10 @@ def cmd_report(a) -> None:
                      f"{r['keep_1_identical']}; run wall {r['wall_seconds']:.0f} s, CPU {r['cpu_seconds']:.0f} s "
                      f"(2 cores shared with other jobs: wall is noisy, token-blocks are not).\n")  # fmt: skip
         parts.append(f"`.venv/bin/python {r['command']}`\n")
-        parts.append("| method | keep | K | LM tokens after K | LM token-blocks | LM prefill s | × | end-to-end s | × |")
-        parts.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         base = r["rows"][0]
-        for x in r["rows"]:
-            parts.append(f"| {x['method']} | {x['keep']:.2f} | {x['layer'] if x['layer'] is not None else '–'} | "
-                         f"{x['lm_tokens']} | {x['token_blocks']} | {x['lm_s']:.2f} | {base['lm_s'] / x['lm_s']:.2f}× | "
-                         f"{x['e2e_s']:.2f} | {base['e2e_s'] / x['e2e_s']:.2f}× |")  # fmt: skip
-        parts.append("")
+        parts += _table(["LM tokens after K", "LM token-blocks", "LM prefill s", "×", "end-to-end s", "×"], [
+            [x, x["lm_tokens"], x["token_blocks"], f"{x['lm_s']:.2f}", f"{base['lm_s'] / x['lm_s']:.2f}×",
+             f"{x['e2e_s']:.2f}", f"{base['e2e_s'] / x['e2e_s']:.2f}×"] for x in r["rows"]])  # fmt: skip
     for f in sorted(OUT.glob("vlm*.json")):
         r = json.loads(f.read_text())
         fit = r["fit"]
@@ -319,14 +324,11 @@ def cmd_report(a) -> None:
                      f"accuracy figure carries about ±{100 * (0.25 / r['rows'][0]['n']) ** 0.5:.1f} points of sampling "
                      f"noise (1 s.e. at 50%).\n")  # fmt: skip
         parts.append(f"`.venv/bin/python {r['command']}`\n")
-        parts.append("| method | keep | K | visual tokens kept | accuracy | Δ vs all tokens | LM token-blocks | eval s |")
-        parts.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         base = r["rows"][0]
-        for x in r["rows"]:
-            parts.append(f"| {x['method']} | {x['keep']:.2f} | {x['layer'] if x['layer'] is not None else '–'} | "
-                         f"{x['kept_image_tokens']} / {r['image_tokens']} | {100 * x['accuracy']:.1f}% | "
-                         f"{100 * (x['accuracy'] - base['accuracy']):+.1f} | {x['token_blocks']:,} | {x['seconds']:.0f} |")  # fmt: skip
-        parts.append("")
+        parts += _table(["visual tokens kept", "accuracy", "Δ vs all tokens", "LM token-blocks", "eval s"], [
+            [x, f"{x['kept_image_tokens']} / {r['image_tokens']}", f"{100 * x['accuracy']:.1f}%",
+             f"{100 * (x['accuracy'] - base['accuracy']):+.1f}", f"{x['token_blocks']:,}", f"{x['seconds']:.0f}"]
+            for x in r["rows"]])  # fmt: skip
     for f in sorted(OUT.glob("ftp*.json"), key=lambda f: (f.stem != "ftp", f.name)):
         r = json.loads(f.read_text())
         parts.append(f"**FTP token routing vs whole-block skipping at {100 * r['sparsity']:.0f}% token-block "
