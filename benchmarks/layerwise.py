@@ -63,14 +63,15 @@ def cmd_report(a) -> None:
     L = ["## Layer error vs perplexity (why SparseGPT trails Wanda on Qwen2.5-Coder-0.5B)\n"]
     for f in sorted(OUT.glob("*.json")):
         r = json.loads(f.read_text())
+        ref = r["runs"][0]["rel_error"]
+        blocks = sum(n.endswith(KINDS[0]) for n in ref)
         L.append(f"{r['model']}, 50% unstructured, calibration {r['nsamples']} × 2048 C4-sample windows (seed 0), "
                  f"{r['evaluation']}, first {r['windows']} × 2048 windows (dense {r['dense_perplexity']:.2f}); each method "
                  f"from a fresh dense copy; *layer error* = prunekit's per-Linear ‖WX − ŴX‖² / ‖WX‖² on calibration "
-                 f"activations, mean over the 24 blocks; *worse* = Linears (of 168) whose error exceeds Wanda's.\n")  # fmt: skip
+                 f"activations, mean over the {blocks} blocks; *worse* = Linears (of {len(ref)}) whose error exceeds Wanda's.\n")  # fmt: skip
         L.append(f"`.venv/bin/python {r['command']}` then `benchmarks/layerwise.py report`\n")
         L.append("| method | perplexity | " + " | ".join(KINDS) + " | worse than Wanda | prune s |")
         L.append("|---|---:|" + "---:|" * len(KINDS) + "---:|---:|")
-        ref = r["runs"][0]["rel_error"]
         for x in r["runs"]:
             e = x["rel_error"]
             cells = [f"{statistics.mean(v for n, v in e.items() if n.endswith(k)):.4f}" for k in KINDS]

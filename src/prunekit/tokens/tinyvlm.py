@@ -57,7 +57,7 @@ def image_token_id(tokenizer: Any) -> int:
     for t in IMAGE_TOKEN_CANDIDATES:
         if t in vocab:
             return int(vocab[t])
-    raise ConfigError(f"the tokenizer has none of {', '.join(IMAGE_TOKEN_CANDIDATES)}: pass image_token_id= "
+    raise ConfigError(f"the tokenizer has none of {', '.join(IMAGE_TOKEN_CANDIDATES)}: pass build_vlm(..., image_token=ID) "
                       "(an id the prompt never uses)")  # fmt: skip
 
 
